@@ -1,0 +1,7 @@
+"""divgen: train and evaluate generative models as divergence minimization."""
+
+from divgen.divergences import Divergence, get as get_divergence
+from divgen.errors import InputError
+
+__all__ = ["Divergence", "InputError", "get_divergence"]
+__version__ = "0.1.0"

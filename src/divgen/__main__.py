@@ -1,0 +1,3 @@
+from divgen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Argument parsing and nothing else: every command calls into the library.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from divgen.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _emit(args, obj: dict, text: str) -> None:
+    print(json.dumps(obj) if args.json else text)
+
+
+# ------------------------------------------------------------- divergences ---
+def cmd_divergences(args) -> int:
+    from divgen import divergences
+
+    rows = divergences.table(args.names or divergences.EXAMPLES)
+    if args.json:
+        print(json.dumps({"divergences": rows, "names": list(divergences.NAMES)}))
+        return 0
+    cols = ["name", "f", "f*", "dom f*", "g_f", "f'(1)"]
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    print(line(cols))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print(line(row))
+    print("\nalso: alpha:A for any A ∉ {0, 1}, js-weighted:PI for 0 < PI < 1; "
+          "wasserstein (Lipschitz critic) and mmd (kernel) are trained without a conjugate.")
+    return 0
+
+
+# ------------------------------------------------------------------- train ---
+# Keys that may change when a run is resumed; any other differing key is a conflict.
+RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device"}
+
+
+def cmd_train(args) -> int:
+    from divgen import runs, train
+
+    given = {f.name: getattr(args, f.name) for f in fields(train.Config) if getattr(args, f.name, None) is not None}
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise InputError("--resume DIR continues DIR; do not pass a different --out")
+        saved = runs.read_config(Path(args.resume))
+        conflicts = [f"{k} (run: {saved[k]!r}, flag: {v!r})" for k, v in given.items() if k not in RESUMABLE and k in saved and saved[k] != v]
+        if conflicts:
+            raise InputError(f"--resume {args.resume}: flags conflict with the run's config.json: {'; '.join(conflicts)}")
+        known = {f.name for f in fields(train.Config)}
+        cfg = train.Config(**{**{k: v for k, v in saved.items() if k in known}, **given})
+        out = Path(args.resume)
+        if cfg.steps != saved.get("steps"):
+            runs.write_json(out / runs.CONFIG, asdict(cfg.validate()))
+    else:
+        if not args.out:
+            raise InputError("train: --out DIR is required (or --resume DIR)")
+        cfg, out = train.Config(**given), Path(args.out)
+    run = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.json)
+    metrics = runs.read_metrics(run)
+    last = metrics[-1] if metrics else {}
+    _emit(args, {"run": str(run), "config": asdict(cfg), "final": last},
+          f"run directory: {run}\nfinal: {json.dumps(last)}\nsamples: {run / 'samples.png'}  losses: {run / 'losses.png'}")
+    return 0
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    from divgen.train import Config
+
+    for f in fields(Config):
+        meta = f.metadata
+        kind = type(f.default) if f.default is not None else str
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=_typed(kind, f.name),
+            default=None,  # None = not given; Config holds the real default
+            metavar=f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
+            help=f"{meta['help']} (default: {f.default})",
+        )
+
+
+def _typed(kind, name):
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')}: {text!r} is not a valid {kind.__name__}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# ------------------------------------------------------------------ sample ---
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from divgen import train
+
+    out = Path(args.output)
+    if out.suffix != ".npy":
+        raise InputError(f"-o {args.output!r}: the output must be a .npy file")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{args.output!r} exists; pass --overwrite to replace it")
+    if args.n < 1:
+        raise InputError("-n must be at least 1")
+    _, generator = train.load_run(Path(args.run))
+    samples = train.draw(generator, args.n, args.seed)
+    np.save(out, samples.numpy())
+    _emit(args, {"output": str(out), "n": args.n, "dim": samples.shape[1]}, f"wrote {args.n} samples of dimension {samples.shape[1]} to {out}")
+    return 0
+
+
+# -------------------------------------------------------------------- demo ---
+def cmd_demo(args) -> int:
+    from divgen import demo
+
+    result = demo.run(Path(args.out) if args.out else None, quiet=args.json)
+    _emit(args, result, demo.summary(result))
+    return 0
+
+
+# ------------------------------------------------------------------ parser ---
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="divgen", description="Train and evaluate generative models as divergence minimization.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name, func, help):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)")
+    p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
+
+    p = command("divergences", cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)")
+    p.add_argument("names", nargs="*", help="divergences to show, e.g. alpha:0.3 (default: all, with example parameters)")
+
+    p = command("train", cmd_train, "train a generator by minimizing a divergence")
+    p.add_argument("--out", help="new run directory")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
+    _add_config_flags(p)
+
+    p = command("sample", cmd_sample, "draw samples from a trained run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("-n", type=int, default=10_000, help="number of samples (default: 10000)")
+    p.add_argument("-o", "--output", required=True, help="output .npy file")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from divgen.train import TrainingDiverged
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except InputError as e:
+        print(f"divgen: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"divgen: training diverged: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("divgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Built-in data sets, user files, and the held-out split.
+
+Built-in toy sets are explicit densities (see densities.py) so that exact
+divergences and mode statistics are available. Any other `--data` value is a
+path to the user's own `.npy`, `.npz` or `.csv` file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.distributions import Distribution
+
+from divgen.densities import CurveMixture, gaussian_mixture
+from divgen.errors import InputError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training samples, held-out samples the trainer never sees, and what is known."""
+
+    name: str
+    train: torch.Tensor  # (N, d) float32
+    holdout: torch.Tensor  # (M, d) float32, for evaluation only
+    density: Distribution | None = None  # exact data density, when known
+    modes: torch.Tensor | None = None  # (K, d) mode centres of the toy mixtures
+    mode_std: float | None = None  # their common standard deviation
+    labels: torch.Tensor | None = None  # (N,) int64 class labels of `train`, when the file has them
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+
+@dataclass(frozen=True)
+class Toy:
+    """A built-in data set: its density, and its modes when it is a mixture."""
+
+    density: Callable[[], Distribution]
+    modes: Callable[[], torch.Tensor] | None = None
+    mode_std: float | None = None
+
+
+def _ring8():
+    angles = torch.arange(8) * (2 * math.pi / 8)
+    return 2.0 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def _grid25():
+    g = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(g, g)
+
+
+def _swissroll(s):
+    t = 1.5 * math.pi * (1 + 2 * s)  # the usual swiss-roll angle range, scaled to |x| ≲ 2.8
+    return torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1) / 5
+
+
+def _moon_upper(s):
+    t = math.pi * s
+    return torch.stack([torch.cos(t) - 0.5, torch.sin(t) - 0.25], dim=1)
+
+
+def _moon_lower(s):
+    t = math.pi * s
+    return torch.stack([0.5 - torch.cos(t), 0.25 - torch.sin(t)], dim=1)
+
+
+_MOG2D_MEANS = [[-2.0, 0.0], [2.0, 0.0]]
+
+TOYS: dict[str, Toy] = {
+    # two unequal, well separated modes: the 1-D mode-covering vs mode-seeking example
+    "mog1d": Toy(lambda: gaussian_mixture([[-2.0], [2.0]], [0.5, 0.5], [0.4, 0.6]), lambda: torch.tensor([[-2.0], [2.0]]), 0.5),
+    # two well separated 2-D modes: the seeds' forward vs reverse KL picture
+    "mog2d": Toy(lambda: gaussian_mixture(_MOG2D_MEANS, [0.5, 0.5]), lambda: torch.tensor(_MOG2D_MEANS), 0.5),
+    "ring8": Toy(lambda: gaussian_mixture(_ring8(), [0.05]), _ring8, 0.05),
+    "grid25": Toy(lambda: gaussian_mixture(_grid25(), [0.05]), _grid25, 0.05),
+    "swissroll": Toy(lambda: CurveMixture([_swissroll], sigma=0.1)),
+    "moons": Toy(lambda: CurveMixture([_moon_upper, _moon_lower], sigma=0.1)),
+}
+BUILTIN = tuple(TOYS) + ("digits",)
+FILE_TYPES = (".npy", ".npz", ".csv")
+
+
+def toy_density(name: str) -> Distribution:
+    """The exact density of a built-in toy set."""
+    return TOYS[name].density()
+
+
+def sample_toy(name: str, n: int, seed: int) -> torch.Tensor:
+    """n samples (n, d) of a toy set, reproducible from `seed`, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return toy_density(name).sample((n,)).float()
+
+
+def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dataset:
+    """A built-in data set (n training samples) or a user file (`name` is its path).
+
+    The held-out split is drawn independently for toy sets and is a seeded
+    random `holdout` fraction of the rows for files.
+    """
+    if name in TOYS:
+        toy = TOYS[name]
+        return Dataset(
+            name=name,
+            train=sample_toy(name, n, seed),
+            holdout=sample_toy(name, max(2, int(n * holdout)), seed + 7919),
+            density=toy.density(),
+            modes=toy.modes() if toy.modes else None,
+            mode_std=toy.mode_std,
+        )
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+    else:
+        x, y = read_array(name)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_hold = int(round(len(x) * holdout)) if len(x) >= 10 else 0
+    hold, keep = perm[:n_hold], perm[n_hold:]
+    return Dataset(
+        name=name,
+        train=torch.from_numpy(x[keep]),
+        holdout=torch.from_numpy(x[hold]),
+        labels=None if y is None else torch.from_numpy(y[keep]),
+    )
+
+
+def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read and validate a user's sample file: (N, d) float32 and optional labels.
+
+    Raises InputError with one line for everything DESIGN.md rejects.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in FILE_TYPES:
+        raise InputError(
+            f"data {str(path)!r}: not a built-in data set ({', '.join(BUILTIN)}) "
+            f"nor a {'/'.join(FILE_TYPES)} file"
+        )
+    if not path.is_file():
+        raise InputError(f"data file {str(path)!r} does not exist")
+    labels = None
+    try:
+        if ext == ".npy":
+            x = np.load(path, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if "x" in z:
+                    x = z["x"]
+                    labels = z["y"] if "y" in z else None
+                elif len(keys) == 1:
+                    x = z[keys[0]]
+                else:
+                    raise InputError(f"data file {str(path)!r}: no array 'x' among {keys}")
+        else:
+            x = _read_csv(path)
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return _validate(x, str(path)), _validate_labels(labels, len(x), str(path))
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise InputError(f"data file {str(path)!r} is empty")
+
+    def parse(row, line):
+        try:
+            return [float(c) for c in row]
+        except ValueError:
+            bad = next(c for c in row if not _is_float(c))
+            raise InputError(f"data file {str(path)!r}, line {line}: non-numeric value {bad.strip()!r}") from None
+
+    start = 0 if all(_is_float(c) for c in rows[0]) else 1  # optional header row
+    values = [parse(r, i + 1) for i, r in enumerate(rows) if i >= start]
+    widths = {len(r) for r in values}
+    if len(widths) > 1:
+        raise InputError(f"data file {str(path)!r}: rows have different numbers of columns {sorted(widths)}")
+    return np.array(values, dtype=np.float64).reshape(len(values), -1)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _validate(x, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"data {where!r}: array of type {x.dtype} is not numeric")
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise InputError(f"data {where!r}: expected a 2-D array (samples × features), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise InputError(f"data {where!r} has 0 columns")
+    if x.shape[0] < 2:
+        raise InputError(f"data {where!r} has {x.shape[0]} rows; at least 2 are needed")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"data {where!r} contains NaN or infinite values ({int(bad.sum())} cells, first at row {row}, column {col})")
+    return np.ascontiguousarray(x)
+
+
+def _validate_labels(y, n: int, where: str) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y).reshape(-1)
+    if y.shape[0] != n or y.dtype.kind not in "biu":
+        raise InputError(f"data {where!r}: labels 'y' must be {n} integers")
+    return y.astype(np.int64)

@@ -1,0 +1,351 @@
+"""The table of f-divergences: one frozen record per divergence.
+
+Convention (f-GAN, Nowozin et al. 2016): P is the data, Q the model and
+
+    D_f(P‖Q) = E_Q[f(p/q)],   f convex on u ≥ 0,  f(1) = 0.
+
+The variational (Fenchel) lower bound that an adversarial critic maximizes is
+
+    D_f(P‖Q) ≥ sup_T E_P[T(x)] − E_Q[f*(T(x))],   T(x) = g_f(V(x)),
+
+with V the raw critic output and g_f an output activation whose range lies in
+dom f*. The supremum is attained at T = f'(p/q). Conjugates are taken over the
+true domain of f, u ≥ 0, so some of them are piecewise (Pearson χ², total
+variation, α > 1).
+
+Every function takes and returns torch tensors and works elementwise.
+`f_star_g(v) = f*(g_f(v))` is written in a numerically stable form next to the
+plain composition it replaces; the tests check that the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from divgen.errors import InputError
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """An f-divergence D_f(P‖Q) = E_Q[f(p/q)] and what its critic needs."""
+
+    name: str  # the CLI/API name, e.g. "kl" or "alpha:0.5"
+    title: str  # human-readable name
+    f: Fn  # generator f(u), u ≥ 0
+    f_prime: Fn  # f'(u); the optimal critic is T = f'(p/q)
+    f_star: Fn  # convex conjugate f*(t) = sup_{u ≥ 0} ut − f(u); +inf outside dom f*
+    g: Fn  # output activation g_f: ℝ → dom f*
+    f_star_g: Fn  # f*(g_f(v)) in a numerically stable form
+    dom: tuple[float, float]  # closure of dom f*: lo ≤ t ≤ hi
+    formulas: dict[str, str]  # f, f*, dom f*, g_f as text, for the table
+
+    @property
+    def f_prime_1(self) -> float:
+        """f'(1): the optimal critic's value where P and Q agree."""
+        return float(self.f_prime(torch.tensor(1.0, dtype=torch.float64)))
+
+    @property
+    def symmetric(self) -> bool:
+        """True when D_f(P‖Q) = D_f(Q‖P), i.e. f(u) = u f(1/u)."""
+        u = torch.logspace(-3, 3, 61, dtype=torch.float64)
+        return bool(torch.allclose(self.f(u), u * self.f(1 / u), atol=1e-9, rtol=1e-7))
+
+
+# ---------------------------------------------------------------- numerics ---
+def _where_in_dom(t: torch.Tensor, ok: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`value` where t lies in dom f*, +inf elsewhere."""
+    return torch.where(ok, value, torch.full_like(t, math.inf))
+
+
+def wright_omega(x: torch.Tensor) -> torch.Tensor:
+    """ω(x), the solution w > 0 of w + log w = x, i.e. Lambert W(exp(x)).
+
+    Working with ω(x) instead of W(exp(x)) avoids the overflow of exp(x).
+    Newton's method in float64 without gradients, then one differentiable
+    Newton step so that autograd sees dω/dx = ω / (1 + ω) exactly.
+    """
+    with torch.no_grad():
+        x64 = x.detach().double()
+        # x − log x is accurate for large x, exp(x) for x → −∞; both start
+        # below the root's basin edge so Newton stays positive.
+        w = torch.where(x64 > 1, x64 - torch.log(x64.clamp(min=1.0)), torch.exp(x64.clamp(max=1.0)))
+        for _ in range(12):
+            w = (w * (1 + x64 - torch.log(w)) / (1 + w)).clamp(min=1e-300)
+        w = w.to(x.dtype)
+    return w - (w + torch.log(w) - x) * w / (1 + w)
+
+
+# ---------------------------------------------------------------- factories ---
+def _kl() -> Divergence:
+    return Divergence(
+        name="kl",
+        title="Kullback-Leibler KL(P‖Q)",
+        f=lambda u: torch.xlogy(u, u),
+        f_prime=lambda u: torch.log(u) + 1,
+        f_star=lambda t: torch.exp(t - 1),
+        g=lambda v: v,
+        f_star_g=lambda v: torch.exp(v - 1),
+        dom=(-math.inf, math.inf),
+        formulas={"f": "u log u", "f*": "exp(t − 1)", "dom f*": "ℝ", "g_f": "v"},
+    )
+
+
+def _reverse_kl() -> Divergence:
+    return Divergence(
+        name="reverse-kl",
+        title="reverse Kullback-Leibler KL(Q‖P)",
+        f=lambda u: -torch.log(u),
+        f_prime=lambda u: -1 / u,
+        f_star=lambda t: _where_in_dom(t, t < 0, -1 - torch.log(-t.clamp(max=-1e-300))),
+        g=lambda v: -torch.exp(-v),
+        # f*(−exp(−v)) = −1 − log(exp(−v)) = v − 1
+        f_star_g=lambda v: v - 1,
+        dom=(-math.inf, 0.0),
+        formulas={"f": "−log u", "f*": "−1 − log(−t)", "dom f*": "t < 0", "g_f": "−exp(−v)"},
+    )
+
+
+def _pearson() -> Divergence:
+    def f_star(t):
+        # below t = −2 the supremum over u ≥ 0 sits at u = 0: f*(t) = −f(0) = −1
+        return torch.where(t >= -2, t + t * t / 4, -torch.ones_like(t))
+
+    return Divergence(
+        name="pearson",
+        title="Pearson χ²",
+        f=lambda u: (u - 1) ** 2,
+        f_prime=lambda u: 2 * (u - 1),
+        f_star=f_star,
+        g=lambda v: v,
+        f_star_g=f_star,
+        dom=(-math.inf, math.inf),
+        formulas={"f": "(u − 1)²", "f*": "t + t²/4 (t ≥ −2), −1 (t < −2)", "dom f*": "ℝ", "g_f": "v"},
+    )
+
+
+def _neyman() -> Divergence:
+    return Divergence(
+        name="neyman",
+        title="Neyman χ²",
+        f=lambda u: (1 - u) ** 2 / u,
+        f_prime=lambda u: 1 - 1 / (u * u),
+        f_star=lambda t: _where_in_dom(t, t <= 1, 2 - 2 * torch.sqrt((1 - t).clamp(min=0))),
+        g=lambda v: -torch.expm1(-v),
+        # 1 − g = exp(−v), so f*(g) = 2 − 2 exp(−v/2)
+        f_star_g=lambda v: 2 - 2 * torch.exp(-v / 2),
+        dom=(-math.inf, 1.0),
+        formulas={"f": "(1 − u)²/u", "f*": "2 − 2√(1 − t)", "dom f*": "t ≤ 1", "g_f": "1 − exp(−v)"},
+    )
+
+
+def _hellinger() -> Divergence:
+    return Divergence(
+        name="hellinger",
+        title="squared Hellinger",
+        f=lambda u: (torch.sqrt(u) - 1) ** 2,
+        f_prime=lambda u: 1 - 1 / torch.sqrt(u),
+        f_star=lambda t: _where_in_dom(t, t < 1, t / (1 - t)),
+        g=lambda v: -torch.expm1(-v),
+        # (1 − e^{−v}) / e^{−v} = e^v − 1
+        f_star_g=torch.expm1,
+        dom=(-math.inf, 1.0),
+        formulas={"f": "(√u − 1)²", "f*": "t / (1 − t)", "dom f*": "t < 1", "g_f": "1 − exp(−v)"},
+    )
+
+
+def _jeffrey() -> Divergence:
+    def f_star(t):
+        # t = f'(u) = log u + 1 − 1/u; with w = 1/u: w + log w = 1 − t, so w = ω(1 − t)
+        w = wright_omega(1 - t)
+        return w + 1 / w + t - 2
+
+    return Divergence(
+        name="jeffrey",
+        title="Jeffrey (symmetric KL)",
+        f=lambda u: (u - 1) * torch.log(u),
+        f_prime=lambda u: torch.log(u) + 1 - 1 / u,
+        f_star=f_star,
+        g=lambda v: v,
+        f_star_g=f_star,
+        dom=(-math.inf, math.inf),
+        formulas={"f": "(u − 1) log u", "f*": "W(e^{1−t}) + 1/W(e^{1−t}) + t − 2", "dom f*": "ℝ", "g_f": "v"},
+    )
+
+
+def _gan() -> Divergence:
+    return Divergence(
+        name="gan",
+        title="GAN (2·JS − log 4)",
+        f=lambda u: torch.xlogy(u, u) - torch.xlogy(u + 1, u + 1),
+        f_prime=lambda u: torch.log(u / (u + 1)),
+        f_star=lambda t: _where_in_dom(t, t < 0, -torch.log(-torch.expm1(t.clamp(max=-1e-300)))),
+        # T = log D with D = sigmoid(v): log D = log_sigmoid(v), stable for any v
+        g=F.logsigmoid,
+        # −log(1 − sigmoid(v)) = −log_sigmoid(−v) = softplus(v)
+        f_star_g=F.softplus,
+        dom=(-math.inf, 0.0),
+        formulas={"f": "u log u − (u + 1) log(u + 1)", "f*": "−log(1 − exp(t))", "dom f*": "t < 0", "g_f": "−log(1 + exp(−v))"},
+    )
+
+
+def _js_weighted(pi: float, name: str | None = None) -> Divergence:
+    """π·KL(P‖M) + (1 − π)·KL(Q‖M), M = πP + (1 − π)Q; π = 1/2 is JS."""
+    c = 1 - pi
+
+    def f(u):
+        m = pi * u + c
+        return pi * torch.xlogy(u, u) - torch.xlogy(m, m)
+
+    def f_star(t):
+        hi = -pi * math.log(pi)
+        inside = 1 - pi * torch.exp(t.clamp(max=hi) / pi)
+        return _where_in_dom(t, t < hi, c * math.log(c) - c * torch.log(inside.clamp(min=1e-300)))
+
+    return Divergence(
+        name=name or f"js-weighted:{pi:g}",
+        title="Jensen-Shannon" if name == "js" else f"weighted Jensen-Shannon, π = {pi:g}",
+        f=f,
+        f_prime=lambda u: pi * torch.log(u / (pi * u + c)),
+        f_star=f_star,
+        # π e^{T/π} = sigmoid(v): T = π(log_sigmoid(v) − log π)
+        g=lambda v: pi * (F.logsigmoid(v) - math.log(pi)),
+        # 1 − π e^{T/π} = sigmoid(−v), and −log sigmoid(−v) = softplus(v)
+        f_star_g=lambda v: c * (math.log(c) + F.softplus(v)),
+        dom=(-math.inf, -pi * math.log(pi)),
+        formulas={
+            "f": f"{pi:g}·u log u − ({pi:g}u + {c:g}) log({pi:g}u + {c:g})",
+            "f*": f"{c:g} log {c:g} − {c:g} log(1 − {pi:g} exp(t/{pi:g}))",
+            "dom f*": f"t < {-pi * math.log(pi):.4g}",
+            "g_f": f"{pi:g}(log σ(v) − log {pi:g})",
+        },
+    )
+
+
+def _tv() -> Divergence:
+    return Divergence(
+        name="tv",
+        title="total variation",
+        f=lambda u: 0.5 * torch.abs(u - 1),
+        f_prime=lambda u: 0.5 * torch.sign(u - 1),
+        # over u ≥ 0: f*(t) = t on [−½, ½], and −f(0) = −½ below −½
+        f_star=lambda t: _where_in_dom(t, t <= 0.5, t.clamp(min=-0.5)),
+        g=lambda v: 0.5 * torch.tanh(v),
+        f_star_g=lambda v: 0.5 * torch.tanh(v),
+        dom=(-math.inf, 0.5),
+        formulas={"f": "½|u − 1|", "f*": "t (|t| ≤ ½), −½ (t < −½)", "dom f*": "t ≤ ½", "g_f": "½ tanh v"},
+    )
+
+
+def _alpha(a: float) -> Divergence:
+    """Amari α-divergence, f(u) = (u^α − αu − (1 − α)) / (α(α − 1)).
+
+    α = 2 gives ½ Pearson, α = ½ gives 2·squared Hellinger, α = −1 gives
+    ½ Neyman; α → 1 is KL and α → 0 reverse KL.
+    """
+    d = a - 1
+    # g_f(v) = (exp(k·sign(α−1)·v) − 1)/(α − 1) keeps both |g_f| and f*(g_f)
+    # growing no faster than exp(|v|): k·|α/(α−1)| ≤ 1 and k ≤ 1.
+    k = min(1.0, abs(d) / abs(a))
+    sgn = 1.0 if d > 0 else -1.0
+    lo, hi = (-math.inf, math.inf) if a > 1 else (-math.inf, 1 / (1 - a))
+
+    def f_star(t):
+        s = 1 + d * t
+        pos = s > 0
+        value = (torch.pow(torch.where(pos, s, torch.ones_like(s)), a / d) - 1) / a
+        if a > 1:  # supremum at u = 0 once s ≤ 0: −f(0) = −1/α
+            return torch.where(pos, value, torch.full_like(t, -1 / a))
+        inside = t <= hi if a < 0 else t < hi  # α < 0: f* stays finite at the edge
+        return _where_in_dom(t, inside, torch.where(pos, value, torch.full_like(t, -1 / a)))
+
+    return Divergence(
+        name=f"alpha:{a:g}",
+        title=f"α-divergence, α = {a:g}",
+        f=lambda u: (torch.pow(u, a) - a * u - (1 - a)) / (a * d),
+        f_prime=lambda u: (torch.pow(u, d) - 1) / d,
+        f_star=f_star,
+        g=lambda v: torch.expm1(k * sgn * v) / d,
+        # 1 + (α − 1)g = exp(k·sgn·v), raised to α/(α − 1)
+        f_star_g=lambda v: torch.expm1(k * a * v / abs(d)) / a,
+        dom=(lo, hi),
+        formulas={
+            "f": f"(u^{a:g} − {a:g}u − {1 - a:g}) / {a * d:g}",
+            "f*": f"((1 + {d:g}t)^({a / d:.4g}) − 1) / {a:g}" + (f", −1/{a:g} for t ≤ {-1 / d:.4g}" if a > 1 else ""),
+            "dom f*": "ℝ" if a > 1 else (f"t ≤ {hi:.4g}" if a < 0 else f"t < {hi:.4g}"),
+            "g_f": f"(exp({k * sgn:.4g}v) − 1) / {d:g}",
+        },
+    )
+
+
+# ------------------------------------------------------------------- table ---
+_FIXED: dict[str, Callable[[], Divergence]] = {
+    "kl": _kl,
+    "reverse-kl": _reverse_kl,
+    "pearson": _pearson,
+    "neyman": _neyman,
+    "hellinger": _hellinger,
+    "jeffrey": _jeffrey,
+    "js": lambda: _js_weighted(0.5, name="js"),
+    "gan": _gan,
+    "tv": _tv,
+}
+PARAMETRIC = ("alpha:A", "js-weighted:PI")
+F_DIVERGENCES = tuple(_FIXED) + PARAMETRIC
+# Divergences trained without a conjugate: a Lipschitz critic or a kernel.
+OTHER = ("wasserstein", "mmd")
+NAMES = F_DIVERGENCES + OTHER
+# Representative parameters, used by the table and the tests.
+EXAMPLES = tuple(_FIXED) + ("alpha:-1", "alpha:0.5", "alpha:2", "alpha:3", "js-weighted:0.25")
+
+
+def _parameter(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"divergence {name!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(f"divergence {name!r}: the parameter must be finite")
+    return value
+
+
+def get(name: str) -> Divergence:
+    """The f-divergence called `name` (see NAMES); InputError if there is none."""
+    if name in _FIXED:
+        return _FIXED[name]()
+    head, sep, tail = name.partition(":")
+    if sep and head == "alpha":
+        a = _parameter(name, tail)
+        if a in (0.0, 1.0):
+            raise InputError(f"divergence {name!r}: α must not be 0 or 1 (those limits are reverse-kl and kl)")
+        return _alpha(a)
+    if sep and head == "js-weighted":
+        pi = _parameter(name, tail)
+        if not 0 < pi < 1:
+            raise InputError(f"divergence {name!r}: π must lie strictly between 0 and 1")
+        return _js_weighted(pi)
+    if name in OTHER:
+        raise InputError(f"{name!r} is not an f-divergence; it has no conjugate")
+    raise InputError(f"unknown divergence {name!r}; valid: {', '.join(NAMES)}")
+
+
+def check_name(name: str) -> str:
+    """Validate any divergence name, including `wasserstein` and `mmd`."""
+    if name not in OTHER:
+        get(name)
+    return name
+
+
+def table(names=EXAMPLES) -> list[dict]:
+    """One row per divergence: name, f, f*, dom f*, g_f, f'(1)."""
+    rows = []
+    for name in names:
+        d = get(name)
+        rows.append({"name": d.name, "title": d.title, **d.formulas, "f'(1)": round(d.f_prime_1, 6)})
+    return rows

@@ -1,0 +1,94 @@
+"""Networks and parametric models: nn.Modules that map tensors to tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal
+
+
+def mlp(in_dim: int, out_dim: int, width: int, depth: int, spectral_norm: bool = False) -> nn.Sequential:
+    """`depth` hidden layers of `width` units with ReLU, then a linear output."""
+    dims = [in_dim] + [width] * depth
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    if spectral_norm:
+        layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Linear) else m for m in layers]
+    return nn.Sequential(*layers)
+
+
+class Standardize(nn.Module):
+    """x ↦ (x − mean)/std with the data's statistics, kept as buffers."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def inverse(self, x):
+        return x * self.std + self.mean
+
+
+class MLPGenerator(nn.Module):
+    """x = G(z), z ~ N(0, I_noise_dim); the network works in standardized units."""
+
+    def __init__(self, noise_dim: int, scaler: Standardize, width: int, depth: int):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.net = mlp(noise_dim, scaler.mean.shape[0], width, depth)
+        self.scaler = scaler
+
+    def forward(self, z):  # (B, noise_dim) -> (B, d)
+        return self.scaler.inverse(self.net(z))
+
+
+class GaussianModel(nn.Module):
+    """Q_θ = N(μ, LLᵀ) with L lower triangular and a positive diagonal.
+
+    Sampling is reparametrized, x = μ + L z with z ~ N(0, I), so every
+    divergence can train it adversarially; `log_prob` makes it usable by
+    maximum likelihood and exact divergences too.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.noise_dim = mean.shape[0]
+        self.mean = nn.Parameter(mean.clone())
+        self.tril = nn.Parameter(torch.zeros(self.noise_dim, self.noise_dim))
+        # softplus(raw) = std on the diagonal at the start
+        self.raw_diag = nn.Parameter(torch.log(torch.expm1(std.clone())))
+
+    @property
+    def scale_tril(self) -> torch.Tensor:  # (d, d)
+        return torch.tril(self.tril, -1) + torch.diag(nn.functional.softplus(self.raw_diag))
+
+    def forward(self, z):  # (B, d) -> (B, d)
+        return self.mean + z @ self.scale_tril.T
+
+    def distribution(self) -> MultivariateNormal:
+        return MultivariateNormal(self.mean, scale_tril=self.scale_tril)
+
+    def log_prob(self, x):
+        return self.distribution().log_prob(x)
+
+    def params(self) -> dict:
+        """Mean and covariance as nested lists, for params.json."""
+        L = self.scale_tril.detach()
+        return {"mean": self.mean.detach().tolist(), "cov": (L @ L.T).tolist()}
+
+
+class Critic(nn.Module):
+    """The raw critic output V(x) ∈ ℝ, shape (B,)."""
+
+    def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False):
+        super().__init__()
+        self.scaler = scaler
+        self.net = mlp(scaler.mean.shape[0], 1, width, depth, spectral_norm)
+
+    def forward(self, x):  # (B, d) -> (B,)
+        return self.net(self.scaler(x)).squeeze(-1)

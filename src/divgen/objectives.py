@@ -1,0 +1,104 @@
+"""Losses as pure functions of critic outputs. No optimizers, no logging.
+
+Shapes: `v_real` (B,) is the raw critic output V(x) on data, `v_fake` (B',) on
+model samples. Every loss is a scalar to *minimize*.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from divgen.divergences import Divergence
+
+GENERATOR_LOSSES = ("nonsaturating", "minimax")
+
+# Critic outputs are passed through `bounded` before g_f. It is the identity on
+# [−V_LINEAR, V_LINEAR] — where every trained critic lives — and saturates
+# smoothly at ±2·V_LINEAR, so exp-type conjugates (KL, Hellinger, α) stay
+# finite, with finite gradients, for every critic output a float32 can hold.
+V_LINEAR = 30.0
+
+
+def bounded(v: torch.Tensor) -> torch.Tensor:
+    """Identity on |v| ≤ 30, then 30 + 30·tanh((|v| − 30)/30): C¹ and |out| < 60."""
+    a = v.abs()
+    tail = V_LINEAR + V_LINEAR * torch.tanh((a - V_LINEAR) / V_LINEAR)
+    return torch.where(a <= V_LINEAR, v, torch.sign(v) * tail)
+
+
+def fgan_bound(div: Divergence, v_real: torch.Tensor, v_fake: torch.Tensor) -> torch.Tensor:
+    """The variational lower bound E_P[g_f(V)] − E_Q[f*(g_f(V))] ≤ D_f(P‖Q).
+
+    Nowozin, Cseke & Tomioka, "f-GAN", NeurIPS 2016, eq. (6).
+    """
+    return div.g(bounded(v_real)).mean() - div.f_star_g(bounded(v_fake)).mean()
+
+
+def fgan_critic_loss(div: Divergence, v_real: torch.Tensor, v_fake: torch.Tensor) -> torch.Tensor:
+    """−(E_P[g_f(V)] − E_Q[f*(g_f(V))]): the critic maximizes the bound.
+
+    For `gan` this is the discriminator's cross-entropy
+    −E_P[log D(x)] − E_Q[log(1 − D(x))] with D = sigmoid(V).
+    """
+    return -fgan_bound(div, v_real, v_fake)
+
+
+def fgan_generator_loss(div: Divergence, v_fake: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
+    """The generator's loss on its own samples.
+
+    `minimax`: minimize the bound itself, i.e. −E_Q[f*(g_f(V))] (E_P[·] does not
+    depend on the generator). `nonsaturating`: maximize E_Q[g_f(V)], which for
+    `gan` is −E_Q[log D(G(z))] (Goodfellow et al. 2014, section 3).
+    """
+    v = bounded(v_fake)
+    if kind == "minimax":
+        return -div.f_star_g(v).mean()
+    if kind == "nonsaturating":
+        return -div.g(v).mean()
+    raise ValueError(f"unknown generator loss {kind!r}; valid: {', '.join(GENERATOR_LOSSES)}")
+
+
+def wasserstein_critic_loss(v_real: torch.Tensor, v_fake: torch.Tensor) -> torch.Tensor:
+    """−(E_P[V] − E_Q[V]); with V 1-Lipschitz the bound is W1(P, Q) (Arjovsky et al. 2017)."""
+    return v_fake.mean() - v_real.mean()
+
+
+def wasserstein_generator_loss(v_fake: torch.Tensor) -> torch.Tensor:
+    """−E_Q[V(G(z))]."""
+    return -v_fake.mean()
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    x_real: torch.Tensor,
+    x_fake: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ (Gulrajani et al. 2017, WGAN-GP)."""
+    eps = torch.rand(x_real.shape[0], 1, generator=generator, device=x_real.device, dtype=x_real.dtype)
+    x_hat = (eps * x_real + (1 - eps) * x_fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.norm(dim=1) - 1) ** 2).mean()
+
+
+def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The median heuristic: median pairwise distance of the pooled sample."""
+    z = torch.cat([x, y])[:2000]
+    d = torch.cdist(z, z)
+    return d[d > 0].median().clamp(min=1e-6)
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: torch.Tensor | float) -> torch.Tensor:
+    """Unbiased MMD² with k(a, b) = exp(−‖a − b‖² / (2h²)) (Gretton et al. 2012, eq. 3)."""
+    gamma = 1.0 / (2 * torch.as_tensor(bandwidth) ** 2)
+    kxx = torch.exp(-gamma * torch.cdist(x, x).pow(2))
+    kyy = torch.exp(-gamma * torch.cdist(y, y).pow(2))
+    kxy = torch.exp(-gamma * torch.cdist(x, y).pow(2))
+    m, n = x.shape[0], y.shape[0]
+    return (
+        (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+        + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )

@@ -1,0 +1,135 @@
+"""The run directory: creation without clobbering, atomic checkpoints, config and metrics files.
+
+Layout (DESIGN.md): config.json, metrics.jsonl, checkpoints/step-XXXXXXXX.pt,
+samples.npy, samples.png, losses.png, and params.json for a Gaussian model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from divgen.errors import InputError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+# Everything a run writes; `--overwrite` removes these and nothing else.
+RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, "samples.npy", "samples.png", "losses.png", "params.json", "eval.json", "tensorboard")
+
+
+def prepare(out: Path, overwrite: bool = False) -> Path:
+    """Create a fresh run directory; refuse to touch an existing one unless asked."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"run directory {str(out)!r} already exists; use --resume to continue it or --overwrite to replace it")
+        for name in RUN_FILES:  # only divgen's own files; anything else the user put there stays
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    try:
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-")
+        probe.close()
+    except OSError as e:
+        raise InputError(f"cannot write to run directory {str(out)!r}: {e.strerror or e}") from None
+    return out
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    _atomic_write(Path(path), lambda fh: fh.write(json.dumps(obj, indent=2).encode() + b"\n"))
+
+
+def read_config(run: Path) -> dict:
+    """config.json of a run directory, or InputError if `run` is not one."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise InputError(f"{str(run)!r} is not a divgen run directory (no {CONFIG})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{str(path)!r} is not valid JSON: {e}") from None
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run: Path, last_step: int) -> None:
+    """Drop metric lines logged after `last_step` (they are redone on resume)."""
+    rows = [r for r in read_metrics(run) if r.get("step", 0) <= last_step]
+    _atomic_write(Path(run) / METRICS, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
+def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
+    """Write checkpoints/step-<step>.pt atomically and keep the newest `keep`."""
+    folder = Path(run) / CHECKPOINTS
+    path = folder / f"step-{step:08d}.pt"
+    _atomic_write(path, lambda fh: torch.save({"step": step, **state}, fh))
+    for old in checkpoints(run)[:-keep]:
+        old.unlink()
+    return path
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Checkpoint files, oldest first."""
+    return sorted((Path(run) / CHECKPOINTS).glob("step-*.pt"))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, forbidden global: all mean "not a good checkpoint"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"checkpoint {str(path)!r} is corrupt or unsafe: {reason[:200]}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise InputError(f"checkpoint {str(path)!r} is not a divgen checkpoint")
+    return state
+
+
+def latest_checkpoint(run: Path) -> dict:
+    """The newest checkpoint that loads; damaged newer ones are reported and left in place."""
+    found = checkpoints(run)
+    if not found:
+        raise InputError(f"run directory {str(run)!r} has no checkpoint")
+    for path in reversed(found):
+        try:
+            return load_checkpoint(path)
+        except InputError as e:
+            print(f"divgen: warning: {e}; trying an older one", file=sys.stderr)
+    raise InputError(f"no checkpoint in {str(Path(run) / CHECKPOINTS)!r} could be loaded")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
