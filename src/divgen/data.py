@@ -8,6 +8,7 @@ path to the user's own `.npy`, `.npz` or `.csv` file.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -165,7 +166,7 @@ def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             x = _read_csv(path)
     except InputError:
         raise
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return _validate(x, str(path)), _validate_labels(labels, len(x), str(path))
 
@@ -190,7 +191,7 @@ def _read_csv(path: Path) -> np.ndarray:
     widths = {len(r) for r in values}
     if len(widths) > 1:
         raise InputError(f"data file {str(path)!r}: rows have different numbers of columns {sorted(widths)}")
-    return np.array(values, dtype=np.float64).reshape(len(values), -1)
+    return np.array(values, dtype=np.float64).reshape(len(values), len(rows[-1]))
 
 
 def _is_float(text: str) -> bool:

@@ -164,7 +164,9 @@ def _jeffrey() -> Divergence:
     def f_star(t):
         # t = f'(u) = log u + 1 − 1/u; with w = 1/u: w + log w = 1 − t, so w = ω(1 − t)
         w = wright_omega(1 - t)
-        return w + 1 / w + t - 2
+        # 1/w = exp(w + t − 1) from w + log w = 1 − t; unlike 1/w, its gradient
+        # stays finite in float32 when w underflows towards 0 (large t)
+        return w + torch.exp(w + t - 1) + t - 2
 
     return Divergence(
         name="jeffrey",

@@ -104,10 +104,10 @@ def losses_figure(path: Path, metrics: list[dict], title: str = "") -> None:
     plt.close(fig)
 
 
-def ellipse(ax, mean, cov, color, label, n_std: float = 1.0):
+def ellipse(ax, mean, cov, color, label, n_std: float = 1.0, linestyle: str = "-"):
     """The n_std-σ ellipse of N(mean, cov) in 2-D."""
     vals, vecs = np.linalg.eigh(np.asarray(cov))
     t = np.linspace(0, 2 * np.pi, 200)
     pts = np.asarray(mean)[:, None] + n_std * vecs @ (np.sqrt(np.maximum(vals, 0))[:, None] * np.stack([np.cos(t), np.sin(t)]))
-    ax.plot(pts[0], pts[1], color=color, lw=2, label=label)
+    ax.plot(pts[0], pts[1], color=color, lw=2, ls=linestyle, label=label)
     ax.plot(*mean, marker="+", color=color, ms=10, mew=2)

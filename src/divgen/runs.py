@@ -39,7 +39,7 @@ def prepare(out: Path, overwrite: bool = False) -> Path:
             elif p.exists():
                 p.unlink()
     try:
-        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-")
         probe.close()
     except OSError as e:
@@ -79,6 +79,7 @@ def truncate_metrics(run: Path, last_step: int) -> None:
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """Write checkpoints/step-<step>.pt atomically and keep the newest `keep`."""
     folder = Path(run) / CHECKPOINTS
+    folder.mkdir(exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
     _atomic_write(path, lambda fh: torch.save({"step": step, **state}, fh))
     for old in checkpoints(run)[:-keep]:

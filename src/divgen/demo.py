@@ -1,0 +1,100 @@
+"""`divgen demo`: the seeds' core story on embedded data, in under two minutes on a CPU.
+
+1. A Gaussian fitted adversarially to a two-mode 2-D mixture (`mog2d`) under
+   `kl` covers both modes, like maximum likelihood; under `reverse-kl` it
+   locks onto one mode. Neither fit ever evaluates p(x): the critic sees samples.
+2. An MLP generator trained with `js` on eight Gaussians on a ring.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from divgen import data as datasets
+from divgen import plots, runs
+from divgen.train import Config, train
+
+_GAUSSIAN = Config(data="mog2d", model="gaussian", steps=2500, critic_steps=2, lr_generator=1e-2, lr_critic=1e-3, width=64, checkpoint_every=2500)
+RUNS = {
+    # The minimax loss follows D_f itself. For `kl` the nonsaturating loss would
+    # maximize E_Q[f'(p/q)] = 1 − KL(Q‖P), i.e. follow reverse KL instead.
+    "kl": replace(_GAUSSIAN, divergence="kl", generator_loss="minimax"),
+    "reverse-kl": replace(_GAUSSIAN, divergence="reverse-kl", generator_loss="nonsaturating"),
+    "ring8-js": Config(data="ring8", divergence="js", steps=3000, checkpoint_every=3000),
+}
+COLORS = {"mle": "k", "kl": "tab:blue", "reverse-kl": "tab:red"}
+
+
+def _fresh_dir(base: str = "divgen-demo") -> Path:
+    path, i = Path(base), 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    return path
+
+
+def run(out: Path | None = None, quiet: bool = False) -> dict:
+    """Train the three demo runs under `out` and draw one figure; returns a summary."""
+    out = runs.prepare(out or _fresh_dir())
+    fits: dict[str, dict] = {}
+    for name, cfg in RUNS.items():
+        train(cfg, out / name, quiet=quiet)
+        if cfg.model == "gaussian":
+            fits[name] = json.loads((out / name / "params.json").read_text())
+    x = datasets.load("mog2d", n=_GAUSSIAN.n_data, seed=_GAUSSIAN.seed).train
+    # maximum likelihood for a Gaussian is closed form: the sample mean and covariance
+    fits = {"mle": {"mean": x.mean(0).tolist(), "cov": np.cov(x.numpy().T).tolist()}, **fits}
+    figure = out / "demo.png"
+    _figure(figure, out, fits)
+    return {"out": str(out), "figure": str(figure), "fits": fits, "ring8": runs.read_metrics(out / "ring8-js")[-1]}
+
+
+def summary(result: dict) -> str:
+    lines = ["Gaussian fits to mog2d (modes at (±2, 0), σ = 0.5):"]
+    for name, p in result["fits"].items():
+        sd = np.sqrt(np.diag(p["cov"]))
+        lines.append(f"  {name:11s} mean ({p['mean'][0]:+.2f}, {p['mean'][1]:+.2f})  std ({sd[0]:.2f}, {sd[1]:.2f})")
+    lines.append("  → kl covers both modes like maximum likelihood; reverse-kl locks onto one.")
+    lines.append(f"runs: {result['out']}")
+    lines.append(f"figure: {result['figure']}")
+    return "\n".join(lines)
+
+
+def _figure(path: Path, out: Path, fits: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    ax = axes[0]
+    density = datasets.toy_density("mog2d")
+    gx, gy, pts = plots.grid((-4.5, 4.5), (-3, 3))
+    ax.contourf(gx, gy, density.log_prob(pts).exp().reshape(gx.shape).numpy(), levels=12, cmap="Greys")
+    for name, p in fits.items():
+        label = {"mle": "maximum likelihood", "kl": "adversarial KL(P‖Q)", "reverse-kl": "adversarial KL(Q‖P)"}[name]
+        plots.ellipse(ax, p["mean"], p["cov"], COLORS[name], label, linestyle="--" if name == "mle" else "-")
+    ax.set_aspect("equal")
+    ax.legend(frameon=False, fontsize=8, loc="lower left")
+    ax.set_title("Gaussian fits (1-σ ellipses) to a two-mode mixture")
+
+    ring_cfg = RUNS["ring8-js"]
+    ring = datasets.load("ring8", n=ring_cfg.n_data, seed=ring_cfg.seed).train
+    samples = torch.from_numpy(np.load(out / "ring8-js" / "samples.npy"))
+    plots.draw_samples(axes[1], ring, samples)
+    axes[1].set_title("MLP generator, js, on ring8")
+
+    ax = axes[2]
+    for name, color in (("kl", COLORS["kl"]), ("reverse-kl", COLORS["reverse-kl"]), ("ring8-js", "tab:green")):
+        m = runs.read_metrics(out / name)
+        ax.plot([r["step"] for r in m], [r["estimate"] for r in m], color=color, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("critic's lower bound on D(P‖Q)")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.legend(frameon=False)
+    ax.set_title("what the critic certifies during training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
