@@ -7,12 +7,13 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 
-def mlp(in_dim: int, out_dim: int, width: int, depth: int, spectral_norm: bool = False) -> nn.Sequential:
-    """`depth` hidden layers of `width` units with ReLU, then a linear output."""
+def mlp(in_dim: int, out_dim: int, width: int, depth: int, spectral_norm: bool = False,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """`depth` hidden layers of `width` units with `activation` (ReLU), then a linear output."""
     dims = [in_dim] + [width] * depth
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), activation()]
     layers.append(nn.Linear(dims[-1], out_dim))
     if spectral_norm:
         layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Linear) else m for m in layers]
@@ -85,10 +86,11 @@ class GaussianModel(nn.Module):
 class Critic(nn.Module):
     """The raw critic output V(x) ∈ ℝ, shape (B,)."""
 
-    def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False):
+    def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False,
+                 activation: type[nn.Module] = nn.ReLU):
         super().__init__()
         self.scaler = scaler
-        self.net = mlp(scaler.mean.shape[0], 1, width, depth, spectral_norm)
+        self.net = mlp(scaler.mean.shape[0], 1, width, depth, spectral_norm, activation)
 
-    def forward(self, x):  # (B, d) -> (B,)
-        return self.net(self.scaler(x)).squeeze(-1)
+    def forward(self, x):  # (B, d) -> (B,), float32 even under bf16 autocast: losses need the range
+        return self.net(self.scaler(x)).squeeze(-1).float()

@@ -104,8 +104,9 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def latest_checkpoint(run: Path) -> dict:
-    """The newest checkpoint that loads; damaged newer ones are reported and left in place."""
+def latest_checkpoint(run: Path, set_aside: bool = False) -> dict:
+    """The newest checkpoint that loads. A damaged newer one is reported by name and,
+    with `set_aside`, renamed to *.corrupt so that the resumed run cannot overwrite it."""
     found = checkpoints(run)
     if not found:
         raise InputError(f"run directory {str(run)!r} has no checkpoint")
@@ -113,7 +114,11 @@ def latest_checkpoint(run: Path) -> dict:
         try:
             return load_checkpoint(path)
         except InputError as e:
-            print(f"divgen: warning: {e}; trying an older one", file=sys.stderr)
+            kept = ""
+            if set_aside:
+                path.rename(path.with_name(path.name + ".corrupt"))
+                kept = f" (kept as {path.name}.corrupt)"
+            print(f"divgen: warning: {e}{kept}; falling back to an older checkpoint", file=sys.stderr)
     raise InputError(f"no checkpoint in {str(Path(run) / CHECKPOINTS)!r} could be loaded")
 
 

@@ -8,7 +8,10 @@ activation, a Lipschitz critic for `wasserstein`, or a kernel for `mmd`.
 from __future__ import annotations
 
 import json
+import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,10 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from divgen import data as datasets
-from divgen import divergences, objectives, plots, runs
+from divgen import divergences, objectives, parallel, plots, runs
 from divgen.errors import InputError
 from divgen.models import Critic, GaussianModel, MLPGenerator, Standardize
 
@@ -57,6 +61,9 @@ class Config:
     checkpoint_every: int = option(500, "steps between checkpoints")
     keep_checkpoints: int = option(3, "checkpoints kept on disk")
     n_samples: int = option(10_000, "samples written to samples.npy at the end")
+    on_nan: str = option("stop", "on a NaN/inf loss or parameter: stop, or roll back to the last checkpoint with halved learning rates (≤ 3 times)", ("stop", "rollback"))
+    tensorboard: bool = option(False, "also write TensorBoard event files to RUN/tensorboard")
+    bf16: bool = option(False, "bfloat16 autocast for the networks on CUDA")
 
     def validate(self) -> "Config":
         divergences.check_name(self.divergence)
@@ -109,7 +116,8 @@ class Objective:
     generator_loss: Callable  # (critic, x_real, x_fake) -> loss
 
 
-def make_objective(cfg: Config, x_train: torch.Tensor) -> Objective:
+def make_objective(cfg: Config, x_train: torch.Tensor, critic_module: nn.Module | None = None) -> Objective:
+    """`critic_module` is the critic without a DistributedDataParallel wrapper, for the gradient penalty."""
     if cfg.divergence == "mmd":  # no critic: the kernel two-sample statistic is the loss
         h = objectives.median_bandwidth(x_train[:1000], x_train[1000:2000] if len(x_train) > 1000 else x_train)
         return Objective(None, lambda critic, x_real, x_fake: objectives.mmd2_unbiased(x_real, x_fake, h))
@@ -120,7 +128,7 @@ def make_objective(cfg: Config, x_train: torch.Tensor) -> Objective:
             loss = objectives.wasserstein_critic_loss(v_real, v_fake)
             estimate = -loss.detach()
             if cfg.lipschitz == "gp":
-                loss = loss + cfg.gp_weight * objectives.gradient_penalty(critic, x_real, x_fake, rng)
+                loss = loss + cfg.gp_weight * objectives.gradient_penalty(critic if critic_module is None else critic_module, x_real, x_fake, rng)
             return loss, estimate
 
         return Objective(critic_loss, lambda critic, x_real, x_fake: objectives.wasserstein_generator_loss(critic(x_fake)))
@@ -141,116 +149,285 @@ def make_objective(cfg: Config, x_train: torch.Tensor) -> Objective:
 
 # ------------------------------------------------------------------ the loop ---
 class TrainingDiverged(RuntimeError):
-    """A loss or a parameter became NaN or infinite."""
+    """A loss or a parameter became NaN or infinite (and no rollback was left)."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM: a final checkpoint was written; the message says how to resume."""
+
+
+MAX_ROLLBACKS = 3
 
 
 def train(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
-    """Train a generator on cfg.data by minimizing cfg.divergence; returns the run directory."""
+    """Train a generator on cfg.data by minimizing cfg.divergence; returns the run directory.
+
+    Under torchrun every process calls this; they train one model with
+    DistributedDataParallel and only rank 0 writes files.
+    """
     cfg.validate()
-    device = resolve_device(cfg.device)
+    world, device = parallel.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, Path(out), world, device, resume, overwrite, quiet)
+    finally:
+        parallel.teardown(world)
+
+
+def _train(cfg: Config, out: Path, world: parallel.World, device: torch.device, resume: bool, overwrite: bool, quiet: bool) -> Path:
+    if cfg.batch_size % world.size:
+        raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
-    out = Path(out) if resume else runs.prepare(Path(out), overwrite)
-    if not resume:
-        runs.write_json(out / runs.CONFIG, asdict(cfg))
+    if not resume:  # rank 0 creates the directory; every rank learns whether that failed
+        error = None
+        if world.main:
+            try:
+                runs.prepare(out, overwrite)
+                runs.write_json(out / runs.CONFIG, asdict(cfg))
+            except InputError as e:
+                error = str(e)
+        if error := parallel.broadcast(world, error):
+            raise InputError(error)
 
     # Denormal floats (e.g. exp of a very negative critic output in the KL
     # conjugate) make CPU arithmetic several times slower and carry no signal.
     torch.set_flush_denormal(True)
-    torch.manual_seed(cfg.seed)  # network initialization
+    torch.manual_seed(cfg.seed)  # network initialization, identical on every rank
+    gen_module, critic_module = build_models(cfg, ds.train)
+    gen_module, critic_module = gen_module.to(device), critic_module.to(device)
+    ddp = (lambda m: DistributedDataParallel(m)) if world.size > 1 else (lambda m: m)
+    generator, critic = ddp(gen_module), ddp(critic_module)
+    objective = make_objective(cfg, ds.train, critic_module)
+    opt_g = torch.optim.Adam(gen_module.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
+    opt_c = torch.optim.Adam(critic_module.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.999))
     x = ds.train.to(device)
-    generator, critic = build_models(cfg, ds.train)
-    generator, critic = generator.to(device), critic.to(device)
-    objective = make_objective(cfg, ds.train)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
-    opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.999))
-    # All randomness of the loop (batches, noise, penalty interpolates) flows from this one generator.
+    # The global batch stream (indices, noise) is the same on every rank, and each
+    # rank computes on its own slice of it: K processes see exactly the batches of
+    # one process, so results match a single-process run. Rank-local randomness
+    # (gradient-penalty interpolates) has a stream of its own per rank.
     rng = torch.Generator(device).manual_seed(cfg.seed)
+    local_rng = torch.Generator(device).manual_seed(cfg.seed + 1 + world.rank)
+    share = cfg.batch_size // world.size
+    mine = slice(world.rank * share, (world.rank + 1) * share)
     critic_steps = cfg.critic_steps if objective.critic_loss else 0
+    bf16 = cfg.bf16 and device.type == "cuda"
+    if cfg.bf16 and not bf16 and world.main:
+        print("divgen: warning: --bf16 applies on CUDA only; training in float32", file=sys.stderr)
 
-    start = 0
-    if resume:
-        state = runs.latest_checkpoint(out)
-        if state["data_shape"][1] != ds.dim:
-            raise InputError(f"data has dimension {ds.dim} but the resumed run was trained on dimension {state['data_shape'][1]}")
-        generator.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_generator"])
-        opt_c.load_state_dict(state["opt_critic"])
-        rng.set_state(state["rng"])
-        start = state["step"]
-        runs.truncate_metrics(out, start)
+    def batch():  # (B/K, d) rows of the training set, with replacement
+        return x[torch.randint(len(x), (cfg.batch_size,), generator=rng, device=device)[mine]]
 
-    def checkpoint(step):
-        runs.save_checkpoint(out, step, {
-            "generator": generator.state_dict(), "critic": critic.state_dict(),
+    def noise():  # (B/K, noise_dim)
+        return torch.randn(cfg.batch_size, gen_module.noise_dim, generator=rng, device=device)[mine]
+
+    def state() -> dict:  # everything needed to continue bit for bit
+        return {
+            "generator": gen_module.state_dict(), "critic": critic_module.state_dict(),
             "opt_generator": opt_g.state_dict(), "opt_critic": opt_c.state_dict(),
-            "rng": rng.get_state(), "data_shape": list(ds.train.shape),
-        }, cfg.keep_checkpoints)
+            "rng": rng.get_state(), "local_rngs": parallel.gather(world, local_rng.get_state()),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_rng_state(), "python_rng": random.getstate(),
+            "data_shape": list(ds.train.shape), "world_size": world.size,
+        }
 
-    def batch():  # (B, d) rows of the training set, with replacement
-        return x[torch.randint(len(x), (cfg.batch_size,), generator=rng, device=device)]
+    def restore(s: dict) -> int:
+        if s["data_shape"][1] != ds.dim:
+            raise InputError(f"data has dimension {ds.dim} but the run was trained on dimension {s['data_shape'][1]}")
+        if s["world_size"] != world.size:
+            raise InputError(f"the run was trained by {s['world_size']} processes; resume it with the same number (now {world.size})")
+        gen_module.load_state_dict(s["generator"])
+        critic_module.load_state_dict(s["critic"])
+        opt_g.load_state_dict(s["opt_generator"])
+        opt_c.load_state_dict(s["opt_critic"])
+        rng.set_state(s["rng"])
+        local_rng.set_state(s["local_rngs"][world.rank])
+        torch.set_rng_state(s["torch_rng"])
+        _set_numpy_rng_state(s["numpy_rng"])
+        random.setstate(s["python_rng"])
+        if world.main:
+            runs.truncate_metrics(out, s["step"])
+        return s["step"]
 
-    def noise():  # (B, noise_dim)
-        return torch.randn(cfg.batch_size, generator.noise_dim, generator=rng, device=device)
+    def checkpoint(step: int) -> None:
+        s = state()  # collective: every rank contributes its local RNG
+        if world.main:
+            runs.save_checkpoint(out, step, s, cfg.keep_checkpoints)
+        parallel.barrier(world)
 
-    interactive = sys.stderr.isatty() and not quiet
-    bar = tqdm(total=cfg.steps, initial=start, disable=not interactive, desc=f"{cfg.divergence} on {Path(cfg.data).name}", unit="step")
-    metrics_file = open(out / runs.METRICS, "a")
-    loss_c = estimate = torch.zeros(())
-    t0, last_step = time.perf_counter(), start
+    def latest() -> dict:
+        s = runs.latest_checkpoint(out, set_aside=world.main)
+        parallel.barrier(world)
+        return s
+
+    step = restore(latest()) if resume else 0
+    if not resume:
+        checkpoint(0)  # so that a crash, a kill or a rollback always has a state to return to
+
+    log = _Logger(out, cfg, world, quiet, start=step)
+    stop = _StopSignal()
+    rollbacks = 0
     try:
-        for step in range(start + 1, cfg.steps + 1):
+        while step < cfg.steps:
+            step += 1
             for _ in range(critic_steps):
                 x_real = batch()
-                with torch.no_grad():
-                    x_fake = generator(noise())
-                loss_c, estimate = objective.critic_loss(critic, x_real, x_fake, rng)
+                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    x_fake = gen_module(noise())
+                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    loss_c, estimate = objective.critic_loss(critic, x_real, x_fake, local_rng)
                 opt_c.zero_grad(set_to_none=True)
                 loss_c.backward()
                 opt_c.step()
                 if cfg.divergence == "wasserstein" and cfg.lipschitz == "clip":
                     with torch.no_grad():
-                        for p in critic.parameters():
+                        for p in critic_module.parameters():
                             p.clamp_(-cfg.clip, cfg.clip)
+            if critic_steps == 0:
+                loss_c = estimate = torch.zeros((), device=device)
 
             # generator step; the critic's own gradients are not needed here
-            critic.requires_grad_(False)
-            loss_g = objective.generator_loss(critic, batch() if critic_steps == 0 else None, generator(noise()))
+            critic_module.requires_grad_(False)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss_g = objective.generator_loss(critic_module, batch() if critic_steps == 0 else None, generator(noise()))
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            critic.requires_grad_(True)
+            critic_module.requires_grad_(True)
 
+            at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            fault = _fault(loss_c, loss_g, gen_module, critic_module, check_parameters=at_checkpoint)
+            bad, interrupted = parallel.any_flag(world, torch.tensor([fault is not None, stop.requested])).tolist()
+            if bad:
+                where = fault or "another process's loss"
+                if cfg.on_nan == "rollback" and rollbacks < MAX_ROLLBACKS:
+                    rollbacks += 1
+                    step = restore(latest())
+                    for opt in (opt_g, opt_c):
+                        for group in opt.param_groups:
+                            group["lr"] /= 2
+                    log.note(f"{where} became non-finite at step {step}; rolled back to step {step} "
+                             f"and halved the learning rates (rollback {rollbacks} of {MAX_ROLLBACKS})")
+                    continue
+                raise TrainingDiverged(f"{where} became non-finite at step {step} (divergence {cfg.divergence}); "
+                                       f"the last good checkpoint in {out / runs.CHECKPOINTS} is kept; "
+                                       "try lower learning rates or --on-nan rollback")
             if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                row = {
-                    "step": step,
-                    "critic_loss": loss_c.item(),
-                    "generator_loss": loss_g.item(),
-                    "estimate": float(estimate),
-                    "steps_per_s": round((step - last_step) / (now - t0), 2),
-                }
-                t0, last_step = now, step
-                if not all(np.isfinite([row["critic_loss"], row["generator_loss"]])):
-                    bad = "critic" if not np.isfinite(row["critic_loss"]) else "generator"
-                    raise TrainingDiverged(f"the {bad} loss became non-finite by step {step} (divergence {cfg.divergence}); "
-                                           "the last good checkpoint is kept — try lower learning rates")
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                if interactive:
-                    bar.set_postfix(critic=f"{row['critic_loss']:.3f}", gen=f"{row['generator_loss']:.3f}", est=f"{row['estimate']:.3f}")
-                elif not quiet and step % max(cfg.log_every, cfg.steps // 10) == 0:
-                    print(f"step {step}/{cfg.steps}  critic {row['critic_loss']:.4f}  generator {row['generator_loss']:.4f}  "
-                          f"estimate {row['estimate']:.4f}  {row['steps_per_s']:.0f} steps/s", file=sys.stderr)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                values = parallel.mean(world, torch.stack([loss_c.detach().float(), loss_g.detach().float(), estimate.float()]))
+                log.row(step, dict(zip(("critic_loss", "generator_loss", "estimate"), values.tolist())), opt_g, opt_c)
+            if interrupted:
                 checkpoint(step)
-            bar.update(1)
+                raise Interrupted(f"stopped at step {step} with a checkpoint; continue with: divgen train --resume {out}")
+            if at_checkpoint:
+                checkpoint(step)
+                log.figure(step, ds.train, lambda: draw(gen_module, 1000, cfg.seed + 1))
+            log.advance()
     finally:
-        bar.close()
-        metrics_file.close()
+        stop.restore()
+        log.close()
 
-    finish(out, cfg, ds, generator, critic)
+    if world.main:
+        finish(out, cfg, ds, gen_module, critic_module)
+    parallel.barrier(world)
     return out
+
+
+def _fault(loss_c, loss_g, generator: nn.Module, critic: nn.Module, check_parameters: bool) -> str | None:
+    """Which quantity is NaN/inf, if any: the losses every step, the parameters at checkpoints."""
+    if not torch.isfinite(loss_c):
+        return "the critic loss"
+    if not torch.isfinite(loss_g):
+        return "the generator loss"
+    if check_parameters:
+        for name, net in (("generator", generator), ("critic", critic)):
+            if not all(torch.isfinite(p).all() for p in net.parameters()):
+                return f"a {name} parameter"
+    return None
+
+
+def _numpy_rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_rng_state(s: dict) -> None:
+    np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag that the loop reads at the end of a step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Logger:
+    """metrics.jsonl always; a progress bar on a terminal, plain lines otherwise; TensorBoard if asked. Rank 0 only."""
+
+    def __init__(self, out: Path, cfg: Config, world: parallel.World, quiet: bool, start: int):
+        self.cfg, self.active = cfg, world.main
+        self.interactive = self.active and sys.stderr.isatty() and not quiet
+        self.plain = self.active and not self.interactive and not quiet
+        self.file = open(out / runs.METRICS, "a") if self.active else None
+        self.bar = tqdm(total=cfg.steps, initial=start, disable=not self.interactive, unit="step",
+                        desc=f"{cfg.divergence} on {Path(cfg.data).name}")
+        self.writer = None
+        if self.active and cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.t0, self.last = time.perf_counter(), start
+
+    def row(self, step: int, values: dict, opt_g, opt_c) -> None:
+        if not self.active:
+            return
+        now = time.perf_counter()
+        row = {"step": step, **values, "steps_per_s": round((step - self.last) / max(now - self.t0, 1e-9), 2)}
+        self.t0, self.last = now, step
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.writer:
+            for key, value in row.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, step)
+            self.writer.add_scalar("lr_generator", opt_g.param_groups[0]["lr"], step)
+            self.writer.add_scalar("lr_critic", opt_c.param_groups[0]["lr"], step)
+            self.writer.add_scalar("samples_per_s", row["steps_per_s"] * self.cfg.batch_size, step)
+        if self.interactive:
+            self.bar.set_postfix(critic=f"{row['critic_loss']:.3f}", gen=f"{row['generator_loss']:.3f}", est=f"{row['estimate']:.3f}")
+        elif self.plain and (step % max(self.cfg.log_every, self.cfg.steps // 10) == 0 or step == self.cfg.steps):
+            print(f"step {step}/{self.cfg.steps}  critic {row['critic_loss']:.4f}  generator {row['generator_loss']:.4f}  "
+                  f"estimate {row['estimate']:.4f}  {row['steps_per_s']:.0f} steps/s", file=sys.stderr)
+
+    def figure(self, step: int, data: torch.Tensor, samples) -> None:
+        if self.writer:
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(5, 4))
+            plots.draw_samples(ax, data, samples())
+            self.writer.add_figure("samples", fig, step)
+
+    def note(self, text: str) -> None:
+        if self.active:
+            tqdm.write(f"divgen: warning: {text}", file=sys.stderr)
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+        if self.writer:
+            self.writer.close()
 
 
 def draw(generator: nn.Module, n: int, seed: int, chunk: int = 8192) -> torch.Tensor:

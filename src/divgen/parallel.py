@@ -1,0 +1,84 @@
+"""Multi-process training with torch.distributed, as launched by `torchrun`.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is
+a no-op for a single process. Backend: NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files."""
+        return self.rank == 0
+
+
+def setup(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group when launched by torchrun; pin one GPU per process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(), device
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world, device
+
+
+def teardown(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+def any_flag(world: World, flags: torch.Tensor) -> torch.Tensor:
+    """Elementwise OR of boolean flags over all processes, so every rank takes the same branch."""
+    if world.size > 1:
+        flags = flags.to(torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.bool()
+
+
+def mean(world: World, values: torch.Tensor) -> torch.Tensor:
+    """Average a tensor of logged values over processes."""
+    if world.size > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world.size
+    return values
+
+
+def gather(world: World, obj) -> list:
+    """Every process's `obj`, in rank order (the same list on every rank)."""
+    if world.size == 1:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(world: World, obj):
+    """Rank 0's `obj` on every rank."""
+    if world.size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
