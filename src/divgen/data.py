@@ -84,7 +84,7 @@ TOYS: dict[str, Toy] = {
     "swissroll": Toy(lambda: CurveMixture([_swissroll], sigma=0.1)),
     "moons": Toy(lambda: CurveMixture([_moon_upper, _moon_lower], sigma=0.1)),
 }
-BUILTIN = tuple(TOYS) + ("digits",)
+BUILTIN = tuple(TOYS) + ("digits", "mnist1d")
 FILE_TYPES = (".npy", ".npz", ".csv")
 
 
@@ -121,6 +121,8 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
 
         bunch = load_digits()
         x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+    elif name == "mnist1d":
+        x, y = _mnist1d()
     else:
         x, y = read_array(name)
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -132,6 +134,25 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
         holdout=torch.from_numpy(x[hold]),
         labels=None if y is None else torch.from_numpy(y[keep]),
     )
+
+
+def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-1D (Greydanus 2020): 5,000 length-40 signals in 10 classes, generated
+    procedurally by the mnist1d package; nothing is downloaded."""
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    saved = np.random.get_state(), random.getstate()
+    try:  # make_dataset reseeds numpy and random globally; leave the caller's streams alone
+        with torch.random.fork_rng(devices=[]):
+            d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(saved[0])
+        random.setstate(saved[1])
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
+    y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
+    return x, y
 
 
 def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -193,7 +193,7 @@ def _gan() -> Divergence:
         # −log(1 − sigmoid(v)) = −log_sigmoid(−v) = softplus(v)
         f_star_g=F.softplus,
         dom=(-math.inf, 0.0),
-        formulas={"f": "u log u − (u + 1) log(u + 1)", "f*": "−log(1 − exp(t))", "dom f*": "t < 0", "g_f": "−log(1 + exp(−v))"},
+        formulas={"f": "u log u − (u + 1) log(u + 1)", "f*": "−log(1 − exp(t))", "dom f*": "t < 0", "g_f": "log σ(v) = −log(1 + exp(−v))"},
     )
 
 
@@ -222,10 +222,10 @@ def _js_weighted(pi: float, name: str | None = None) -> Divergence:
         f_star_g=lambda v: c * (math.log(c) + F.softplus(v)),
         dom=(-math.inf, -pi * math.log(pi)),
         formulas={
-            "f": f"{pi:g}·u log u − ({pi:g}u + {c:g}) log({pi:g}u + {c:g})",
-            "f*": f"{c:g} log {c:g} − {c:g} log(1 − {pi:g} exp(t/{pi:g}))",
-            "dom f*": f"t < {-pi * math.log(pi):.4g}",
-            "g_f": f"{pi:g}(log σ(v) − log {pi:g})",
+            "f": "½[u log u − (u + 1) log((u + 1)/2)]" if name == "js" else "πu log u − (πu + 1 − π) log(πu + 1 − π)",
+            "f*": "−½ log(2 − exp(2t))" if name == "js" else "(1 − π) log(1 − π) − (1 − π) log(1 − π exp(t/π))",
+            "dom f*": f"t < {-pi * math.log(pi):.4g}" + (" (½ log 2)" if name == "js" else " (−π log π)"),
+            "g_f": "½(log 2 + log σ(v))" if name == "js" else "π(log σ(v) − log π)",
         },
     )
 
@@ -278,10 +278,10 @@ def _alpha(a: float) -> Divergence:
         f_star_g=lambda v: torch.expm1(k * a * v / abs(d)) / a,
         dom=(lo, hi),
         formulas={
-            "f": f"(u^{a:g} − {a:g}u − {1 - a:g}) / {a * d:g}",
-            "f*": f"((1 + {d:g}t)^({a / d:.4g}) − 1) / {a:g}" + (f", −1/{a:g} for t ≤ {-1 / d:.4g}" if a > 1 else ""),
+            "f": "(u^α − αu − (1 − α)) / (α(α − 1))",
+            "f*": "((1 + (α − 1)t)^(α/(α − 1)) − 1) / α" + (", −1/α where 1 + (α − 1)t ≤ 0" if a > 1 else ""),
             "dom f*": "ℝ" if a > 1 else (f"t ≤ {hi:.4g}" if a < 0 else f"t < {hi:.4g}"),
-            "g_f": f"(exp({k * sgn:.4g}v) − 1) / {d:g}",
+            "g_f": f"(exp({k * sgn:.4g}·v) − 1) / (α − 1)",
         },
     )
 

@@ -78,6 +78,14 @@ def samples_figure(path: Path, data: torch.Tensor, samples: torch.Tensor, densit
             ax.imshow(mosaic, cmap="gray_r")
             ax.set_title(name)
             ax.axis("off")
+    elif d >= 16:  # long vectors that are not square images: draw them as signals
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, arr, name, color in ((axes[0], data, "data", DATA_COLOR), (axes[1], samples, "model", MODEL_COLOR)):
+            for i, row in enumerate(arr[:12].numpy()):
+                ax.plot(row + 3.0 * (i % 6), color=color if i < 6 else "k", lw=1, alpha=0.9)
+            ax.set_title(name)
+            ax.set_xlabel("coordinate")
+            ax.set_yticks([])
     else:
         fig, ax = plt.subplots(figsize=(6.4, 5.2))
         draw_samples(ax, data, samples, density, critic)
