@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -22,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _emit(args, obj: dict, text: str) -> None:
-    print(json.dumps(obj) if args.json else text)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(json.dumps(obj) if args.json else text)
 
 
 # ------------------------------------------------------------- divergences ---
@@ -48,7 +50,7 @@ def cmd_divergences(args) -> int:
 
 # ------------------------------------------------------------------- train ---
 # Keys that may change when a run is resumed; any other differing key is a conflict.
-RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device"}
+RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "tensorboard", "bf16"}
 
 
 def cmd_train(args) -> int:
@@ -65,8 +67,6 @@ def cmd_train(args) -> int:
         known = {f.name for f in fields(train.Config)}
         cfg = train.Config(**{**{k: v for k, v in saved.items() if k in known}, **given})
         out = Path(args.resume)
-        if cfg.steps != saved.get("steps"):
-            runs.write_json(out / runs.CONFIG, asdict(cfg.validate()))
     else:
         if not args.out:
             raise InputError("train: --out DIR is required (or --resume DIR)")
@@ -84,9 +84,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
     for f in fields(Config):
         meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action="store_const", const=True, default=None, help=meta["help"])
+            continue
         kind = type(f.default) if f.default is not None else str
         p.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             type=_typed(kind, f.name),
             default=None,  # None = not given; Config holds the real default
             metavar=f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
@@ -134,6 +138,64 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- compare ---
+def cmd_compare(args) -> int:
+    from divgen import fit
+
+    result = fit.compare(args.data, args.methods, Path(args.out), model=args.model, steps=args.steps,
+                         seed=args.seed, overwrite=args.overwrite, quiet=args.json)
+    table = Path(result["table"]).read_text()
+    _emit(args, result, f"{table}\nfigure: {result['figure']}\ntable: {result['table']} (and compare.json)")
+    return 0
+
+
+# ---------------------------------------------------- test, estimate, evaluate ---
+def _read_pair(args):
+    from divgen.data import read_array
+
+    (a, _), (b, _) = read_array(args.a), read_array(args.b)
+    return a, b
+
+
+def cmd_test(args) -> int:
+    from dataclasses import asdict
+
+    from divgen import evaluate
+
+    if not 0 < args.alpha < 1:
+        raise InputError("--alpha must lie strictly between 0 and 1")
+    a, b = _read_pair(args)
+    result = evaluate.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
+    reject = result.p_value <= args.alpha
+    what = "held-out accuracy" if result.method == "c2st" else "unbiased MMD²"
+    verdict = "reject" if reject else "do not reject"
+    _emit(args, {**asdict(result), "alpha": args.alpha, "reject": reject},
+          f"{result.method}: statistic {result.statistic:.6g} ({what}), p-value {result.p_value:.4g}, "
+          f"n_a {result.n_a}, n_b {result.n_b}\n{verdict} H0 (same distribution) at α = {args.alpha:g}")
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from dataclasses import asdict
+
+    from divgen import evaluate
+
+    a, b = _read_pair(args)
+    e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
+    _emit(args, asdict(e),
+          f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   {args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}]   "
+          f"({e.method}, n_a {e.n_a}, n_b {e.n_b})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from divgen import evaluate
+
+    result = evaluate.evaluate_run(Path(args.run), seed=args.seed, quiet=args.json)
+    _emit(args, result, evaluate.report(result) + f"\nwrote {Path(args.run) / 'eval.json'}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser ---
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="divgen", description="Train and evaluate generative models as divergence minimization.")
@@ -163,11 +225,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .npy file")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+
+    p = command("compare", cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side")
+    p.add_argument("--data", required=True, help="built-in data set or a .npy/.npz/.csv file (exact:* needs a built-in one)")
+    p.add_argument("--model", default="gaussian", help="model to fit (default: gaussian)")
+    p.add_argument("--methods", default="mle,exact:reverse-kl,adversarial:reverse-kl,adversarial:js",
+                   help="comma-separated: mle, exact:NAME, adversarial:NAME (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory: compare.png, compare.md, compare.json, one run per adversarial fit")
+    p.add_argument("--steps", type=int, default=3000, help="generator steps of each adversarial fit (default: 3000)")
+    p.add_argument("--seed", type=int, default=0, help="data sample and training seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out")
+
+    p = command("test", cmd_test, "two-sample test of H0: A and B come from the same distribution")
+    p.add_argument("a", help="samples A (.npy/.npz/.csv, one sample per row)")
+    p.add_argument("b", help="samples B, same dimension")
+    p.add_argument("--method", default="c2st", choices=("c2st", "mmd"),
+                   help="classifier two-sample test or kernel MMD with permutations (default: c2st)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict (default: 0.05)")
+    p.add_argument("--permutations", type=int, default=500, help="permutations of the mmd test (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, training and permutations (default: 0)")
+
+    p = command("estimate", cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval")
+    p.add_argument("a", help="samples A, playing P (the data)")
+    p.add_argument("b", help="samples B, playing Q (the model)")
+    p.add_argument("--divergence", required=True, help="any f-divergence name (see `divgen divergences`) or wasserstein")
+    p.add_argument("--method", default="critic", choices=("critic", "knn"),
+                   help="held-out bound of an independent critic, or k-nearest neighbours (kl, reverse-kl) (default: critic)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the interval (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
+
+    p = command("evaluate", cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated samples, splits and training (default: 0)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from divgen.train import TrainingDiverged
+    from divgen.train import Interrupted, TrainingDiverged
 
     try:
         args = build_parser().parse_args(argv)
@@ -178,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"divgen: training diverged: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"divgen: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("divgen: interrupted", file=sys.stderr)
         return 130

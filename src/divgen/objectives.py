@@ -75,12 +75,20 @@ def gradient_penalty(
     x_real: torch.Tensor,
     x_fake: torch.Tensor,
     generator: torch.Generator | None = None,
+    one_sided: bool = False,
 ) -> torch.Tensor:
-    """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ (Gulrajani et al. 2017, WGAN-GP)."""
+    """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ (Gulrajani et al. 2017, WGAN-GP).
+
+    `one_sided`: E[max(0, ‖∇V(x̂)‖ − 1)²], which penalizes only slopes above 1
+    (Petzka et al. 2018, WGAN-LP). A critic trained from scratch to estimate
+    W1 needs it: the two-sided penalty makes a slope of 0 a barrier, so a
+    critic that starts with the wrong sign locks in the wrong direction.
+    """
     eps = torch.rand(x_real.shape[0], 1, generator=generator, device=x_real.device, dtype=x_real.dtype)
     x_hat = (eps * x_real + (1 - eps) * x_fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    return ((grad.norm(dim=1) - 1) ** 2).mean()
+    excess = grad.norm(dim=1) - 1
+    return ((excess.clamp(min=0) if one_sided else excess) ** 2).mean()
 
 
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ samples.npy, samples.png, losses.png, and params.json for a Gaussian model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -77,11 +78,16 @@ def truncate_metrics(run: Path, last_step: int) -> None:
 
 
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
-    """Write checkpoints/step-<step>.pt atomically and keep the newest `keep`."""
+    """Write checkpoints/step-<step>.pt atomically and keep the newest `keep`.
+
+    The file carries a SHA-256 digest of its contents, so that damage which
+    still unzips and unpickles (a flipped bit in a tensor) is caught on load.
+    """
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
-    _atomic_write(path, lambda fh: torch.save({"step": step, **state}, fh))
+    state = {"step": step, **state}
+    _atomic_write(path, lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
     for old in checkpoints(run)[:-keep]:
         old.unlink()
     return path
@@ -93,14 +99,22 @@ def checkpoints(run: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged."""
+    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged or unsafe."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, forbidden global: all mean "not a good checkpoint"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"checkpoint {str(path)!r} is corrupt or unsafe: {reason[:200]}") from None
-    if not isinstance(state, dict) or "step" not in state:
+        text = str(e)
+        if "Weights only load failed" in text or "weights_only" in text:
+            reason = "it holds objects that a weights-only load refuses to build (possibly malicious); it was not executed"
+        else:
+            first = next((line for line in text.splitlines() if line.strip()), type(e).__name__)
+            reason = "".join(c for c in first if c.isprintable())[:120]
+        raise InputError(f"checkpoint {str(path)!r} is corrupt or unsafe: {reason}") from None
+    if not isinstance(state, dict) or "step" not in state or "sha256" not in state:
         raise InputError(f"checkpoint {str(path)!r} is not a divgen checkpoint")
+    digest = state.pop("sha256")
+    if digest != _digest(state):
+        raise InputError(f"checkpoint {str(path)!r} is corrupt: its contents do not match their SHA-256 digest")
     return state
 
 
@@ -110,16 +124,49 @@ def latest_checkpoint(run: Path, set_aside: bool = False) -> dict:
     found = checkpoints(run)
     if not found:
         raise InputError(f"run directory {str(run)!r} has no checkpoint")
+    damaged = []
     for path in reversed(found):
         try:
-            return load_checkpoint(path)
+            state = load_checkpoint(path)
         except InputError as e:
+            damaged.append((path, e))
+            continue
+        for bad, error in damaged:
             kept = ""
             if set_aside:
-                path.rename(path.with_name(path.name + ".corrupt"))
-                kept = f" (kept as {path.name}.corrupt)"
-            print(f"divgen: warning: {e}{kept}; falling back to an older checkpoint", file=sys.stderr)
-    raise InputError(f"no checkpoint in {str(Path(run) / CHECKPOINTS)!r} could be loaded")
+                bad.rename(bad.with_name(bad.name + ".corrupt"))
+                kept = f" (kept as {bad.name}.corrupt)"
+            print(f"divgen: warning: {error}{kept}; using {path.name} instead", file=sys.stderr)
+        return state
+    names = ", ".join(p.name for p, _ in damaged)
+    raise InputError(f"no checkpoint in {str(Path(run) / CHECKPOINTS)!r} could be loaded ({names}); first problem: {damaged[0][1]}")
+
+
+def _digest(obj) -> str:
+    """SHA-256 over a nested state: tensors by their raw bytes, everything else by repr."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -242,8 +242,6 @@ def _train(cfg: Config, out: Path, world: parallel.World, device: torch.device, 
         torch.set_rng_state(s["torch_rng"])
         _set_numpy_rng_state(s["numpy_rng"])
         random.setstate(s["python_rng"])
-        if world.main:
-            runs.truncate_metrics(out, s["step"])
         return s["step"]
 
     def checkpoint(step: int) -> None:
@@ -257,12 +255,19 @@ def _train(cfg: Config, out: Path, world: parallel.World, device: torch.device, 
         parallel.barrier(world)
         return s
 
-    step = restore(latest()) if resume else 0
-    if not resume:
-        checkpoint(0)  # so that a crash, a kill or a rollback always has a state to return to
-
-    log = _Logger(out, cfg, world, quiet, start=step)
-    stop = _StopSignal()
+    stop = _StopSignal()  # from here on, Ctrl-C ends with a checkpoint at a step boundary
+    try:
+        if resume:
+            step = restore(latest())
+            if world.main:  # only now that the run is known to continue: record the new step count
+                runs.write_json(out / runs.CONFIG, asdict(cfg))
+        else:
+            step = 0
+            checkpoint(0)  # so that a crash, a kill or a rollback always has a state to return to
+        log = _Logger(out, cfg, world, quiet, start=step)
+    except BaseException:
+        stop.restore()
+        raise
     rollbacks = 0
     try:
         while step < cfg.steps:
@@ -299,11 +304,12 @@ def _train(cfg: Config, out: Path, world: parallel.World, device: torch.device, 
                 where = fault or "another process's loss"
                 if cfg.on_nan == "rollback" and rollbacks < MAX_ROLLBACKS:
                     rollbacks += 1
-                    step = restore(latest())
+                    failed, step = step, restore(latest())
                     for opt in (opt_g, opt_c):
                         for group in opt.param_groups:
                             group["lr"] /= 2
-                    log.note(f"{where} became non-finite at step {step}; rolled back to step {step} "
+                    log.rewind(step)
+                    log.note(f"{where} became non-finite at step {failed}; rolled back to step {step} "
                              f"and halved the learning rates (rollback {rollbacks} of {MAX_ROLLBACKS})")
                     continue
                 raise TrainingDiverged(f"{where} became non-finite at step {step} (divergence {cfg.divergence}); "
@@ -376,7 +382,10 @@ class _Logger:
         self.cfg, self.active = cfg, world.main
         self.interactive = self.active and sys.stderr.isatty() and not quiet
         self.plain = self.active and not self.interactive and not quiet
-        self.file = open(out / runs.METRICS, "a") if self.active else None
+        self.out, self.file = out, None
+        if self.active:
+            runs.truncate_metrics(out, start)  # rows after the checkpoint are redone
+            self.file = open(out / runs.METRICS, "a")
         self.bar = tqdm(total=cfg.steps, initial=start, disable=not self.interactive, unit="step",
                         desc=f"{cfg.divergence} on {Path(cfg.data).name}")
         self.writer = None
@@ -414,6 +423,15 @@ class _Logger:
             fig, ax = plt.subplots(figsize=(5, 4))
             plots.draw_samples(ax, data, samples())
             self.writer.add_figure("samples", fig, step)
+
+    def rewind(self, step: int) -> None:
+        """After a rollback to `step`: drop later metric rows and continue from there."""
+        if self.active:
+            self.file.close()
+            runs.truncate_metrics(self.out, step)
+            self.file = open(self.out / runs.METRICS, "a")
+        self.bar.n = step
+        self.t0, self.last = time.perf_counter(), step
 
     def note(self, text: str) -> None:
         if self.active:

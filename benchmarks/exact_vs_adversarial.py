@@ -1,0 +1,118 @@
+"""Exact vs adversarial minimizers of every f-divergence: a Gaussian fitted to a 1-D mixture.
+
+The analogue of the f-GAN paper's Gaussian-mixture table (Nowozin et al. 2016,
+table 3). For each divergence D:
+
+- the exact minimizer Q* = N(μ*, σ*²) of D(P‖Q), by gradient descent on
+  quadrature with the known data density (`fit.fit_exact`);
+- the adversarial minimizer, trained from samples only with a critic
+  (`fit.fit_adversarial`, recipe `fit.ADVERSARIAL`), over several seeds;
+- the excess divergence D(P‖Q_adv) − D(P‖Q*), both terms by adaptive
+  quadrature. Target: ≤ 0.01 nats.
+
+    python benchmarks/exact_vs_adversarial.py            # mog1d, 3 seeds, prints a markdown table
+    python benchmarks/exact_vs_adversarial.py --divergences kl,js --seeds 5 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from divgen import data as datasets
+from divgen import densities, fit
+
+DEFAULT = "kl,reverse-kl,js,hellinger,jeffrey,pearson,neyman,gan,tv"
+TARGET = 0.01  # nats
+# The divergences the issue holds to the target; the others are reported.
+HELD = ("kl", "reverse-kl", "js", "hellinger", "jeffrey", "pearson")
+
+
+def adversarial(job: tuple[str, str, int, str, dict]) -> dict:
+    data, name, seed, root, overrides = job
+    torch.set_num_threads(1)  # one process per core
+    t0 = time.perf_counter()
+    f = fit.fit_adversarial(data, name, Path(root) / f"{name.replace(':', '_')}-seed{seed}", seed=seed, **overrides)
+    return {"name": name, "seed": seed, "mean": f.mean[0], "std": f.std[0], "seconds": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="mog1d", help="a built-in 1-D data set with a known density (default: mog1d)")
+    ap.add_argument("--divergences", default=DEFAULT, help=f"comma-separated (default: {DEFAULT})")
+    ap.add_argument("--seeds", type=int, default=3, help="adversarial seeds per divergence (default: 3)")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel training processes (default: 2)")
+    ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    for key, value in fit.ADVERSARIAL.items():
+        if key != "model":
+            ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=value, help=f"adversarial recipe (default: {value})")
+    args = ap.parse_args(argv)
+
+    names = [n.strip() for n in args.divergences.split(",") if n.strip()]
+    overrides = {k: getattr(args, k) for k in fit.ADVERSARIAL if k != "model"}
+    ds = datasets.load(args.data, seed=0)
+    if ds.density is None or ds.dim != 1:
+        ap.error(f"--data {args.data}: needs a built-in 1-D data set with a known density")
+    p = ds.density
+
+    t0 = time.perf_counter()
+    exact = {}
+    for name in names:
+        f = fit.fit_exact(p, name, ds.train)
+        exact[name] = (f, densities.exact_divergence(p, f.distribution(), name).value)
+
+    root = args.out or tempfile.mkdtemp(prefix="divgen-exact-vs-adv-")
+    jobs = [(args.data, name, seed, root, overrides) for name in names for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(adversarial, jobs))
+
+    rows = []
+    for name in names:
+        f_star, d_star = exact[name]
+        mine = [r for r in runs if r["name"] == name]
+        d_adv = [densities.exact_divergence(p, densities.gaussian([r["mean"]], [[r["std"] ** 2]]), name).value for r in mine]
+        # the exact local minimizer whose basin each adversarial fit ended in: descend from it
+        local = [fit.fit_exact(p, name, ds.train, steps=300, lr=0.01, init=fit.Fit("", [r["mean"]], [[r["std"] ** 2]])) for r in mine]
+        d_local = [densities.exact_divergence(p, f.distribution(), name).value for f in local]
+        rows.append({
+            "divergence": name, "mu_star": f_star.mean[0], "sigma_star": f_star.std[0], "d_star": d_star,
+            "mu_adv": [r["mean"] for r in mine], "sigma_adv": [r["std"] for r in mine],
+            "excess": [a - d_star for a in d_adv], "local_excess": [a - b for a, b in zip(d_adv, d_local)],
+            "mu_local": [f.mean[0] for f in local], "sigma_local": [f.std[0] for f in local],
+            "seconds": sum(r["seconds"] for r in mine) / len(mine),
+        })
+
+    def pm(values, digits=3):
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):+.{digits}f} ± {sd:.{digits}f}"
+
+    print(f"Gaussian fitted to `{args.data}` by each divergence; adversarial: {args.seeds} seeds, "
+          f"recipe {json.dumps(overrides)}\n")
+    print("| divergence | μ* | σ* | D(P‖Q*) | μ adversarial | σ adversarial | excess D(P‖Q_adv) − D(P‖Q*) | max excess | ≤ 0.01 | excess over the local minimum |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ok = max(r["excess"]) <= TARGET
+        mark = ("yes" if ok else "**no**") + ("" if r["divergence"] in HELD else " (not held)")
+        print(f"| `{r['divergence']}` | {r['mu_star']:+.3f} | {r['sigma_star']:.3f} | {r['d_star']:.4f} | {pm(r['mu_adv'])} | "
+              f"{pm(r['sigma_adv'])} | {pm(r['excess'], 4)} | {max(r['excess']):.4f} | {mark} | {pm(r['local_excess'], 4)} |")
+    print("\nQ* is the global minimizer (best of several starts). The last column compares each adversarial fit "
+          "with the exact local minimizer of its own basin, found by exact descent from the adversarial fit.")
+    print(f"\n{len(jobs)} adversarial runs, {rows[0]['seconds'] if rows else 0:.0f} s each on average; "
+          f"total {time.perf_counter() - t0:.0f} s with {args.jobs} processes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"data": args.data, "recipe": overrides, "rows": rows}, indent=2))
+    held_failed = [r["divergence"] for r in rows if r["divergence"] in HELD and max(r["excess"]) > TARGET]
+    return 1 if held_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

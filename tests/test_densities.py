@@ -1,0 +1,213 @@
+"""Exact divergences between explicit densities: closed forms, quadrature, grid, Monte Carlo."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+
+from divgen import densities, divergences, exact_divergence
+from divgen.data import toy_density
+from divgen.densities import gaussian, gaussian_mixture
+from divgen.errors import InputError
+
+GAUSSIAN_PAIRS_1D = [((0.0, 1.0), (0.0, 1.0)), ((0.3, 1.2), (-0.5, 0.7)), ((2.0, 0.5), (0.0, 3.0))]
+
+
+def g1(mean, sd):
+    return gaussian([mean], [[sd * sd]])
+
+
+def f_at_1(name):
+    return float(divergences.get(name).f(torch.ones((), dtype=torch.float64)))
+
+
+# A pair for which every divergence of the table is finite and has a finite
+# Monte Carlo variance: p has lighter tails than q² and q than p².
+P_MIX = gaussian_mixture([[-1.0], [1.0]], [1.0, 1.0])
+Q_WIDE = g1(0.2, 1.1)
+
+
+@pytest.mark.parametrize("a, b", GAUSSIAN_PAIRS_1D)
+@pytest.mark.parametrize("name", ["kl", "reverse-kl", "jeffrey"])
+def test_quadrature_matches_closed_form_1d(a, b, name):
+    p, q = g1(*a), g1(*b)
+    closed = exact_divergence(p, q, name, "closed-form")
+    quad = exact_divergence(p, q, name, "quadrature")
+    assert closed.method == "closed-form" and quad.method == "quadrature"
+    assert abs(quad.value - closed.value) < 1e-6
+    assert quad.error < 1e-6
+
+
+def test_closed_form_kl_by_hand():
+    # KL(N(μ1, σ1²) ‖ N(μ2, σ2²)) = log(σ2/σ1) + (σ1² + (μ1 − μ2)²)/(2σ2²) − ½
+    p, q = g1(0.3, 1.2), g1(-0.5, 0.7)
+    expected = math.log(0.7 / 1.2) + (1.2**2 + 0.8**2) / (2 * 0.7**2) - 0.5
+    assert exact_divergence(p, q, "kl").value == pytest.approx(expected, abs=1e-12)
+    assert exact_divergence(p, q, "kl", "quadrature").value == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse-kl"])
+def test_grid_matches_closed_form_2d(name):
+    p = gaussian([0.3, 0.1], [[1.0, 0.3], [0.3, 0.8]])
+    q = gaussian([-0.5, 0.2], [[0.6, -0.1], [-0.1, 0.9]])
+    closed = exact_divergence(p, q, name)
+    grid = exact_divergence(p, q, name, "grid", n_grid=401)
+    assert grid.method == "grid"
+    assert abs(grid.value - closed.value) < 1e-6
+    assert abs(grid.value - closed.value) <= grid.error + 1e-9  # the stated error is honest
+
+
+@pytest.mark.parametrize("name", divergences.EXAMPLES)
+def test_monte_carlo_within_three_standard_errors_of_quadrature(name):
+    quad = exact_divergence(P_MIX, Q_WIDE, name, "quadrature")
+    mc = exact_divergence(P_MIX, Q_WIDE, name, "monte-carlo", n_samples=100_000, seed=1)
+    assert math.isfinite(quad.value) and mc.error > 0
+    assert abs(mc.value - quad.value) <= 3 * mc.error, (mc, quad)
+
+
+@pytest.mark.parametrize("name", ["kl", "js", "hellinger", "tv"])
+def test_grid_matches_quadrature_1d(name):
+    quad = exact_divergence(P_MIX, Q_WIDE, name, "quadrature")
+    grid = exact_divergence(P_MIX, Q_WIDE, name, "grid", n_grid=4001)
+    assert abs(grid.value - quad.value) < 1e-6 + grid.error
+
+
+def test_the_symmetric_divergences_are_those_we_expect():
+    symmetric = {n for n in divergences.EXAMPLES if divergences.get(n).symmetric}
+    assert {"js", "hellinger", "jeffrey", "tv", "gan"} <= symmetric
+    assert not symmetric & {"kl", "reverse-kl", "pearson", "neyman"}
+
+
+@pytest.mark.parametrize("name", [n for n in divergences.EXAMPLES if divergences.get(n).symmetric])
+def test_symmetric_divergences_are_symmetric(name):
+    forward = exact_divergence(P_MIX, Q_WIDE, name, "quadrature").value
+    backward = exact_divergence(Q_WIDE, P_MIX, name, "quadrature").value
+    assert forward == pytest.approx(backward, rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["kl", "pearson", "alpha:2"])
+def test_asymmetric_divergences_are_not(name):
+    forward = exact_divergence(P_MIX, Q_WIDE, name, "quadrature").value
+    backward = exact_divergence(Q_WIDE, P_MIX, name, "quadrature").value
+    assert abs(forward - backward) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["quadrature", "grid", "monte-carlo"])
+@pytest.mark.parametrize("name", divergences.EXAMPLES)
+def test_divergence_of_a_density_to_itself_is_f_of_1(name, method):
+    # f(1) = 0 for every divergence but gan = 2·JS − log 4, where it is −log 4
+    r = exact_divergence(P_MIX, P_MIX, name, method, n_samples=2000)
+    assert r.value == pytest.approx(f_at_1(name), abs=1e-9)
+    assert f_at_1(name) == (pytest.approx(-math.log(4)) if name == "gan" else 0.0)
+
+
+@pytest.mark.parametrize("method", ["closed-form", "quadrature"])
+def test_kl_is_reverse_kl_with_the_arguments_swapped(method):
+    p, q = g1(0.3, 1.2), g1(-0.5, 0.7)
+    assert exact_divergence(p, q, "kl", method).value == pytest.approx(exact_divergence(q, p, "reverse-kl", method).value, abs=1e-8)
+    if method == "quadrature":
+        a = exact_divergence(P_MIX, Q_WIDE, "kl", method).value
+        assert a == pytest.approx(exact_divergence(Q_WIDE, P_MIX, "reverse-kl", method).value, abs=1e-8)
+
+
+def test_gan_is_two_js_minus_log_4():
+    js = exact_divergence(P_MIX, Q_WIDE, "js").value
+    assert exact_divergence(P_MIX, Q_WIDE, "gan").value == pytest.approx(2 * js - math.log(4), abs=1e-8)
+
+
+def test_torch_distributions_are_densities():
+    # a scalar torch Normal is a 1-D density like any other
+    p, q = Normal(torch.tensor(0.3), torch.tensor(1.2)), Normal(torch.tensor(-0.5), torch.tensor(0.7))
+    assert exact_divergence(p, q, "kl").value == pytest.approx(exact_divergence(g1(0.3, 1.2), g1(-0.5, 0.7), "kl").value, abs=1e-6)
+    assert exact_divergence(p, q, "js", "quadrature").value == pytest.approx(
+        exact_divergence(g1(0.3, 1.2), g1(-0.5, 0.7), "js", "quadrature").value, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mog1d", "mog2d", "ring8", "grid25"])
+def test_toy_densities_integrate_to_one(name):
+    p = densities.as_double(toy_density(name))
+    bounds = densities.box([p])
+    points, weights = densities.trapezoid_grid(bounds, 4001 if densities.dim(p) == 1 else 601)
+    mass = float((densities.log_density(p, points).exp() * weights).sum())
+    assert mass == pytest.approx(1.0, abs=1e-6)
+
+
+def test_monte_carlo_in_higher_dimension_matches_closed_form():
+    d = 5
+    p = gaussian(torch.zeros(d), torch.eye(d))
+    q = gaussian(torch.full((d,), 0.3), 1.3 * torch.eye(d))
+    closed = exact_divergence(p, q, "kl")
+    mc = exact_divergence(p, q, "kl", "monte-carlo", n_samples=100_000)
+    assert abs(mc.value - closed.value) <= 3 * mc.error
+
+
+# ---------------------------------------------------------- wasserstein ---
+def test_w2_between_gaussians_closed_form():
+    # 1-D: W2² = (μ1 − μ2)² + (σ1 − σ2)²
+    r = exact_divergence(g1(0.3, 1.2), g1(-0.5, 0.7), "wasserstein-2")
+    assert r.method == "closed-form"
+    assert r.value == pytest.approx(math.sqrt(0.8**2 + 0.5**2), abs=1e-9)
+    # commuting covariances in 2-D: W2² = ‖Δμ‖² + ‖√Σ1 − √Σ2‖_F²
+    r2 = exact_divergence(gaussian([0, 0], [[4.0, 0], [0, 1.0]]), gaussian([1, 1], [[1.0, 0], [0, 9.0]]), "wasserstein-2")
+    assert r2.value == pytest.approx(math.sqrt(2 + 1 + 4), abs=1e-8)
+
+
+def test_w1_in_1d():
+    # a shift: W1(N(0, 1), N(m, 1)) = |m|
+    assert exact_divergence(g1(0, 1), g1(1.7, 1), "wasserstein").value == pytest.approx(1.7, abs=1e-8)
+    # against POT on large samples
+    torch.manual_seed(0)
+    x, y = P_MIX.sample((1500,)), Q_WIDE.sample((1500,))
+    exact = exact_divergence(P_MIX, Q_WIDE, "wasserstein").value
+    assert densities.wasserstein_empirical(x, y, 1) == pytest.approx(exact, abs=0.08)
+
+
+def test_wasserstein_empirical_by_hand():
+    x, y = np.array([[0.0], [1.0]]), np.array([[2.0], [3.0]])
+    assert densities.wasserstein_empirical(x, y, 1) == pytest.approx(2.0)
+    assert densities.wasserstein_empirical(x, y, 2) == pytest.approx(2.0)
+    a, b = np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 1.0]])
+    assert densities.wasserstein_empirical(a, b, 2) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------- point mass ---
+def test_point_mass_values():
+    for theta in (-1.0, 0.5, 1e-3):
+        assert densities.point_mass_divergence(theta, "kl") == math.inf
+        assert densities.point_mass_divergence(theta, "js") == pytest.approx(math.log(2))
+        assert densities.point_mass_divergence(theta, "wasserstein") == pytest.approx(abs(theta))
+    for name in ("kl", "js", "wasserstein"):
+        assert densities.point_mass_divergence(0.0, name) == 0.0
+
+
+@pytest.mark.parametrize("name", [n for n in divergences.EXAMPLES if math.isfinite(densities.singular_divergence(n))])
+def test_singular_value_is_the_limit_of_separating_densities(name):
+    # two narrow, far-apart Gaussians are nearly mutually singular
+    p, q = g1(0.0, 0.05), g1(3.0, 0.05)
+    r = exact_divergence(p, q, name, "quadrature")
+    assert r.value == pytest.approx(densities.singular_divergence(name), abs=1e-3)
+
+
+def test_singular_values_by_hand():
+    assert densities.singular_divergence("js") == pytest.approx(math.log(2))
+    assert densities.singular_divergence("hellinger") == pytest.approx(2.0)
+    assert densities.singular_divergence("tv") == pytest.approx(1.0)
+    assert densities.singular_divergence("gan") == pytest.approx(0.0)
+    assert densities.singular_divergence("kl") == math.inf
+    assert densities.singular_divergence("reverse-kl") == math.inf
+
+
+# ----------------------------------------------------------------- errors ---
+def test_bad_input_is_refused():
+    with pytest.raises(InputError):
+        exact_divergence(g1(0, 1), gaussian([0, 0], torch.eye(2)), "kl")
+    with pytest.raises(InputError):
+        exact_divergence(g1(0, 1), g1(1, 1), "kl", "simpson")
+    with pytest.raises(InputError):
+        exact_divergence(g1(0, 1), g1(1, 1), "nonsense")
+    with pytest.raises(InputError):
+        exact_divergence(gaussian([0, 0], torch.eye(2)), gaussian([1, 0], torch.eye(2)), "wasserstein")
+    with pytest.raises(InputError):
+        exact_divergence(P_MIX, Q_WIDE, "kl", "closed-form")
