@@ -197,8 +197,9 @@ def _train(cfg: Config, out: Path, world: parallel.World, device: torch.device, 
     ddp = (lambda m: DistributedDataParallel(m)) if world.size > 1 else (lambda m: m)
     generator, critic = ddp(gen_module), ddp(critic_module)
     objective = make_objective(cfg, ds.train, critic_module)
-    opt_g = torch.optim.Adam(gen_module.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
-    opt_c = torch.optim.Adam(critic_module.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.999))
+    # fused: one kernel per optimizer step instead of several per parameter tensor
+    opt_g = torch.optim.Adam(gen_module.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999), fused=True)
+    opt_c = torch.optim.Adam(critic_module.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.999), fused=True)
     x = ds.train.to(device)
     # The global batch stream (indices, noise) is the same on every rank, and each
     # rank computes on its own slice of it: K processes see exactly the batches of
