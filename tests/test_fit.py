@@ -1,6 +1,7 @@
 """Maximum likelihood, exact and adversarial fits of one Gaussian, and `divgen compare`."""
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -161,8 +162,10 @@ def test_compare_writes_figure_and_table(tmp_path):
     assert [f["method"] for f in result["fits"]] == ["mle", "exact:kl", "adversarial:js"]
     for name in ("compare.png", "compare.md", "compare.json"):
         assert (out / name).is_file()
-    assert (out / "adversarial-js" / "params.json").is_file()
     saved = json.loads((out / "compare.json").read_text())
+    # one run per start; the chosen one is recorded
+    assert sorted(p.name for p in (out / "adversarial-js").iterdir()) == [f"init-std-{s:g}" for s in sorted(fit.ADVERSARIAL_STARTS)]
+    assert (Path(saved["fits"][2]["run"]) / "params.json").is_file()
     mle, exact = saved["fits"][0], saved["fits"][1]
     # exact:kl from the density is the population MLE, mle the sample one: close, and both scored exactly
     assert exact["mean"][0] == pytest.approx(mle["mean"][0], abs=0.05)

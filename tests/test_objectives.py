@@ -226,3 +226,23 @@ def test_median_bandwidth():
     y = torch.tensor([[0.0, 1.0]])
     # pooled distances (off-diagonal, each pair twice): 5, 1, √18 → median of [1, 1, √18, √18, 5, 5] = √18
     assert float(objectives.median_bandwidth(x, y)) == pytest.approx(math.sqrt(18), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_F)
+def test_float32_agrees_with_float64_over_the_whole_bounded_range(name):
+    """Catches cancellation in a stable form: e.g. Jeffrey's f* far below t = 0."""
+    div = divergences.get(name)
+    v = torch.cat([torch.linspace(-1e4, 1e4, 2001, dtype=torch.float64), torch.linspace(-70, 70, 1401, dtype=torch.float64)])
+    v = v.float().double()  # the same inputs in both precisions
+    b64, b32 = objectives.bounded(v), objectives.bounded(v.float())
+    for fn in (div.g, div.f_star_g):
+        torch.testing.assert_close(fn(b32).double(), fn(b64), rtol=1e-4, atol=1e-4)
+
+
+def test_log_wright_omega_value_and_gradient():
+    x = torch.tensor([-80.0, -30.0, -1.0, 0.0, 1.0, 10.0, 80.0], dtype=torch.float64, requires_grad=True)
+    log_w = divergences.log_wright_omega(x)
+    w = log_w.exp()
+    torch.testing.assert_close(w + log_w, x.detach())  # ω + log ω = x
+    (grad,) = torch.autograd.grad(log_w.sum(), x)
+    torch.testing.assert_close(grad, 1 / (1 + w.detach()))

@@ -82,6 +82,17 @@ def wright_omega(x: torch.Tensor) -> torch.Tensor:
     return w - (w + torch.log(w) - x) * w / (1 + w)
 
 
+def log_wright_omega(x: torch.Tensor) -> torch.Tensor:
+    """log ω(x), with its derivative 1/(1 + ω) attached directly.
+
+    Going through log(ω) in autograd would multiply 1/ω by ω/(1 + ω), which
+    overflows float32 in between once ω is tiny (x ≪ 0).
+    """
+    with torch.no_grad():
+        w = wright_omega(x)
+    return torch.log(w) + (x - x.detach()) / (1 + w)
+
+
 # ---------------------------------------------------------------- factories ---
 def _kl() -> Divergence:
     return Divergence(
@@ -163,10 +174,17 @@ def _hellinger() -> Divergence:
 def _jeffrey() -> Divergence:
     def f_star(t):
         # t = f'(u) = log u + 1 − 1/u; with w = 1/u: w + log w = 1 − t, so w = ω(1 − t)
-        w = wright_omega(1 - t)
-        # 1/w = exp(w + t − 1) from w + log w = 1 − t; unlike 1/w, its gradient
-        # stays finite in float32 when w underflows towards 0 (large t)
-        return w + torch.exp(w + t - 1) + t - 2
+        # With L = −log w, w + log w = 1 − t gives w + t − 2 = L − 1 and 1/w = e^L, so
+        # f* = e^L + L − 1: no cancellation of w against t when t ≪ 0 (w ≫ 1), and
+        # no 1/w overflow when t ≫ 0 (w → 0)
+        log_w = log_wright_omega(1 - t)
+        return torch.exp(-log_w) - log_w - 1
+
+    def g(v):
+        # The optimal critic f'(p/q) = log u + 1 − 1/u falls like −q/p where p ≪ q, far
+        # below what a bounded v reaches; f* grows only like −log(−t) on that side, so
+        # an exponential tail is safe there. Above 0, f* grows like exp(t): keep t = v.
+        return torch.where(v >= 0, v, -torch.expm1(-v.clamp(max=0)))
 
     return Divergence(
         name="jeffrey",
@@ -174,10 +192,10 @@ def _jeffrey() -> Divergence:
         f=lambda u: (u - 1) * torch.log(u),
         f_prime=lambda u: torch.log(u) + 1 - 1 / u,
         f_star=f_star,
-        g=lambda v: v,
-        f_star_g=f_star,
+        g=g,
+        f_star_g=lambda v: f_star(g(v)),
         dom=(-math.inf, math.inf),
-        formulas={"f": "(u − 1) log u", "f*": "W(e^{1−t}) + 1/W(e^{1−t}) + t − 2", "dom f*": "ℝ", "g_f": "v"},
+        formulas={"f": "(u − 1) log u", "f*": "W(e^{1−t}) + 1/W(e^{1−t}) + t − 2", "dom f*": "ℝ", "g_f": "v (v ≥ 0), 1 − exp(−v) (v < 0)"},
     )
 
 

@@ -50,6 +50,7 @@ class Config:
     lr_critic: float = option(2e-4, "Adam learning rate of the critic")
     width: int = option(128, "units per hidden layer, generator and critic")
     depth: int = option(2, "hidden layers, generator and critic")
+    init_std: float = option(1.0, "Gaussian model: initial standard deviation, as a multiple of the data's")
     noise_dim: int = option(8, "dimension of the generator's Gaussian noise z (the Gaussian model uses the data dimension)")
     gp_weight: float = option(10.0, "gradient-penalty weight for --lipschitz gp")
     clip: float = option(0.01, "weight-clipping bound for --lipschitz clip")
@@ -77,6 +78,8 @@ class Config:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.critic_steps < 0 or not (self.lr_critic > 0 and self.lr_generator > 0):
             raise InputError("--critic-steps must be ≥ 0 and learning rates > 0")
+        if not self.init_std > 0:
+            raise InputError("--init-std must be positive")
         if not 0 <= self.holdout < 1:
             raise InputError("--holdout must lie in [0, 1)")
         return self
@@ -101,7 +104,7 @@ def build_models(cfg: Config, x_train: torch.Tensor) -> tuple[nn.Module, Critic]
         # start at a random data point with the data's spread: not at the data mean,
         # which is a saddle point for mode-seeking divergences on symmetric data
         start = x_train[torch.randint(len(x_train), (1,))][0]
-        generator: nn.Module = GaussianModel(start, std)
+        generator: nn.Module = GaussianModel(start, std * cfg.init_std)
     else:
         generator = MLPGenerator(cfg.noise_dim, Standardize(mean, std), cfg.width, cfg.depth)
     critic = Critic(Standardize(mean, std), cfg.width, cfg.depth, spectral_norm=cfg.divergence == "wasserstein" and cfg.lipschitz == "sn")
