@@ -158,8 +158,6 @@ def _read_pair(args):
 
 
 def cmd_test(args) -> int:
-    from dataclasses import asdict
-
     from divgen import evaluate
 
     if not 0 < args.alpha < 1:
@@ -176,8 +174,6 @@ def cmd_test(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from dataclasses import asdict
-
     from divgen import evaluate
 
     a, b = _read_pair(args)

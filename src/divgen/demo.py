@@ -17,6 +17,7 @@ import torch
 
 from divgen import data as datasets
 from divgen import plots, runs
+from divgen.fit import fit_mle
 from divgen.train import Config, train
 
 _GAUSSIAN = Config(data="mog2d", model="gaussian", steps=2500, critic_steps=2, lr_generator=1e-2, lr_critic=1e-3, width=64, checkpoint_every=2500)
@@ -46,9 +47,8 @@ def run(out: Path | None = None, quiet: bool = False) -> dict:
         train(cfg, out / name, quiet=quiet)
         if cfg.model == "gaussian":
             fits[name] = json.loads((out / name / "params.json").read_text())
-    x = datasets.load("mog2d", n=_GAUSSIAN.n_data, seed=_GAUSSIAN.seed).train
-    # maximum likelihood for a Gaussian is closed form: the sample mean and covariance
-    fits = {"mle": {"mean": x.mean(0).tolist(), "cov": np.cov(x.numpy().T).tolist()}, **fits}
+    mle = fit_mle(datasets.load("mog2d", n=_GAUSSIAN.n_data, seed=_GAUSSIAN.seed).train)
+    fits = {"mle": {"mean": mle.mean, "cov": mle.cov}, **fits}
     figure = out / "demo.png"
     _figure(figure, out, fits)
     return {"out": str(out), "figure": str(figure), "fits": fits, "ring8": runs.read_metrics(out / "ring8-js")[-1]}
