@@ -217,19 +217,23 @@ def fit_adversarial(data: str, name: str, out: Path, seed: int = 0, overwrite: b
                     starts: tuple[float, ...] = ADVERSARIAL_STARTS, **overrides) -> Fit:
     """Train a Gaussian generator against a critic for divergence `name`, once per start.
 
-    Each start is a run directory `out/init-std-S`. The fit kept is the one whose
-    critic certifies the smallest divergence, averaged over the last fifth of
-    the logged steps: a choice made from samples alone, like the fit itself.
+    Each start is a run directory `out/init-std-S`. The fit kept is the one to
+    which an independent critic (evaluate.critic_estimate), trained on the
+    held-out data that no fit saw against the fit's samples, certifies the
+    smallest divergence: a choice made from samples alone, like the fit itself.
     """
-    from divgen import runs, train
+    from divgen import evaluate, train
 
     candidates = []
     for s in starts:
-        run = train.train(adversarial_config(data, name, seed, init_std=s, **overrides), Path(out) / f"init-std-{s:g}",
-                          overwrite=overwrite, quiet=quiet)
-        rows = runs.read_metrics(run)
-        tail = rows[-max(1, len(rows) // 5):]
-        candidates.append((sum(r["estimate"] for r in tail) / len(tail), str(run)))
+        cfg = adversarial_config(data, name, seed, init_std=s, **overrides)
+        run = train.train(cfg, Path(out) / f"init-std-{s:g}", overwrite=overwrite, quiet=quiet)
+        certified = 0.0
+        if len(starts) > 1:
+            held_out = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout).holdout
+            samples = torch.from_numpy(np.load(run / "samples.npy"))
+            certified = evaluate.critic_estimate(held_out, samples[: len(held_out)], name, seed=seed).estimate
+        candidates.append((certified, str(run)))
     _, run = min(candidates)
     params = json.loads((Path(run) / "params.json").read_text())
     return Fit(f"adversarial:{name}", params["mean"], params["cov"], run=run)
