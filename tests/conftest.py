@@ -66,3 +66,16 @@ def trained_run(tmp_path_factory) -> Path:
                      "--checkpoint-every", "10", "--out", str(out), "--json"])
     assert code == 0
     return out
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for folders): to show nothing changed."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(Path(root).rglob("*"))}
+
+
+def assert_clean_failure(result):
+    """Exit code 2, exactly one non-empty line on stderr, no traceback."""
+    assert result.code == 2, (result.code, result.err)
+    assert len(result.err_lines) == 1, result.err
+    assert result.err_lines[0].startswith("divgen: error:")
+    assert "Traceback" not in result.err and "Traceback" not in result.out

@@ -17,23 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, metrics_without_timing, train_tiny
+from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot, train_tiny
 from divgen import cli, divergences, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under root with its bytes (None for folders): to show nothing changed."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(Path(root).rglob("*"))}
-
-
-def assert_clean_failure(result):
-    """Exit code 2, exactly one non-empty line on stderr, no traceback."""
-    assert result.code == 2, (result.code, result.err)
-    assert len(result.err_lines) == 1, result.err
-    assert result.err_lines[0].startswith("divgen: ")
-    assert "Traceback" not in result.err and "Traceback" not in result.out
 
 
 def _subcommands() -> list[str]:

@@ -24,26 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, metrics_without_timing
+from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot
 from divgen import objectives, runs, train
 from divgen.errors import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "divgen"
 # TINY plus a small samples.npy, so that finishing a run costs nothing
 SMALL = [*TINY, "--n-samples", "1000"]
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under root with its bytes (None for folders): to show nothing changed."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(Path(root).rglob("*"))}
-
-
-def assert_clean_failure(result):
-    """Exit code 2, exactly one non-empty line on stderr, no traceback."""
-    assert result.code == 2, (result.code, result.err)
-    assert len(result.err_lines) == 1, result.err
-    assert result.err_lines[0].startswith("divgen: error:")
-    assert "Traceback" not in result.err
 
 
 def assert_same_tree(a, b, where="checkpoint"):
