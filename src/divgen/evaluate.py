@@ -26,7 +26,7 @@ from torch import nn
 
 from divgen import divergences, objectives
 from divgen.errors import InputError
-from divgen.models import Critic, Standardize
+from divgen.models import Critic, Standardize, critic_pair
 
 TESTS = ("c2st", "mmd")
 ESTIMATORS = ("critic", "knn")
@@ -180,18 +180,13 @@ def fit_critic(
     return critic
 
 
-def _both(critic, a, b):
-    """One forward pass over both samples: V(a) (N,), V(b) (M,)."""
-    return critic(torch.cat([a, b])).split([len(a), len(b)])
-
-
 def logistic_objective(critic, a, b, rng=None) -> torch.Tensor:
     """Minus the class-balanced cross-entropy of telling A (class 1) from B by sigmoid(V).
 
     Its maximizer is V = log(p_A/p_B), whatever the sample sizes; it is the
     `gan` critic objective up to the constant log 4.
     """
-    v_a, v_b = _both(critic, a, b)
+    v_a, v_b = critic_pair(critic, a, b)
     # −log sigmoid(v) = softplus(−v) and −log(1 − sigmoid(v)) = softplus(v)
     return -0.5 * (nn.functional.softplus(-v_a).mean() + nn.functional.softplus(v_b).mean())
 
@@ -200,7 +195,7 @@ def wasserstein_objective(gp_weight: float) -> Objective:
     """E_A[V] − E_B[V] − gp_weight · one-sided gradient penalty (WGAN-LP)."""
 
     def objective(critic, a, b, rng):
-        v_a, v_b = _both(critic, a, b)
+        v_a, v_b = critic_pair(critic, a, b)
         m = min(len(a), len(b))
         with torch.enable_grad():
             penalty = objectives.gradient_penalty(critic, a[:m], b[:m], rng, one_sided=True)
@@ -274,7 +269,7 @@ def critic_estimates(
             critic = fit_critic(_new_critic(train_a, train_b, width, depth, seed + 1 + k), logistic_objective,
                                 train_a, train_b, rng, steps=steps, lr=lr)
             with torch.no_grad():
-                v_a, v_b = _both(critic, test_a, test_b)
+                v_a, v_b = critic_pair(critic, test_a, test_b)
             for name, div in f_divs.items():
                 t_a, t_b = fgan_terms(div, v_a, v_b)
                 terms[name][0].append(t_a)
@@ -283,7 +278,7 @@ def critic_estimates(
             critic = fit_critic(_new_critic(train_a, train_b, width, depth, seed + 11 + k), wasserstein_objective(gp_weight),
                                 train_a, train_b, rng, steps=steps, lr=lr)
             with torch.no_grad():
-                v_a, v_b = _both(critic, test_a, test_b)
+                v_a, v_b = critic_pair(critic, test_a, test_b)
             terms["wasserstein"][0].append(v_a.double())
             terms["wasserstein"][1].append(v_b.double())
     out = []
@@ -361,7 +356,7 @@ def c2st(a, b, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 1000
     critic = _new_critic(train_a, train_b, width, depth, seed + 1)
     fit_critic(critic, logistic_objective, train_a, train_b, rng, steps=steps, lr=lr, check_every=10, patience=10)
     with torch.no_grad():
-        v = torch.cat(_both(critic, test_a, test_b))  # (n_te,), A first
+        v = torch.cat(critic_pair(critic, test_a, test_b))  # (n_te,), A first
     # The test set is balanced, so the classifier calls the half it scores
     # highest "A" (ties broken at random). Its predictions are then balanced
     # too, and under H0 the number correct has the Binomial(n_te, ½) variance

@@ -94,3 +94,11 @@ class Critic(nn.Module):
 
     def forward(self, x):  # (B, d) -> (B,), float32 even under bf16 autocast: losses need the range
         return self.net(self.scaler(x)).squeeze(-1).float()
+
+
+def critic_pair(critic, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V(a) (N,) and V(b) (M,) from one forward pass: a single larger matmul is faster than two.
+
+    `critic` is any callable, so a DistributedDataParallel wrapper works too.
+    """
+    return critic(torch.cat([a, b])).split([len(a), len(b)])

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from divgen import data as datasets
 from divgen import divergences, objectives, parallel, plots, runs
 from divgen.errors import InputError
-from divgen.models import Critic, GaussianModel, MLPGenerator, Standardize
+from divgen.models import Critic, GaussianModel, MLPGenerator, Standardize, critic_pair
 
 
 def option(default, help: str, choices=None):
@@ -122,12 +122,12 @@ class Objective:
 def make_objective(cfg: Config, x_train: torch.Tensor, critic_module: nn.Module | None = None) -> Objective:
     """`critic_module` is the critic without a DistributedDataParallel wrapper, for the gradient penalty."""
     if cfg.divergence == "mmd":  # no critic: the kernel two-sample statistic is the loss
-        h = objectives.median_bandwidth(x_train[:1000], x_train[1000:2000] if len(x_train) > 1000 else x_train)
+        h = objectives.median_bandwidth(x_train[:1000], x_train[1000:2000])  # the second may be empty
         return Objective(None, lambda critic, x_real, x_fake: objectives.mmd2_unbiased(x_real, x_fake, h))
 
     if cfg.divergence == "wasserstein":
         def critic_loss(critic, x_real, x_fake, rng):
-            v_real, v_fake = critic(torch.cat([x_real, x_fake])).split([len(x_real), len(x_fake)])
+            v_real, v_fake = critic_pair(critic, x_real, x_fake)
             loss = objectives.wasserstein_critic_loss(v_real, v_fake)
             estimate = -loss.detach()
             if cfg.lipschitz == "gp":
@@ -139,8 +139,7 @@ def make_objective(cfg: Config, x_train: torch.Tensor, critic_module: nn.Module 
     div = divergences.get(cfg.divergence)
 
     def fgan_critic_loss(critic, x_real, x_fake, rng):
-        # one forward pass over both halves: a single larger matmul is faster than two
-        v_real, v_fake = critic(torch.cat([x_real, x_fake])).split([len(x_real), len(x_fake)])
+        v_real, v_fake = critic_pair(critic, x_real, x_fake)
         loss = objectives.fgan_critic_loss(div, v_real, v_fake)
         return loss, -loss.detach()
 
