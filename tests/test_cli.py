@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot, train_tiny
-from divgen import cli, divergences, train
+from divgen import cli, divergences, recipes, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +71,7 @@ def test_divergences_table_json(divgen):
     result = divgen("divergences", "--json")
     assert result.code == 0
     obj = json.loads(result.out)
-    assert obj["names"] == list(divergences.NAMES)
+    assert obj["names"] == list(recipes.NAMES)
     by_name = {row["name"]: row for row in obj["divergences"]}
     assert list(by_name) == list(divergences.EXAMPLES)
     for name, row in by_name.items():
@@ -111,7 +111,7 @@ def test_train_writes_the_run_directory(divgen, tmp_path):
     assert not (out / "params.json").exists()  # only the Gaussian model writes it
 
     # config.json is enough to reproduce the run
-    again = train.train(train.Config(**config), tmp_path / "again", quiet=True)
+    again = train.train(train.Config.from_dict(config), tmp_path / "again", quiet=True).run
     assert metrics_without_timing(again) == metrics_without_timing(out)
     assert np.array_equal(np.load(again / "samples.npy"), samples)
 
@@ -269,7 +269,7 @@ def test_bad_train_input(divgen, tmp_path, monkeypatch, case):
 def test_unknown_divergence_lists_valid_names(divgen, tmp_path):
     result = divgen(*_train("--divergence", "nope", out=tmp_path / "run"))
     assert_clean_failure(result)
-    for name in divergences.NAMES:
+    for name in recipes.NAMES:
         assert name in result.err
     result = divgen("divergences", "nope")
     assert_clean_failure(result)

@@ -56,7 +56,8 @@ def test_digits():
     assert ds.dim == 64
     assert len(ds.train) + len(ds.holdout) == 1797
     assert 0 <= float(ds.train.min()) and float(ds.train.max()) <= 1
-    assert ds.labels is not None and ds.labels.shape == (len(ds.train),)
+    assert ds.train_labels.shape == (len(ds.train),) and ds.holdout_labels.shape == (len(ds.holdout),)
+    assert ds.event_shape == (8, 8) and ds.n_classes == 10 and ds.spec == data.Spec((8, 8), 10)
 
 
 # ----------------------------------------------------------------- user files ---
@@ -89,7 +90,11 @@ def test_npz_with_x_and_labels(tmp_path):
     assert arr.shape == (20, 5)
     np.testing.assert_array_equal(labels, y)
     ds = data.load(str(tmp_path / "d.npz"), seed=0, holdout=0.25)
-    assert ds.labels.shape == (len(ds.train),)
+    assert ds.train_labels.shape == (len(ds.train),) and ds.holdout_labels.shape == (len(ds.holdout),)
+    # the split keeps each row with its label
+    rows = {tuple(r): int(l) for r, l in zip(x.astype(np.float32), y)}
+    for xs, ys in ((ds.train, ds.train_labels), (ds.holdout, ds.holdout_labels)):
+        assert [rows[tuple(r)] for r in xs.numpy()] == ys.tolist()
 
 
 def test_npz_single_array_any_key(tmp_path):

@@ -223,7 +223,7 @@ def test_evaluate_a_tiny_trained_run(tmp_path, capsys):
     from divgen.train import Config, train
 
     run = train(Config(data="ring8", divergence="gan", steps=30, n_data=500, batch_size=64, width=32,
-                       log_every=10, checkpoint_every=30, n_samples=200), tmp_path / "run", quiet=True)
+                       log_every=10, checkpoint_every=30, n_samples=200), tmp_path / "run", quiet=True).run
     assert main(["evaluate", str(run), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((run / "eval.json").read_text())
@@ -240,7 +240,7 @@ def test_evaluate_a_gaussian_run_reports_exact_divergences(tmp_path):
     from divgen.train import Config, train
 
     run = train(Config(data="mog1d", model="gaussian", divergence="kl", steps=30, n_data=500, batch_size=64,
-                       width=32, log_every=10, checkpoint_every=30, n_samples=200), tmp_path / "run", quiet=True)
+                       width=32, log_every=10, checkpoint_every=30, n_samples=200), tmp_path / "run", quiet=True).run
     result = evaluate.evaluate_run(run)
     assert {"kl", "js", "wasserstein"} <= set(result["exact"])
     assert result["exact"]["kl"]["value"] > 0

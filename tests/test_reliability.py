@@ -50,11 +50,10 @@ def assert_same_tree(a, b, where="checkpoint"):
 
 
 def assert_close_params(a: dict, b: dict, tol: float = 1e-5):
-    """Generator and critic parameters of two checkpoints agree within `tol`."""
-    for net in ("generator", "critic"):
-        assert a[net].keys() == b[net].keys()
-        for key in a[net]:
-            torch.testing.assert_close(a[net][key], b[net][key], atol=tol, rtol=tol, msg=f"{net}.{key}")
+    """The networks' parameters of two checkpoints agree within `tol`."""
+    assert a["nets"].keys() == b["nets"].keys()
+    for key in a["nets"]:
+        torch.testing.assert_close(a["nets"][key], b["nets"][key], atol=tol, rtol=tol, msg=key)
 
 
 def steps_of(run: Path) -> list[int]:
@@ -66,7 +65,7 @@ def checkpoint_steps(run: Path) -> list[int]:
 
 
 def all_finite(state: dict) -> bool:
-    return all(torch.isfinite(v).all() for net in ("generator", "critic") for v in state[net].values())
+    return all(torch.isfinite(v).all() for v in state["nets"].values() if v.is_floating_point())
 
 
 def env1() -> dict:
@@ -343,8 +342,8 @@ def test_rollback_recovers_from_one_nan_with_halved_learning_rates(divgen, tmp_p
     assert len(warnings) == 1 and "rolled back to step 10" in warnings[0] and "rollback 1 of 3" in warnings[0], result.err
     state = runs.load_checkpoint(runs.checkpoints(run)[-1])
     assert state["step"] == 30 and all_finite(state)
-    assert [g["lr"] for g in state["opt_generator"]["param_groups"]] == [pytest.approx(1e-4)]
-    assert [g["lr"] for g in state["opt_critic"]["param_groups"]] == [pytest.approx(1e-4)]
+    assert [g["lr"] for g in state["optimizers"]["generator"]["param_groups"]] == [pytest.approx(1e-4)]
+    assert [g["lr"] for g in state["optimizers"]["critic"]["param_groups"]] == [pytest.approx(1e-4)]
     assert (run / "samples.npy").is_file()
 
 
@@ -454,22 +453,23 @@ def test_two_processes_match_one(divgen, tmp_path):
     assert json.loads((two / "config.json").read_text()) == json.loads((one / "config.json").read_text())
 
 
-# One torchrun launch runs several trainings in a row; a spy on train._fault (called
-# every step with the bare modules) saves each rank's final parameters, so equality
+# One torchrun launch runs several trainings in a row; a spy on train._loop (which gets
+# the networks as its third argument) saves each rank's final parameters, so equality
 # across ranks is checked directly. The process group is kept between trainings.
 RANK_SPY = '''
 import os, sys, torch
 import torch.distributed as dist
 from divgen import cli, parallel, train
 
-original, last = train._fault, {}
+original, last = train._loop, {}
 
-def spy(loss_c, loss_g, generator, critic, check_parameters):
-    last["state"] = {"generator": {k: v.clone() for k, v in generator.state_dict().items()},
-                     "critic": {k: v.clone() for k, v in critic.state_dict().items()}}
-    return original(loss_c, loss_g, generator, critic, check_parameters)
+def spy(cfg, out, nets, *args):
+    try:
+        return original(cfg, out, nets, *args)
+    finally:
+        last["state"] = {k: v.clone() for k, v in nets.state_dict().items()}
 
-train._fault = spy
+train._loop = spy
 parallel.teardown = lambda world: None  # one process group for all the trainings below
 codes = []
 for i, argv in enumerate(json.loads(a) for a in sys.argv[2:]):
@@ -495,7 +495,7 @@ def test_two_processes_ranks_agree_resume_and_gradient_penalty(tmp_path):
         assert_same_tree(rank0, rank1, f"training {i}: rank 0 vs rank 1")
     # what rank 0 checkpointed is what every rank trained
     final = runs.load_checkpoint(runs.checkpoints(tmp_path / "straight")[-1])
-    assert_same_tree({k: final[k] for k in ("generator", "critic")}, torch.load(tmp_path / "run0-rank0.pt", weights_only=True))
+    assert_same_tree(final["nets"], torch.load(tmp_path / "run0-rank0.pt", weights_only=True))
 
     # resuming a 2-process run with 2 processes continues it: 20 + 20 steps == 40 steps
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -1,33 +1,38 @@
-"""The training loop, through the library API: every divergence trains, runs reproduce, resume continues."""
+"""The training loop through the library API: configuration, one training per recipe family,
+every divergence's losses, the Gaussian family's defaults, reproducibility, resume, no side effects."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import ALL_F, metrics_without_timing
-from divgen import data, objectives, runs, train
+from divgen import config, data, densities, families, fit, objectives, recipes, runs, train
+from divgen.config import Config
 from divgen.errors import InputError
-from divgen.models import GaussianModel, MLPGenerator, Standardize
+from divgen.models import GaussianModel, MLPGenerator, Standardize, critic_pair
 
 
-def tiny(**kw) -> train.Config:
-    base = dict(data="mog1d", steps=10, width=16, n_data=500, batch_size=64, log_every=5, n_samples=1000)
-    return train.Config(**{**base, **kw})
+def tiny(**kw) -> Config:
+    base = dict(data="mog1d", steps=10, width=16, n_data=500, batch_size=64, log_every=5, n_samples=1000, figures=False)
+    return Config(**{**base, **kw})
 
 
-def _finite_run(out, cfg):
-    rows = runs.read_metrics(out)
-    assert rows and rows[-1]["step"] == cfg.steps
+def _finite_run(result: train.TrainResult):
+    cfg = result.config
+    rows = runs.read_metrics(result.run)
+    assert rows and rows[-1]["step"] == cfg.steps and rows[-1] == result.metrics
     for row in rows:
         for key in ("critic_loss", "generator_loss", "estimate"):
             assert math.isfinite(row[key]), row
-    samples = np.load(out / "samples.npy")
-    assert samples.shape == (cfg.n_samples, 1 if cfg.data == "mog1d" else samples.shape[1])
+    samples = np.load(result.run / "samples.npy")
+    assert samples.shape == (cfg.n_samples, data.load(cfg.data, n=20).dim)
     assert np.isfinite(samples).all()
     return rows, samples
 
@@ -37,90 +42,215 @@ def _finite_run(out, cfg):
     dict(divergence="nope"), dict(divergence="alpha:1"), dict(model="flow"), dict(generator_loss="saturating"),
     dict(lipschitz="none"), dict(steps=0), dict(batch_size=0), dict(width=0), dict(n_samples=0),
     dict(critic_steps=-1), dict(lr_critic=0.0), dict(lr_generator=-1e-3), dict(holdout=1.0), dict(device="tpu"),
+    dict(lr_critic=math.inf), dict(clip=math.nan), dict(clip=-0.01), dict(gp_weight=-1.0), dict(steps="many"),
 ])
 def test_config_rejects_bad_values(bad, tmp_path):
     with pytest.raises(InputError):
-        train.Config(**bad).validate()
+        config.resolve(Config(**bad))
     # and train() refuses before creating anything
     with pytest.raises(InputError):
         train.train(tiny(**bad), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
-def test_config_defaults_are_valid():
-    assert train.Config().validate() == train.Config()
+@pytest.mark.parametrize("family", families.NAMES)
+def test_unset_fields_take_the_family_defaults(family):
+    row = families.FAMILIES[family]
+    cfg = config.resolve(Config(model=family))
+    for name, value in row.defaults.items():
+        assert getattr(cfg, name) == value, name
+    for name, value in config.GLOBAL.items():
+        if name not in row.defaults:
+            assert getattr(cfg, name) == value, name
+    # a value the user sets wins over the family's
+    assert config.resolve(Config(model=family, lr_critic=0.123, steps=7)).lr_critic == 0.123
+    # resolving is idempotent and leaves nothing unset
+    assert config.resolve(cfg) == cfg
+    assert all(v is not None for v in cfg.to_dict().values())
 
 
-# ------------------------------------------------------------ every divergence ---
+def test_auto_generator_loss_is_minimax_for_density_models_only():
+    assert config.resolve(Config(model="gaussian")).generator_loss == "minimax"
+    assert config.resolve(Config(model="mlp")).generator_loss == "nonsaturating"
+    assert config.resolve(Config(model="gaussian", generator_loss="nonsaturating")).generator_loss == "nonsaturating"
+    assert [f.name for f in families.FAMILIES.values() if f.parametric] == ["gaussian"]
+
+
+def test_config_from_dict_refuses_wrong_types():
+    with pytest.raises(InputError, match="steps"):
+        Config.from_dict({"data": "ring8", "steps": "many"})
+    with pytest.raises(InputError, match="data"):
+        Config.from_dict({"data": 5})
+    with pytest.raises(InputError, match="object"):
+        Config.from_dict(["not", "a", "dict"])
+    assert Config.from_dict({"steps": 5, "unknown": 1}).steps == 5
+
+
+# --------------------------------------------------------- the recipe table ---
+@pytest.mark.parametrize("name", [n for n in recipes.NAMES if ":" not in n] + ["alpha:0.5", "js-weighted:0.3"])
+def test_every_divergence_name_has_a_recipe(name):
+    recipe = recipes.build(config.resolve(Config(divergence=name)), torch.randn(100, 2))
+    assert recipe.name == name
+    assert (recipe.critic_loss is None) != (recipe.sample_loss is None)
+    assert recipe.uses_critic == (recipes.row(name).estimator is not None)
+
+
+def _one_step_gradients(name: str, kind: str):
+    """One critic loss and one generator loss of the recipe on a batch: gradients of both sides."""
+    cfg = config.resolve(tiny(divergence=name, generator_loss=kind))
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) + 1
+    recipe = recipes.build(cfg, x)
+    nets = families.FAMILIES["mlp"].networks(cfg, data.Spec((2,)), x, recipe, seed=0)
+    g, c = nets["generator"], nets["critic"]
+    fake = g(torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(1)))
+    loss_c = recipe.critic_loss(*critic_pair(c, x, fake.detach()))
+    loss_g = recipe.generator_loss(None, c(fake))
+    grads_c = torch.autograd.grad(loss_c, list(c.parameters()))
+    grads_g = torch.autograd.grad(loss_g, list(g.parameters()))
+    return loss_c, loss_g, grads_c, grads_g
+
+
 @pytest.mark.parametrize("kind", objectives.GENERATOR_LOSSES)
 @pytest.mark.parametrize("name", ALL_F)
-def test_every_f_divergence_trains_without_nan(name, kind, tmp_path):
-    cfg = tiny(divergence=name, generator_loss=kind, steps=15)
-    out = train.train(cfg, tmp_path / "run", quiet=True)
-    rows, _ = _finite_run(out, cfg)
-    # the critic's loss is the negative of the bound it reports
-    assert rows[-1]["estimate"] == pytest.approx(-rows[-1]["critic_loss"])
-    # the checkpointed generator is the trained one, and training moved it away from its initialization
-    cfg0, gen = train.load_run(out)
-    assert cfg0 == cfg and isinstance(gen, MLPGenerator)
-    torch.manual_seed(cfg.seed)  # train() initializes the networks right after this
-    fresh, _ = train.build_models(cfg, data.load(cfg.data, n=cfg.n_data, seed=cfg.seed).train)
-    pairs = list(zip(gen.state_dict().values(), fresh.state_dict().values()))
-    # 15 Adam steps of size ~lr move each weight by a few 1e-3 at most: `fresh` is the initialization ...
-    assert all(torch.allclose(a, b, atol=0.05) for a, b in pairs)
-    # ... and the trained generator is not it
-    assert any(not torch.equal(a, b) for a, b in pairs)
+def test_every_f_divergence_gives_finite_nonzero_gradients_to_both_sides(name, kind):
+    loss_c, loss_g, grads_c, grads_g = _one_step_gradients(name, kind)
+    assert torch.isfinite(loss_c) and torch.isfinite(loss_g)
+    for grads in (grads_c, grads_g):
+        assert all(torch.isfinite(t).all() for t in grads)
+        assert sum(float(t.abs().sum()) for t in grads) > 0
 
 
-GAUSSIAN_CASES = [(name, {}) for name in ALL_F] + [
-    ("wasserstein", {"lipschitz": "clip"}), ("wasserstein", {"lipschitz": "gp"}), ("wasserstein", {"lipschitz": "sn"}), ("mmd", {}),
-]
+def test_minimax_generator_loss_is_the_bound_and_nonsaturating_is_not():
+    """minimax: loss_g = −E_Q[f*(T)] (the bound up to E_P[T]); nonsaturating: −E_Q[T]."""
+    div = recipes.divergences.get("kl")
+    v = torch.linspace(-3, 3, 7)
+    for kind, expected in (("minimax", -div.f_star_g(v).mean()), ("nonsaturating", -div.g(v).mean())):
+        recipe = recipes.build(config.resolve(Config(divergence="kl", generator_loss=kind)), torch.zeros(4, 1))
+        torch.testing.assert_close(recipe.generator_loss(None, v), expected)
+        # with encoded real views (BiGAN), the real side joins: the bound itself, or its roles flipped
+        real_term = div.g(v).mean() if kind == "minimax" else div.f_star_g(v).mean()
+        torch.testing.assert_close(recipe.generator_loss(v, v), expected + real_term)
 
 
-@pytest.mark.parametrize("name, extra", GAUSSIAN_CASES, ids=[f"{n}-{e.get('lipschitz', '')}".rstrip("-") for n, e in GAUSSIAN_CASES])
-def test_gaussian_model_trains_under_every_divergence(name, extra, tmp_path):
-    cfg = tiny(data="mog2d", model="gaussian", divergence=name, steps=10, **extra)
-    out = train.train(cfg, tmp_path / "run", quiet=True)
-    _finite_run(out, cfg)
-    params = json.loads((out / "params.json").read_text())
+def test_mmd_recipe_has_no_critic_and_its_loss_is_the_unbiased_mmd():
+    x = torch.randn(600, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(300, 2, generator=torch.Generator().manual_seed(1)) + 0.5
+    recipe = recipes.build(config.resolve(Config(divergence="mmd")), x)
+    assert not recipe.uses_critic and recipe.penalty is None and recipe.constrain is None
+    h = objectives.median_bandwidth(x[:1000], x[1000:2000])
+    torch.testing.assert_close(recipe.sample_loss(x, y), objectives.mmd2_unbiased(x, y, h))
+    assert float(recipe.sample_loss(x, y)) > 0.05 > abs(float(recipe.sample_loss(x[:300], x[300:])))
+
+
+def test_wasserstein_lipschitz_methods():
+    x = torch.randn(64, 2)
+    gp = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="gp", gp_weight=3.0)), x)
+    assert gp.penalty is not None and gp.constrain is None and not gp.spectral_norm
+    # a linear critic V(x) = w·x has gradient norm ‖w‖ everywhere: penalty = weight · (‖w‖ − 1)²
+    w = torch.tensor([3.0, 4.0])
+    value = gp.penalty(lambda x, *c: x @ w, (x,), (x + 1,), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(value, torch.tensor(3.0 * (5.0 - 1.0) ** 2))
+
+    clip = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="clip", clip=0.05)), x)
+    critic = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        critic.weight.fill_(1.0)
+    clip.constrain(critic)
+    assert float(critic.weight.detach().abs().max()) == pytest.approx(0.05)
+
+    sn = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="sn")), x)
+    nets = families.FAMILIES["mlp"].networks(config.resolve(Config(divergence="wasserstein", lipschitz="sn")),
+                                             data.Spec((2,)), x, sn, seed=0)
+    assert sn.spectral_norm and any("parametrizations" in k for k in nets["critic"].state_dict())
+
+
+# ------------------------------------------------- one training per recipe ---
+@pytest.mark.parametrize("name, extra", [("js", {}), ("wasserstein", {"lipschitz": "gp"}), ("mmd", {})])
+def test_one_training_per_recipe_family(name, extra, tmp_path):
+    cfg = tiny(data="mog2d", divergence=name, steps=15, **extra)
+    result = train.train(cfg, tmp_path / "run", quiet=True)
+    rows, _ = _finite_run(result)
+    assert result.config == config.resolve(cfg)
+    assert json.loads((result.run / "config.json").read_text()) == result.config.to_dict()
+    assert not (result.run / "samples.png").exists(), "figures are off"
+    recipe = recipes.build(result.config, torch.zeros(2, 2))
+    if recipe.penalty is not None:  # the critic's loss is minus its estimate plus a penalty ≥ 0
+        assert all(r["critic_loss"] >= -r["estimate"] - 1e-6 for r in rows)
+    elif recipe.uses_critic:
+        assert rows[-1]["estimate"] == pytest.approx(-rows[-1]["critic_loss"])
+    else:
+        assert rows[-1]["critic_loss"] == 0 and rows[-1]["estimate"] == rows[-1]["generator_loss"]
+    # the networks returned are those of the newest checkpoint, and training moved them from their start
+    loaded = runs.load_run(result.run)
+    assert loaded.config == result.config
+    for key, value in result.nets.state_dict().items():
+        assert torch.equal(value, loaded.nets.state_dict()[key]), key
+    ds = data.load(cfg.data, n=cfg.n_data, seed=cfg.seed)
+    fresh = families.FAMILIES["mlp"].networks(result.config, ds.spec, ds.train, recipe, cfg.seed)
+    assert any(not torch.equal(a, b) for a, b in zip(result.nets.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_gaussian_model_run_writes_params_of_its_checkpoint(tmp_path):
+    result = train.train(tiny(data="mog2d", model="gaussian", divergence="hellinger"), tmp_path / "run", quiet=True)
+    _finite_run(result)
+    params = json.loads((result.run / "params.json").read_text())
     mean, cov = np.array(params["mean"]), np.array(params["cov"])
-    assert mean.shape == (2,) and cov.shape == (2, 2)
-    assert np.allclose(cov, cov.T) and (np.linalg.eigvalsh(cov) > 0).all()
-    # params.json describes the checkpointed model
-    _, gen = train.load_run(out)
-    assert isinstance(gen, GaussianModel)
-    np.testing.assert_allclose(gen.params()["mean"], mean, rtol=1e-6)
-    # and samples.npy came from that Gaussian (sample mean within 5 standard errors)
-    samples = np.load(out / "samples.npy")
-    se = np.sqrt(np.diag(cov) / len(samples))
-    assert (np.abs(samples.mean(0) - mean) < 5 * se).all()
+    assert mean.shape == (2,) and np.allclose(cov, cov.T) and (np.linalg.eigvalsh(cov) > 0).all()
+    np.testing.assert_allclose(families.density_model(runs.load_run(result.run).nets).params()["mean"], mean, rtol=1e-6)
+    # samples.npy came from that Gaussian (sample mean within 5 standard errors)
+    samples = np.load(result.run / "samples.npy")
+    assert (np.abs(samples.mean(0) - mean) < 5 * np.sqrt(np.diag(cov) / len(samples))).all()
 
 
 def test_gaussian_model_starts_on_the_data_with_its_spread():
     x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5]) + 3
-    gen, _ = train.build_models(tiny(model="gaussian"), x)
+    cfg = config.resolve(Config(model="gaussian", init_std=0.5))
+    nets = families.FAMILIES["gaussian"].networks(cfg, data.Spec((3,)), x, recipes.build(cfg, x), seed=0)
+    gen = nets["generator"]
+    assert isinstance(gen, GaussianModel)
     assert (x == gen.mean.detach()).all(dim=1).any(), "the initial mean is one of the data points"
-    assert torch.allclose(torch.diagonal(gen.scale_tril), x.std(0), rtol=1e-5)
+    torch.testing.assert_close(torch.diagonal(gen.scale_tril).detach(), 0.5 * x.std(0))
     assert torch.equal(torch.tril(gen.scale_tril, -1), torch.zeros(3, 3))
+    # building draws from `seed`, not from the global RNG
+    before = torch.get_rng_state()
+    again = families.FAMILIES["gaussian"].networks(cfg, data.Spec((3,)), x, recipes.build(cfg, x), seed=0)
+    assert torch.equal(before, torch.get_rng_state())
+    assert torch.equal(again["generator"].mean, gen.mean)
 
 
-def test_mmd_has_no_critic_and_wasserstein_gp_penalizes():
-    x = torch.randn(600, 2, generator=torch.Generator().manual_seed(0))
-    assert train.make_objective(tiny(divergence="mmd"), x).critic_loss is None
-    assert train.make_objective(tiny(divergence="wasserstein"), x).critic_loss is not None
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["kl", "reverse-kl"])
+def test_gaussian_defaults_land_on_the_exact_minimizer(name, tmp_path):
+    """Every default: kl gives the moment-matching Gaussian, reverse-kl the exact reverse-KL fit (mog1d)."""
+    result = train.train(Config(data="mog1d", model="gaussian", divergence=name, figures=False), tmp_path / "run", quiet=True)
+    assert result.config.generator_loss == "minimax"
+    got = families.density_model(result.nets).params()
+    mu, sd = got["mean"][0], math.sqrt(got["cov"][0][0])
+    p = data.toy_density("mog1d")
+    if name == "kl":  # KL(P‖Q) over Gaussians is minimized by P's own mean and variance
+        w, m = p.mixture_distribution.probs.double(), p.component_distribution.loc[:, 0].double()
+        s = p.component_distribution.scale_tril[:, 0, 0].double()
+        best_mu = float((w * m).sum())
+        best_sd = math.sqrt(float((w * (s**2 + m**2)).sum()) - best_mu**2)
+    else:  # computed from the density by gradient descent on the exact reverse KL, best of several starts
+        exact = fit.fit_exact(p, name, data.load("mog1d").train)
+        best_mu, best_sd = exact.mean[0], exact.std[0]
+    assert abs(mu - best_mu) < 0.1 and abs(sd - best_sd) < 0.1, (mu, sd, best_mu, best_sd)
+    at = lambda a, b: densities.exact_divergence(p, torch.distributions.Normal(a, b), name).value  # noqa: E731
+    assert at(mu, sd) - at(best_mu, best_sd) < 0.01
 
 
 # --------------------------------------------------------------- reproducibility ---
 def test_same_seed_same_numbers(tmp_path):
     cfg = tiny(data="ring8", steps=30, seed=3, n_samples=10_000)
-    a = train.train(cfg, tmp_path / "a", quiet=True)
-    b = train.train(cfg, tmp_path / "b", quiet=True)
-    c = train.train(tiny(data="ring8", steps=30, seed=4, n_samples=10_000), tmp_path / "c", quiet=True)
+    a = train.train(cfg, tmp_path / "a", quiet=True).run
+    b = train.train(cfg, tmp_path / "b", quiet=True).run
+    c = train.train(tiny(data="ring8", steps=30, seed=4, n_samples=10_000), tmp_path / "c", quiet=True).run
     assert metrics_without_timing(a) == metrics_without_timing(b)
     assert np.array_equal(np.load(a / "samples.npy"), np.load(b / "samples.npy"))
     sa, sb = runs.latest_checkpoint(a), runs.latest_checkpoint(b)
-    for key in sa["generator"]:
-        assert torch.equal(sa["generator"][key], sb["generator"][key])
+    for key in sa["nets"]:
+        assert torch.equal(sa["nets"][key], sb["nets"][key])
     assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
     # a different seed differs
     assert metrics_without_timing(a) != metrics_without_timing(c)
@@ -128,51 +258,79 @@ def test_same_seed_same_numbers(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = train.train(tiny(steps=30, checkpoint_every=10), tmp_path / "full", quiet=True)
-    part = train.train(tiny(steps=15, checkpoint_every=10), tmp_path / "part", quiet=True)
-    cfg = tiny(steps=30, checkpoint_every=10)
-    resumed = train.train(cfg, part, resume=True, quiet=True)
+    full = train.train(tiny(steps=30, checkpoint_every=10), tmp_path / "full", quiet=True).run
+    part = train.train(tiny(steps=15, checkpoint_every=10), tmp_path / "part", quiet=True).run
+    resumed = train.train(tiny(steps=30, checkpoint_every=10), part, resume=True, quiet=True).run
     # the resumed run restarts from its step-15 checkpoint and ends where the uninterrupted run ends
     assert metrics_without_timing(resumed) == metrics_without_timing(full)
     assert np.array_equal(np.load(resumed / "samples.npy"), np.load(full / "samples.npy"))
 
 
+def test_resume_from_python_refuses_other_settings(tmp_path):
+    run = train.train(tiny(steps=10), tmp_path / "run", quiet=True).run
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(InputError, match=r"divergence.*width"):
+        train.train(tiny(steps=20, divergence="kl", width=32), run, resume=True, quiet=True)
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
 def test_resume_rejects_other_dimension(tmp_path):
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(100, 2)))
     np.save(tmp_path / "b.npy", np.random.default_rng(0).normal(size=(100, 3)))
-    run = train.train(tiny(data=str(tmp_path / "a.npy")), tmp_path / "run", quiet=True)
+    cfg = tiny(data=str(tmp_path / "a.npy"))
+    run = train.train(cfg, tmp_path / "run", quiet=True).run
+    # the same path now holds 3-D data
+    np.save(tmp_path / "a.npy", np.load(tmp_path / "b.npy"))
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     with pytest.raises(InputError, match="dimension"):
-        train.train(tiny(data=str(tmp_path / "b.npy"), steps=20), run, resume=True, quiet=True)
+        train.train(tiny(data=str(tmp_path / "a.npy"), steps=20), run, resume=True, quiet=True)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
 # --------------------------------------------------------------- run directory ---
 def test_checkpoints_are_kept_and_pruned(tmp_path):
-    out = train.train(tiny(steps=40, checkpoint_every=5, keep_checkpoints=2), tmp_path / "run", quiet=True)
+    out = train.train(tiny(steps=40, checkpoint_every=5, keep_checkpoints=2), tmp_path / "run", quiet=True).run
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["step-00000035.pt", "step-00000040.pt"]
     # no temporary files are left behind by the atomic writes
     assert not [p for p in out.rglob(".*")]
     state = runs.latest_checkpoint(out)
-    assert state["step"] == 40 and state["data_shape"] == [500, 1]
+    assert state["step"] == 40 and state["data"] == {"event_shape": [1], "n_classes": 0}
+    assert set(state["optimizers"]) == {"generator", "critic"}
 
 
-def test_draw_is_seeded(tmp_path):
-    gen = MLPGenerator(4, Standardize(torch.zeros(2), torch.ones(2)), 8, 1)
-    a, b, c = train.draw(gen, 10_000, 1, chunk=3000), train.draw(gen, 10_000, 1), train.draw(gen, 10_000, 2)
+def test_draw_is_seeded():
+    nets = torch.nn.ModuleDict({"generator": MLPGenerator(4, Standardize(torch.zeros(2), torch.ones(2)), 8, 1)})
+    a, b, c = families.draw(nets, 10_000, 1, chunk=3000), families.draw(nets, 10_000, 1), families.draw(nets, 10_000, 2)
     assert a.shape == (10_000, 2)
     assert torch.equal(a, b)  # chunking does not change the numbers
     assert not torch.equal(a, c)
 
 
 def test_load_run_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
-    out = train.train(tiny(steps=20, checkpoint_every=10), tmp_path / "run", quiet=True)
+    out = train.train(tiny(steps=20, checkpoint_every=10), tmp_path / "run", quiet=True).run
     newest = runs.checkpoints(out)[-1]
     newest.write_bytes(b"garbage")
-    _, gen = train.load_run(out)
+    nets = runs.load_run(out).nets
     assert "warning" in capsys.readouterr().err
     good = runs.load_checkpoint(runs.checkpoints(out)[-2])
-    for key, value in gen.state_dict().items():
-        assert torch.equal(value, good["generator"][key])
+    for key, value in nets.state_dict().items():
+        assert torch.equal(value, good["nets"][key])
     assert newest.read_bytes() == b"garbage"  # reported and left in place
+
+
+# -------------------------------------------------------------- side effects ---
+def test_training_leaves_process_settings_and_the_global_rng_alone(tmp_path):
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    torch.set_flush_denormal(False)
+    train.train(tiny(steps=5), tmp_path / "run", quiet=True)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert float(torch.tensor([1e-40]) * 1.0) != 0, "flushing of denormals was left on"
+
+
+def test_importing_divgen_does_not_touch_matplotlib():
+    code = ("import matplotlib; b = matplotlib.get_backend(); import divgen, divgen.train, divgen.plots, divgen.evaluate, "
+            "divgen.fit, divgen.demo; import sys; assert matplotlib.get_backend() == b; "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"MPLBACKEND": "svg", "PATH": ""})

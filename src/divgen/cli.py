@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from divgen.errors import InputError
@@ -29,72 +29,59 @@ def _emit(args, obj: dict, text: str) -> None:
 
 # ------------------------------------------------------------- divergences ---
 def cmd_divergences(args) -> int:
-    from divgen import divergences
+    from divgen import divergences, recipes
+    from divgen.tables import markdown
 
     rows = divergences.table(args.names or divergences.EXAMPLES)
     if args.json:
-        print(json.dumps({"divergences": rows, "names": list(divergences.NAMES)}))
+        print(json.dumps({"divergences": rows, "names": list(recipes.NAMES)}))
         return 0
     cols = ["name", "f", "f*", "dom f*", "g_f", "f'(1)"]
-    cells = [[str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    print(line(cols))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print(line(row))
+    print(markdown(cols, [[r[c] for c in cols] for r in rows], "lllllr"))
     print("\nalso: alpha:A for any A ∉ {0, 1}, js-weighted:PI for 0 < PI < 1; "
           "wasserstein (Lipschitz critic) and mmd (kernel) are trained without a conjugate.")
     return 0
 
 
 # ------------------------------------------------------------------- train ---
-# Keys that may change when a run is resumed; any other differing key is a conflict.
-RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "tensorboard", "bf16"}
-
-
 def cmd_train(args) -> int:
     from divgen import runs, train
+    from divgen.config import Config
 
-    given = {f.name: getattr(args, f.name) for f in fields(train.Config) if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise InputError("--resume DIR continues DIR; do not pass a different --out")
-        saved = runs.read_config(Path(args.resume))
-        conflicts = [f"{k} (run: {saved[k]!r}, flag: {v!r})" for k, v in given.items() if k not in RESUMABLE and k in saved and saved[k] != v]
-        if conflicts:
-            raise InputError(f"--resume {args.resume}: flags conflict with the run's config.json: {'; '.join(conflicts)}")
-        known = {f.name for f in fields(train.Config)}
-        cfg = train.Config(**{**{k: v for k, v in saved.items() if k in known}, **given})
         out = Path(args.resume)
+        # the flags given override the run's settings; train() refuses any that may not change
+        cfg = replace(Config.from_dict(runs.read_config(out), str(out / runs.CONFIG)), **given)
     else:
         if not args.out:
             raise InputError("train: --out DIR is required (or --resume DIR)")
-        cfg, out = train.Config(**given), Path(args.out)
-    run = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.json)
-    metrics = runs.read_metrics(run)
-    last = metrics[-1] if metrics else {}
-    _emit(args, {"run": str(run), "config": asdict(cfg), "final": last},
-          f"run directory: {run}\nfinal: {json.dumps(last)}\nsamples: {run / 'samples.png'}  losses: {run / 'losses.png'}")
+        cfg, out = Config(**given), Path(args.out)
+    result = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.json)
+    run = result.run
+    _emit(args, {"run": str(run), "config": result.config.to_dict(), "final": result.metrics},
+          f"run directory: {run}\nfinal: {json.dumps(result.metrics)}\nsamples: {run / 'samples.png'}  losses: {run / 'losses.png'}")
     return 0
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from divgen.train import Config
+    from divgen import config
 
-    for f in fields(Config):
+    for f in fields(config.Config):
         meta = f.metadata
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_const", const=True, default=None, help=meta["help"])
+        if meta["kind"] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{meta['help']} (default: {'yes' if f.default else 'no'})")
             continue
-        kind = type(f.default) if f.default is not None else str
         p.add_argument(
             flag,
-            type=_typed(kind, f.name),
-            default=None,  # None = not given; Config holds the real default
+            type=_typed(meta["kind"], f.name),
+            default=None,  # None = not given; the Config and the model family hold the real default
             metavar=f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
-            help=f"{meta['help']} (default: {f.default})",
+            help=f"{meta['help']} (default: {config.default_text(f.name)})",
         )
 
 
@@ -113,7 +100,7 @@ def _typed(kind, name):
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from divgen import train
+    from divgen import families, runs
 
     out = Path(args.output)
     if out.suffix != ".npy":
@@ -122,8 +109,7 @@ def cmd_sample(args) -> int:
         raise InputError(f"{args.output!r} exists; pass --overwrite to replace it")
     if args.n < 1:
         raise InputError("-n must be at least 1")
-    _, generator = train.load_run(Path(args.run))
-    samples = train.draw(generator, args.n, args.seed)
+    samples = families.draw(runs.load_run(Path(args.run)).nets, args.n, args.seed)
     np.save(out, samples.numpy())
     _emit(args, {"output": str(out), "n": args.n, "dim": samples.shape[1]}, f"wrote {args.n} samples of dimension {samples.shape[1]} to {out}")
     return 0

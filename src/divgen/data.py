@@ -11,7 +11,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -21,21 +21,64 @@ from divgen.densities import CurveMixture, gaussian_mixture
 from divgen.errors import InputError
 
 
+class Batch(NamedTuple):
+    """One batch of data: samples and, for labelled data, their class labels."""
+
+    x: torch.Tensor  # (B, d) float32, flat features (images flattened; see Dataset.event_shape)
+    y: torch.Tensor | None = None  # (B,) int64 labels in 0..n_classes-1
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a model needs to know about the data to be built: its shape and its classes."""
+
+    event_shape: tuple[int, ...]  # one sample: (2,), (40,), (8, 8), (1, 28, 28)
+    n_classes: int = 0  # 0 for unlabelled data
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Training samples, held-out samples the trainer never sees, and what is known."""
+    """Training samples, held-out samples the trainer never sees, and what is known.
+
+    Samples are stored flat, (N, d) with d = prod(event_shape); models that
+    need the image shape (conv nets, figures) reshape with `event_shape`.
+    """
 
     name: str
     train: torch.Tensor  # (N, d) float32
     holdout: torch.Tensor  # (M, d) float32, for evaluation only
+    event_shape: tuple[int, ...] = ()  # () means (d,)
+    train_labels: torch.Tensor | None = None  # (N,) int64, when the data has labels
+    holdout_labels: torch.Tensor | None = None  # (M,) int64
     density: Distribution | None = None  # exact data density, when known
     modes: torch.Tensor | None = None  # (K, d) mode centres of the toy mixtures
     mode_std: float | None = None  # their common standard deviation
-    labels: torch.Tensor | None = None  # (N,) int64 class labels of `train`, when the file has them
+    mode_weights: torch.Tensor | None = None  # (K,) mixture weights of the modes
 
     @property
     def dim(self) -> int:
         return self.train.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (labels are 0..n_classes-1), 0 without labels."""
+        if self.train_labels is None:
+            return 0
+        return int(torch.cat([self.train_labels, self.holdout_labels]).max()) + 1
+
+    @property
+    def spec(self) -> Spec:
+        return Spec(tuple(self.event_shape) or (self.dim,), self.n_classes)
+
+    def split(self, which: str = "train") -> Batch:
+        """All of one split as a Batch: "train" or "holdout"."""
+        if which == "train":
+            return Batch(self.train, self.train_labels)
+        return Batch(self.holdout, self.holdout_labels)
 
 
 @dataclass(frozen=True)
@@ -45,6 +88,11 @@ class Toy:
     density: Callable[[], Distribution]
     modes: Callable[[], torch.Tensor] | None = None
     mode_std: float | None = None
+
+    def mode_weights(self) -> torch.Tensor | None:
+        """The mixture weights of the modes (a Gaussian mixture's own), None for curves."""
+        dist = self.density()
+        return dist.mixture_distribution.probs if self.modes else None
 
 
 def _ring8():
@@ -108,31 +156,39 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
     """
     if name in TOYS:
         toy = TOYS[name]
+        x = sample_toy(name, n, seed)
         return Dataset(
             name=name,
-            train=sample_toy(name, n, seed),
+            train=x,
             holdout=sample_toy(name, max(2, int(n * holdout)), seed + 7919),
+            event_shape=(x.shape[1],),
             density=toy.density(),
             modes=toy.modes() if toy.modes else None,
             mode_std=toy.mode_std,
+            mode_weights=toy.mode_weights(),
         )
     if name == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+        # pixel intensities 0..16 rescaled to [0, 1]
+        x, y, shape = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64), (8, 8)
     elif name == "mnist1d":
-        x, y = _mnist1d()
+        (x, y), shape = _mnist1d(), (40,)
     else:
         x, y = read_array(name)
+        shape = (x.shape[1],)
     perm = np.random.default_rng(seed).permutation(len(x))
     n_hold = int(round(len(x) * holdout)) if len(x) >= 10 else 0
     hold, keep = perm[:n_hold], perm[n_hold:]
+    labels = (None, None) if y is None else (torch.from_numpy(y[keep]), torch.from_numpy(y[hold]))
     return Dataset(
         name=name,
         train=torch.from_numpy(x[keep]),
         holdout=torch.from_numpy(x[hold]),
-        labels=None if y is None else torch.from_numpy(y[keep]),
+        event_shape=shape,
+        train_labels=labels[0],
+        holdout_labels=labels[1],
     )
 
 

@@ -8,25 +8,23 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from divgen import data as datasets
-from divgen import plots, runs
+from divgen import families, plots, runs
+from divgen.config import Config
 from divgen.fit import fit_mle
-from divgen.train import Config, train
+from divgen.train import train
 
-_GAUSSIAN = Config(data="mog2d", model="gaussian", steps=2500, critic_steps=2, lr_generator=1e-2, lr_critic=1e-3, width=64, checkpoint_every=2500)
+# Every run uses its family's defaults: the Gaussian model's `auto` generator loss
+# is minimax, which follows D_f itself (for `kl` the nonsaturating loss would
+# maximize E_Q[f'(p/q)] = 1 − KL(Q‖P), i.e. follow reverse KL instead).
 RUNS = {
-    # The minimax loss follows D_f itself. For `kl` the nonsaturating loss would
-    # maximize E_Q[f'(p/q)] = 1 − KL(Q‖P), i.e. follow reverse KL instead.
-    "kl": replace(_GAUSSIAN, divergence="kl", generator_loss="minimax"),
-    "reverse-kl": replace(_GAUSSIAN, divergence="reverse-kl", generator_loss="nonsaturating"),
-    "ring8-js": Config(data="ring8", divergence="js", steps=3000, checkpoint_every=3000),
+    "kl": Config(data="mog2d", model="gaussian", divergence="kl"),
+    "reverse-kl": Config(data="mog2d", model="gaussian", divergence="reverse-kl"),
+    "ring8-js": Config(data="ring8", divergence="js"),
 }
 COLORS = {"mle": "k", "kl": "tab:blue", "reverse-kl": "tab:red"}
 
@@ -42,16 +40,13 @@ def _fresh_dir(base: str = "divgen-demo") -> Path:
 def run(out: Path | None = None, quiet: bool = False) -> dict:
     """Train the three demo runs under `out` and draw one figure; returns a summary."""
     out = runs.prepare(out or _fresh_dir())
-    fits: dict[str, dict] = {}
-    for name, cfg in RUNS.items():
-        train(cfg, out / name, quiet=quiet)
-        if cfg.model == "gaussian":
-            fits[name] = json.loads((out / name / "params.json").read_text())
-    mle = fit_mle(datasets.load("mog2d", n=_GAUSSIAN.n_data, seed=_GAUSSIAN.seed).train)
+    results = {name: train(cfg, out / name, quiet=quiet) for name, cfg in RUNS.items()}
+    fits = {name: families.density_model(r.nets).params() for name, r in results.items() if families.density_model(r.nets)}
+    mle = fit_mle(datasets.load("mog2d", n=RUNS["kl"].n_data, seed=RUNS["kl"].seed).train)
     fits = {"mle": {"mean": mle.mean, "cov": mle.cov}, **fits}
     figure = out / "demo.png"
     _figure(figure, out, fits)
-    return {"out": str(out), "figure": str(figure), "fits": fits, "ring8": runs.read_metrics(out / "ring8-js")[-1]}
+    return {"out": str(out), "figure": str(figure), "fits": fits, "ring8": results["ring8-js"].metrics}
 
 
 def summary(result: dict) -> str:
@@ -66,9 +61,10 @@ def summary(result: dict) -> str:
 
 
 def _figure(path: Path, out: Path, fits: dict) -> None:
-    import matplotlib.pyplot as plt
+    import torch
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = plots.subplots(1, 3, 15, 4.8)
+    axes = axes[0]
     ax = axes[0]
     density = datasets.toy_density("mog2d")
     gx, gy, pts = plots.grid((-4.5, 4.5), (-3, 3))
@@ -95,6 +91,4 @@ def _figure(path: Path, out: Path, fits: dict) -> None:
     ax.set_yscale("symlog", linthresh=0.1)
     ax.legend(frameon=False)
     ax.set_title("what the critic certifies during training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path, dpi=100)

@@ -45,6 +45,9 @@ class Divergence:
     f_star_g: Fn  # f*(g_f(v)) in a numerically stable form
     dom: tuple[float, float]  # closure of dom f*: lo ≤ t ≤ hi
     formulas: dict[str, str]  # f, f*, dom f*, g_f as text, for the table
+    # g_f and f*∘g_f are finite, with finite gradients, for every float32 v (log-sigmoid,
+    # softplus, tanh forms), so critic outputs need no cap (objectives.capped)
+    stable: bool = False
 
     @property
     def f_prime_1(self) -> float:
@@ -211,6 +214,7 @@ def _gan() -> Divergence:
         # −log(1 − sigmoid(v)) = −log_sigmoid(−v) = softplus(v)
         f_star_g=F.softplus,
         dom=(-math.inf, 0.0),
+        stable=True,
         formulas={"f": "u log u − (u + 1) log(u + 1)", "f*": "−log(1 − exp(t))", "dom f*": "t < 0", "g_f": "log σ(v) = −log(1 + exp(−v))"},
     )
 
@@ -239,6 +243,7 @@ def _js_weighted(pi: float, name: str | None = None) -> Divergence:
         # 1 − π e^{T/π} = sigmoid(−v), and −log sigmoid(−v) = softplus(v)
         f_star_g=lambda v: c * (math.log(c) + F.softplus(v)),
         dom=(-math.inf, -pi * math.log(pi)),
+        stable=True,
         formulas={
             "f": "½[u log u − (u + 1) log((u + 1)/2)]" if name == "js" else "πu log u − (πu + 1 − π) log(πu + 1 − π)",
             "f*": "−½ log(2 − exp(2t))" if name == "js" else "(1 − π) log(1 − π) − (1 − π) log(1 − π exp(t/π))",
@@ -259,6 +264,7 @@ def _tv() -> Divergence:
         g=lambda v: 0.5 * torch.tanh(v),
         f_star_g=lambda v: 0.5 * torch.tanh(v),
         dom=(-math.inf, 0.5),
+        stable=True,
         formulas={"f": "½|u − 1|", "f*": "t (|t| ≤ ½), −½ (t < −½)", "dom f*": "t ≤ ½", "g_f": "½ tanh v"},
     )
 
@@ -318,9 +324,6 @@ _FIXED: dict[str, Callable[[], Divergence]] = {
 }
 PARAMETRIC = ("alpha:A", "js-weighted:PI")
 F_DIVERGENCES = tuple(_FIXED) + PARAMETRIC
-# Divergences trained without a conjugate: a Lipschitz critic or a kernel.
-OTHER = ("wasserstein", "mmd")
-NAMES = F_DIVERGENCES + OTHER
 # Representative parameters, used by the table and the tests.
 EXAMPLES = tuple(_FIXED) + ("alpha:-1", "alpha:0.5", "alpha:2", "alpha:3", "js-weighted:0.25")
 
@@ -335,8 +338,12 @@ def _parameter(name: str, text: str) -> float:
     return value
 
 
+class UnknownDivergence(InputError):
+    """No f-divergence has this name (it may still name another divergence; see recipes.NAMES)."""
+
+
 def get(name: str) -> Divergence:
-    """The f-divergence called `name` (see NAMES); InputError if there is none."""
+    """The f-divergence called `name` (see F_DIVERGENCES); InputError if there is none."""
     if name in _FIXED:
         return _FIXED[name]()
     head, sep, tail = name.partition(":")
@@ -350,16 +357,7 @@ def get(name: str) -> Divergence:
         if not 0 < pi < 1:
             raise InputError(f"divergence {name!r}: π must lie strictly between 0 and 1")
         return _js_weighted(pi)
-    if name in OTHER:
-        raise InputError(f"{name!r} is not an f-divergence; it has no conjugate")
-    raise InputError(f"unknown divergence {name!r}; valid: {', '.join(NAMES)}")
-
-
-def check_name(name: str) -> str:
-    """Validate any divergence name, including `wasserstein` and `mmd`."""
-    if name not in OTHER:
-        get(name)
-    return name
+    raise UnknownDivergence(f"{name!r} is not an f-divergence; valid: {', '.join(F_DIVERGENCES)}")
 
 
 def table(names=EXAMPLES) -> list[dict]:

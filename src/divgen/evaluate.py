@@ -24,7 +24,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from divgen import divergences, objectives
+from divgen import divergences, objectives, recipes
 from divgen.errors import InputError
 from divgen.models import Critic, Standardize, critic_pair
 
@@ -96,19 +96,16 @@ def _halves(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2], perm[n // 2 :]
 
 
-def _scaler(a: torch.Tensor, b: torch.Tensor) -> Standardize:
-    z = torch.cat([a, b])
-    std = z.std(0)
-    return Standardize(z.mean(0), torch.where(std > 1e-6, std, torch.ones_like(std)))
+def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU) -> Critic:
+    """A fresh critic for samples like a and b (standardized by their pooled statistics), initialized from `seed`.
 
-
-def _new_critic(a, b, width: int, depth: int, seed: int) -> Critic:
-    # SiLU, not ReLU: log-density ratios are smooth (quadratic between
-    # Gaussians), and a smooth critic fits them with less data; on Gaussian
-    # pairs in 5-10 dimensions it halved the KL estimate's bias.
-    with torch.random.fork_rng(devices=[]):  # initialization from `seed`, global RNG untouched
+    SiLU, not ReLU, by default: log-density ratios are smooth (quadratic between
+    Gaussians), and a smooth critic fits them with less data; on Gaussian pairs
+    in 5-10 dimensions it halved the KL estimate's bias.
+    """
+    with torch.random.fork_rng(devices=[]):  # global RNG untouched
         torch.manual_seed(seed)
-        return Critic(_scaler(a, b), width, depth, activation=nn.SiLU)
+        return Critic(Standardize.of(a, b), width, depth, activation=activation)
 
 
 @contextmanager
@@ -143,19 +140,24 @@ def fit_critic(
     check_every: int = 25,
     patience: int = 8,
     val_fraction: float = 0.2,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> nn.Module:
-    """Maximize objective(critic, a, b, rng) with Adam; early stopping on a validation split.
+    """Train a critic for a fixed pair of samples: maximize objective(critic, a, b, rng) with Adam.
 
-    A fraction `val_fraction` of each sample is set aside. Every `check_every`
-    steps the objective is computed there, and the critic with the best value
-    is kept; training stops after `patience` checks without improvement.
-    Samples of up to `batch_size` rows per side are used whole (full-batch
-    Adam), the smooth, low-variance optimization a divergence estimate needs.
+    The one routine behind every critic that divgen fits to fixed samples: the
+    independent critics of `estimate` and `evaluate`, the classifier test, and
+    diagnostics such as fit.check_discriminator. A fraction `val_fraction` of
+    each sample is set aside (0: no early stopping, every step is kept). Every
+    `check_every` steps the objective is computed there, and the critic with
+    the best value is kept; training stops after `patience` checks without
+    improvement. Samples of up to `batch_size` rows per side are used whole
+    (full-batch Adam), the smooth, low-variance optimization a divergence
+    estimate needs; larger ones are subsampled each step.
     """
     ia, ib = torch.randperm(len(a), generator=rng), torch.randperm(len(b), generator=rng)
-    na, nb = max(1, int(len(a) * val_fraction)), max(1, int(len(b) * val_fraction))
+    na, nb = (max(1, int(len(a) * val_fraction)), max(1, int(len(b) * val_fraction))) if val_fraction else (0, 0)
     val_a, fit_a, val_b, fit_b = a[ia[:na]], a[ia[na:]], b[ib[:nb]], b[ib[nb:]]
-    opt = torch.optim.Adam(critic.parameters(), lr=lr)
+    opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas)
     best, best_state, waited = -math.inf, copy.deepcopy(critic.state_dict()), 0
     with _one_thread():
         for step in range(1, steps + 1):
@@ -168,7 +170,7 @@ def fit_critic(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if step % check_every == 0 or step == steps:
+            if val_fraction and (step % check_every == 0 or step == steps):
                 value = float(objective(critic, val_a, val_b, rng).detach())
                 if value > best:
                     best, best_state, waited = value, copy.deepcopy(critic.state_dict()), 0
@@ -176,32 +178,33 @@ def fit_critic(
                     waited += 1
                     if waited >= patience:
                         break
-    critic.load_state_dict(best_state)
+    if val_fraction:
+        critic.load_state_dict(best_state)
     return critic
 
 
 def logistic_objective(critic, a, b, rng=None) -> torch.Tensor:
-    """Minus the class-balanced cross-entropy of telling A (class 1) from B by sigmoid(V).
+    """The `gan` critic's objective E_A[log σ(V)] + E_B[log(1 − σ(V))]: class-balanced logistic regression of A against B.
 
-    Its maximizer is V = log(p_A/p_B), whatever the sample sizes; it is the
-    `gan` critic objective up to the constant log 4.
+    Its maximizer is V = log(p_A/p_B), whatever the sample sizes; its maximum is
+    2·JS(A, B) − log 4 (Goodfellow et al. 2014, Proposition 1).
     """
-    v_a, v_b = critic_pair(critic, a, b)
-    # −log sigmoid(v) = softplus(−v) and −log(1 − sigmoid(v)) = softplus(v)
-    return -0.5 * (nn.functional.softplus(-v_a).mean() + nn.functional.softplus(v_b).mean())
+    return objectives.fgan_bound(_GAN, *critic_pair(critic, a, b))
 
 
 def wasserstein_objective(gp_weight: float) -> Objective:
-    """E_A[V] − E_B[V] − gp_weight · one-sided gradient penalty (WGAN-LP)."""
+    """E_A[V] − E_B[V] − gp_weight · one-sided gradient penalty (WGAN-LP): the `wasserstein` recipe's critic loss."""
+    penalty = recipes.Penalty("gp", gp_weight, one_sided=True)
 
     def objective(critic, a, b, rng):
-        v_a, v_b = critic_pair(critic, a, b)
         m = min(len(a), len(b))
         with torch.enable_grad():
-            penalty = objectives.gradient_penalty(critic, a[:m], b[:m], rng, one_sided=True)
-        return -objectives.wasserstein_critic_loss(v_a, v_b) - gp_weight * penalty
+            return -objectives.wasserstein_critic_loss(*critic_pair(critic, a, b)) - penalty(critic, (a[:m],), (b[:m],), rng)
 
     return objective
+
+
+_GAN = divergences.get("gan")
 
 
 def fgan_terms(div: divergences.Divergence, log_ratio_a: torch.Tensor, log_ratio_b: torch.Tensor):
@@ -258,34 +261,38 @@ def critic_estimates(
     """
     a, b = as_samples(a, b)
     names = list(names)
-    f_divs = {n: divergences.get(n) for n in names if n != "wasserstein"}
+    kinds = {n: _estimator(n) for n in names}
+    objectives_ = {"classifier": (logistic_objective, 1), "lipschitz": (wasserstein_objective(gp_weight), 11)}
     rng = torch.Generator().manual_seed(seed)
     a1, a2 = _halves(len(a), rng)
     b1, b2 = _halves(len(b), rng)
     terms: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
     for k, (fa, ea, fb, eb) in enumerate(((a1, a2, b1, b2), (a2, a1, b2, b1))):
         train_a, train_b, test_a, test_b = a[fa], b[fb], a[ea], b[eb]
-        if f_divs:
-            critic = fit_critic(_new_critic(train_a, train_b, width, depth, seed + 1 + k), logistic_objective,
+        for kind in dict.fromkeys(kinds.values()):  # one critic per kind and fold, in a fixed order
+            objective, offset = objectives_[kind]
+            critic = fit_critic(new_critic(train_a, train_b, width, depth, seed + offset + k), objective,
                                 train_a, train_b, rng, steps=steps, lr=lr)
             with torch.no_grad():
                 v_a, v_b = critic_pair(critic, test_a, test_b)
-            for name, div in f_divs.items():
-                t_a, t_b = fgan_terms(div, v_a, v_b)
+            for name in (n for n in names if kinds[n] == kind):
+                t_a, t_b = fgan_terms(divergences.get(name), v_a, v_b) if kind == "classifier" else (v_a.double(), v_b.double())
                 terms[name][0].append(t_a)
                 terms[name][1].append(t_b)
-        if "wasserstein" in names:
-            critic = fit_critic(_new_critic(train_a, train_b, width, depth, seed + 11 + k), wasserstein_objective(gp_weight),
-                                train_a, train_b, rng, steps=steps, lr=lr)
-            with torch.no_grad():
-                v_a, v_b = critic_pair(critic, test_a, test_b)
-            terms["wasserstein"][0].append(v_a.double())
-            terms["wasserstein"][1].append(v_b.double())
     out = []
     for name in names:
         value, lo, hi = _normal_ci(torch.cat(terms[name][0]), torch.cat(terms[name][1]), confidence)
         out.append(Estimate(name, value, lo, hi, "critic", len(a), len(b)))
     return out
+
+
+def _estimator(name: str) -> str:
+    """How an independent critic estimates `name` (recipes.ESTIMATORS); InputError if it cannot."""
+    kind = recipes.row(name).estimator
+    if kind is None:
+        raise InputError(f"{name} is not a variational bound that a critic can estimate; "
+                         "use `divgen test --method mmd` for the kernel statistic")
+    return kind
 
 
 def critic_estimate(a, b, name: str, seed: int = 0, confidence: float = 0.95, **kwargs) -> Estimate:
@@ -324,10 +331,7 @@ def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence:
     """D(A‖B) for any f-divergence name or `wasserstein`, by `critic` or (KL only) `knn`."""
     if method not in ESTIMATORS:
         raise InputError(f"unknown estimation method {method!r}; valid: {', '.join(ESTIMATORS)}")
-    if name == "mmd":
-        raise InputError("mmd is a kernel statistic, not a critic bound; use `divgen test --method mmd`")
-    if name != "wasserstein":
-        divergences.get(name)  # InputError for unknown names, before any work
+    _estimator(name)  # InputError for unknown or non-estimable names, before any work
     if not 0 < confidence < 1:
         raise InputError("--confidence must lie strictly between 0 and 1")
     if method == "knn":
@@ -353,7 +357,7 @@ def c2st(a, b, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 1000
     test_a, test_b = a[ia[:half]], b[ib[:half]]
     train_a, train_b = a[ia[half:]], b[ib[half:]]
 
-    critic = _new_critic(train_a, train_b, width, depth, seed + 1)
+    critic = new_critic(train_a, train_b, width, depth, seed + 1)
     fit_critic(critic, logistic_objective, train_a, train_b, rng, steps=steps, lr=lr, check_every=10, patience=10)
     with torch.no_grad():
         v = torch.cat(critic_pair(critic, test_a, test_b))  # (n_te,), A first
@@ -392,7 +396,6 @@ def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) ->
     big_n = n + m
     sub = z[torch.randperm(big_n, generator=rng)[:1000]]
     h = objectives.median_bandwidth(sub, sub[:0])
-    gamma = 1.0 / (2 * float(h) ** 2)
 
     # column 0 is the observed split, then `permutations` random relabellings
     member = torch.zeros(big_n, permutations + 1)
@@ -401,11 +404,8 @@ def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) ->
         member[torch.randperm(big_n, generator=rng)[:n], p] = 1
     k_member = torch.empty_like(member)  # K S, (N, P + 1)
     k_one = torch.empty(big_n, dtype=torch.float64)  # K 1, (N,)
-    sq = (z * z).sum(1)
     for i in range(0, big_n, block):
-        zi = z[i : i + block]
-        d2 = (sq[i : i + block, None] + sq[None, :] - 2 * zi @ z.T).clamp(min=0)
-        kern = torch.exp(-gamma * d2)  # (block, N)
+        kern = objectives.gaussian_kernel(z[i : i + block], z, h)  # (block, N)
         k_member[i : i + block] = kern @ member
         k_one[i : i + block] = kern.double().sum(1)
     aka = (member.double() * k_member.double()).sum(0)  # Σ_{i,j ∈ A} K_ij
@@ -455,17 +455,15 @@ def mode_stats(samples, modes, mode_std: float, n_std: float = 3.0) -> ModeStats
 
 
 # ---------------------------------------------------------------- the run ---
-def _exact_divergences(ds, generator, names) -> dict:
-    """D(P‖Q) between the known data density and a Gaussian model's density, by name."""
-    from torch.distributions import MultivariateNormal
+def _exact_divergences(ds, nets, names) -> dict:
+    """D(P‖Q) between the known data density and the model's density (a density model only), by name."""
+    from divgen import families
+    from divgen.densities import exact_divergence, gaussian
 
-    from divgen.densities import exact_divergence
-    from divgen.models import GaussianModel
-
-    if ds.density is None or not isinstance(generator, GaussianModel):
-        return {}  # an MLP generator has no density
-    with torch.no_grad():
-        q = MultivariateNormal(generator.mean.detach().clone(), scale_tril=generator.scale_tril.detach().clone())
+    model = families.density_model(nets)
+    if ds.density is None or model is None:
+        return {}  # a generator network has no density
+    q = gaussian(**model.params())
     out = {}
     for name in names:
         try:
@@ -481,27 +479,26 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
 
     The real samples are the run's held-out split, which training never saw;
     the generated ones are fresh draws of the same size. Reported: independent
-    critic estimates for the run's divergence, `js` and `wasserstein`; c2st
-    and mmd tests; exact divergences when both densities are known; and mode
-    statistics for the toy mixtures.
+    critic estimates for the run's divergence and recipes.EVALUATED (`js`,
+    `wasserstein`); c2st and mmd tests; exact divergences when both densities
+    are known; and mode statistics for the toy mixtures.
     """
     from tqdm import tqdm
 
     from divgen import data as datasets
-    from divgen import runs, train
+    from divgen import families, runs
 
     run = Path(run)
-    runs.read_config(run)
-    cfg, generator = train.load_run(run)
+    trained = runs.load_run(run)
+    cfg, nets = trained.config, trained.nets
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
     real = ds.holdout
     if len(real) < MIN_SAMPLES:
         raise InputError(f"run {str(run)!r} kept {len(real)} held-out samples; at least {MIN_SAMPLES} are needed "
                          "(train with --holdout > 0 and more data)")
     # fresh noise: neither the training batches nor samples.npy (seed + 1)
-    fake = train.draw(generator, len(real), seed=cfg.seed + 1_000_003 + seed)
-    names = list(dict.fromkeys([cfg.divergence, "js", "wasserstein"]))
-    names = [n for n in names if n != "mmd"]
+    fake = families.draw(nets, len(real), seed=cfg.seed + 1_000_003 + seed)
+    names = [n for n in dict.fromkeys([cfg.divergence, *recipes.EVALUATED]) if recipes.row(n).estimator]
     jobs = [("critics", names)] + [("test", t) for t in TESTS]
     bar = tqdm(jobs, disable=quiet or not sys.stderr.isatty(), desc="evaluate", unit="job")
     estimates, tests = [], []
@@ -521,11 +518,11 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
         "n_fake": len(fake),
         "critic": estimates,
         "tests": tests,
-        "exact": _exact_divergences(ds, generator, names),
+        "exact": _exact_divergences(ds, nets, names),
         "modes": None,
     }
     if ds.modes is not None and ds.mode_std is not None:
-        samples = train.draw(generator, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
+        samples = families.draw(nets, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
         result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std))
     runs.write_json(run / "eval.json", result)
     return result
@@ -533,20 +530,19 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
 
 def report(result: dict) -> str:
     """evaluate_run's result as markdown tables."""
-    lines = [f"run {result['run']}: {result['divergence']} · {result['model']} on {result['data']}; "
-             f"{result['n_real']} held-out real vs {result['n_fake']} generated samples", "",
-             "| independent critic | estimate | 95% CI |", "| --- | ---: | --- |"]
-    for e in result["critic"]:
-        lines.append(f"| {e['divergence']} | {e['estimate']:.4f} | [{e['ci_low']:.4f}, {e['ci_high']:.4f}] |")
-    lines += ["", "| test | statistic | p-value |", "| --- | ---: | ---: |"]
-    for t in result["tests"]:
-        lines.append(f"| {t['method']} | {t['statistic']:.4g} | {t['p_value']:.4g} |")
+    from divgen.tables import markdown
+
+    parts = [f"run {result['run']}: {result['divergence']} · {result['model']} on {result['data']}; "
+             f"{result['n_real']} held-out real vs {result['n_fake']} generated samples",
+             markdown(["independent critic", "estimate", "95% CI"],
+                      [[e["divergence"], f"{e['estimate']:.4f}", f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]"] for e in result["critic"]]),
+             markdown(["test", "statistic", "p-value"],
+                      [[t["method"], f"{t['statistic']:.4g}", f"{t['p_value']:.4g}"] for t in result["tests"]])]
     if result["exact"]:
-        lines += ["", "| exact divergence | value | method |", "| --- | ---: | --- |"]
-        for name, x in result["exact"].items():
-            lines.append(f"| {name} | {x['value']:.4f} | {x['method']} |")
+        parts.append(markdown(["exact divergence", "value", "method"],
+                              [[name, f"{x['value']:.4f}", x["method"]] for name, x in result["exact"].items()], "lrl"))
     m = result["modes"]
     if m:
-        lines += ["", "| modes captured | high quality | reverse KL of the mode histogram |", "| ---: | ---: | ---: |",
-                  f"| {m['modes_captured']} / {m['n_modes']} | {100 * m['high_quality']:.1f}% | {m['reverse_kl']:.4f} |"]
-    return "\n".join(lines)
+        parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram"],
+                              [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%", f"{m['reverse_kl']:.4f}"]], "rrr"))
+    return "\n\n".join(parts)

@@ -24,9 +24,8 @@ import torch
 from torch.distributions import Distribution, MultivariateNormal
 
 from divgen import data as datasets
-from divgen import densities, divergences, objectives, runs
+from divgen import densities, divergences, objectives, recipes, runs
 from divgen.errors import InputError
-from divgen.models import Critic, Standardize
 
 MODELS = ("gaussian",)
 # Gradient fits clip log p/q at ±300 rather than ±700: f' of the table (Neyman's
@@ -34,26 +33,6 @@ MODELS = ("gaussian",)
 FIT_LOG_RATIO_MAX = 300.0
 # The divergences every fit is scored by, computed exactly when the data density is known.
 SCORES = ("kl", "reverse-kl", "js")
-
-# The adversarial recipe used by `compare` and benchmarks/exact_vs_adversarial.py.
-# `minimax` is the generator loss −E_Q[f*(T(x))] whose gradient, at the optimal
-# critic, is exactly ∇θ D_f(P‖Q_θ) (envelope theorem); the nonsaturating loss
-# shares only the fixed point Q = P, so for a misspecified model such as a
-# Gaussian fitted to a mixture it converges to a different Gaussian.
-# Several critic steps per generator step keep the critic near its optimum;
-# a generator learning rate of 2e-3 moves the mean ~2 units in ~1000 steps.
-ADVERSARIAL = dict(
-    model="gaussian",
-    generator_loss="minimax",
-    critic_steps=5,
-    batch_size=512,
-    lr_generator=2e-3,
-    lr_critic=1e-3,
-    width=64,
-    depth=2,
-    steps=3000,
-)
-
 
 @dataclass(frozen=True)
 class Fit:
@@ -86,7 +65,7 @@ def parse_methods(text: str | list[str]) -> list[str]:
         if kind == "exact" and sep:
             divergences.get(name)  # only f-divergences have an exact E_Q[f(p/q)]
         elif kind == "adversarial" and sep:
-            divergences.check_name(name)
+            recipes.check_name(name)
         else:
             raise InputError(f"unknown method {m!r}; valid: mle, exact:NAME, adversarial:NAME (NAME a divergence)")
     if len(set(items)) != len(items):
@@ -183,9 +162,7 @@ def fit_exact(density: Distribution, name: str, x_init: torch.Tensor, steps: int
 
 def _starts(x: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial means and sds (S, d): the data's moments, then k-means clusters of x (N, d)."""
-    def sd(a):
-        s = a.std(0) if len(a) > 1 else torch.ones(a.shape[1], dtype=a.dtype)
-        return torch.where(s > 1e-6, s, torch.ones_like(s))
+    from divgen.models import floored_std as sd
 
     means, stds = [x.mean(0)], [sd(x)]
     if n > 1:
@@ -201,10 +178,11 @@ def _starts(x: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def adversarial_config(data: str, name: str, seed: int = 0, **overrides):
-    """The training Config of an `adversarial:NAME` fit: ADVERSARIAL with `overrides`."""
-    from divgen.train import Config
+    """The training Config of an `adversarial:NAME` fit: the gaussian family's defaults (families.py)
+    with the minimax generator loss its `auto` resolves to, and `overrides`."""
+    from divgen.config import Config
 
-    return Config(data=data, divergence=name, seed=seed, **{**ADVERSARIAL, **overrides})
+    return Config(data=data, model="gaussian", divergence=name, seed=seed, **overrides)
 
 
 # Starting widths of `adversarial:NAME`, as multiples of the data's standard
@@ -213,29 +191,38 @@ def adversarial_config(data: str, name: str, seed: int = 0, **overrides):
 ADVERSARIAL_STARTS = (1.0, 0.25)
 
 
+def held_out_score(real: torch.Tensor, samples: torch.Tensor, name: str, seed: int = 0) -> float:
+    """How far samples are from held-out real data by divergence `name`, from samples alone: the
+    independent critic's estimate (evaluate.critic_estimate), or for a kernel divergence its statistic."""
+    from divgen import evaluate
+
+    if recipes.row(name).estimator is None:
+        return evaluate.mmd_test(real, samples, permutations=1, seed=seed).statistic
+    return evaluate.critic_estimate(real, samples, name, seed=seed).estimate
+
+
 def fit_adversarial(data: str, name: str, out: Path, seed: int = 0, overwrite: bool = False, quiet: bool = True,
                     starts: tuple[float, ...] = ADVERSARIAL_STARTS, **overrides) -> Fit:
     """Train a Gaussian generator against a critic for divergence `name`, once per start.
 
-    Each start is a run directory `out/init-std-S`. The fit kept is the one to
-    which an independent critic (evaluate.critic_estimate), trained on the
-    held-out data that no fit saw against the fit's samples, certifies the
-    smallest divergence: a choice made from samples alone, like the fit itself.
+    Each start is a run directory `out/init-std-S`. The fit kept is the one
+    whose samples are closest to the held-out data that no fit saw
+    (held_out_score): a choice made from samples alone, like the fit itself.
     """
-    from divgen import evaluate, train
+    from divgen import families, train
 
     candidates = []
     for s in starts:
         cfg = adversarial_config(data, name, seed, init_std=s, **overrides)
-        run = train.train(cfg, Path(out) / f"init-std-{s:g}", overwrite=overwrite, quiet=quiet)
-        certified = 0.0
+        result = train.train(cfg, Path(out) / f"init-std-{s:g}", overwrite=overwrite, quiet=quiet)
+        score = 0.0
         if len(starts) > 1:
             held_out = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout).holdout
-            samples = torch.from_numpy(np.load(run / "samples.npy"))
-            certified = evaluate.critic_estimate(held_out, samples[: len(held_out)], name, seed=seed).estimate
-        candidates.append((certified, str(run)))
-    _, run = min(candidates)
-    params = json.loads((Path(run) / "params.json").read_text())
+            samples = torch.from_numpy(np.load(result.run / "samples.npy"))
+            score = held_out_score(held_out, samples[: len(held_out)], name, seed=seed)
+        params = families.density_model(result.nets).params()
+        candidates.append((score, str(result.run), params))
+    _, run, params = min(candidates, key=lambda c: c[0])
     return Fit(f"adversarial:{name}", params["mean"], params["cov"], run=run)
 
 
@@ -258,7 +245,7 @@ def compare(
     methods: str | list[str],
     out: Path,
     model: str = "gaussian",
-    steps: int = ADVERSARIAL["steps"],
+    steps: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     quiet: bool = True,
@@ -272,7 +259,7 @@ def compare(
     items = parse_methods(methods)
     if model not in MODELS:
         raise InputError(f"--model {model!r}: compare fits one of {', '.join(MODELS)}")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise InputError("--steps must be at least 1")
     ds = datasets.load(data, seed=seed)
     exact = [m for m in items if m.startswith("exact:")]
@@ -320,31 +307,33 @@ def _vector(v) -> str:
 
 def markdown_table(fits: list[Fit], density_known: bool = True) -> str:
     """One row per fit: parameters, then KL(P‖Q), KL(Q‖P) and JS(P, Q) computed exactly."""
+    from divgen.tables import markdown
+
     d = len(fits[0].mean)
     head = ["method", "mean", "std"] + (["corr"] if d == 2 else [])
     head += ["KL(P‖Q)", "KL(Q‖P)", "JS(P,Q)"] if density_known else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for f in fits:
         row = [f"`{f.method}`", _vector(f.mean), _vector(f.std)]
         if d == 2:
             row.append(f"{f.cov[0][1] / (f.std[0] * f.std[1]):+.3f}")
         if density_known:
             row += [f"{f.scores[n]['value']:.4f}" for n in SCORES]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    table = markdown(head, rows, "lll")
     if not density_known:
-        lines.append("\nNo data density is known for this data set, so no exact divergences are given.")
-    return "\n".join(lines)
+        table += "\n\nNo data density is known for this data set, so no exact divergences are given."
+    return table
 
 
 def compare_figure(path: Path, ds: datasets.Dataset, fits: list[Fit], title: str = "") -> None:
     """One panel per fit: data density contours (or samples) and the fit's 1-σ ellipse; density curves in 1-D."""
     from divgen import plots
 
-    plt = plots.plt
     n = len(fits)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6 if ds.dim > 1 else 3.0), squeeze=False)
+    fig, axes = plots.subplots(1, n, 3.6 * n, 3.6 if ds.dim > 1 else 3.0)
     x = ds.train.double()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plots.COLORS
     if ds.dim == 1:
         lo, hi = float(x.min()) - 1.0, float(x.max()) + 1.0
         u = torch.linspace(lo, hi, 600, dtype=torch.float64)[:, None]
@@ -380,10 +369,7 @@ def compare_figure(path: Path, ds: datasets.Dataset, fits: list[Fit], title: str
         if fit.scores:
             label += "\n" + "  ".join(f"{k} {fit.scores[k]['value']:.3f}" for k in SCORES)
         ax.set_title(label, fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plots.save(fig, path, dpi=90, title=title)
 
 
 # ------------------------------------------------------ optimal discriminator ---
@@ -404,24 +390,21 @@ def check_discriminator(p: Distribution, q: Distribution, steps: int = 2000, bat
     maximizing E_P[log D] + E_Q[log(1 − D)] is D* = p/(p + q), and the maximum
     is 2·JS(P, Q) − log 4.
     """
-    div = divergences.get("gan")
+    from divgen import evaluate
+
     p64, q64 = densities.as_double(p), densities.as_double(q)
     d = densities.dim(p64)
     if d > 2:
         raise InputError("check_discriminator integrates on a grid and needs d ≤ 2")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pooled = torch.cat([p.sample((5000,)), q.sample((5000,))]).float().reshape(10_000, d)
-        critic = Critic(Standardize(pooled.mean(0), pooled.std(0)), width, depth)
-        opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
-        for _ in range(steps):
-            x_p = p.sample((batch_size,)).float().reshape(batch_size, d)
-            x_q = q.sample((batch_size,)).float().reshape(batch_size, d)
-            v_real, v_fake = critic(torch.cat([x_p, x_q])).split([batch_size, batch_size])
-            loss = objectives.fgan_critic_loss(div, v_real, v_fake)  # the discriminator's cross-entropy
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        n = batch_size * 40  # a fixed pair of samples, large next to what one step sees
+        x_p, x_q = p.sample((n,)).float().reshape(n, d), q.sample((n,)).float().reshape(n, d)
+    critic = evaluate.new_critic(x_p, x_q, width, depth, seed, activation=torch.nn.ReLU)
+    rng = torch.Generator().manual_seed(seed)
+    # the discriminator's cross-entropy, minibatches of `batch_size`, every step kept (no early stopping)
+    evaluate.fit_critic(critic, evaluate.logistic_objective, x_p, x_q, rng, steps=steps, lr=lr, batch_size=batch_size,
+                        val_fraction=0.0, betas=(0.5, 0.999))
 
     points, weights = densities.trapezoid_grid(densities.box([p64, q64]), 4001 if d == 1 else 301)
     with torch.no_grad():

@@ -27,12 +27,27 @@ class Standardize(nn.Module):
         super().__init__()
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
+        # x ↦ x·scale + shift, precomputed so that a forward pass is one fused kernel
+        self.register_buffer("scale", 1 / std)
+        self.register_buffer("shift", -mean / std)
 
-    def forward(self, x):
-        return (x - self.mean) / self.std
+    @classmethod
+    def of(cls, *samples: torch.Tensor) -> "Standardize":
+        """The scaler of the pooled samples (N, d); a constant coordinate gets sd 1, not 0."""
+        x = torch.cat(samples)
+        return cls(x.mean(0), floored_std(x))
+
+    def forward(self, x):  # (x − mean)/std as one fused multiply-add
+        return torch.addcmul(self.shift, x, self.scale)
 
     def inverse(self, x):
-        return x * self.std + self.mean
+        return torch.addcmul(self.mean, x, self.std)
+
+
+def floored_std(x: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """Per-coordinate sd of x (N, d), with 1 where it is below `floor` (or undefined)."""
+    std = x.std(0) if len(x) > 1 else torch.ones(x.shape[1], dtype=x.dtype)
+    return torch.where(std > floor, std, torch.ones_like(std))
 
 
 class MLPGenerator(nn.Module):
@@ -44,7 +59,7 @@ class MLPGenerator(nn.Module):
         self.net = mlp(noise_dim, scaler.mean.shape[0], width, depth)
         self.scaler = scaler
 
-    def forward(self, z):  # (B, noise_dim) -> (B, d)
+    def forward(self, z, y=None):  # (B, noise_dim) -> (B, d)
         return self.scaler.inverse(self.net(z))
 
 
@@ -68,7 +83,7 @@ class GaussianModel(nn.Module):
     def scale_tril(self) -> torch.Tensor:  # (d, d)
         return torch.tril(self.tril, -1) + torch.diag(nn.functional.softplus(self.raw_diag))
 
-    def forward(self, z):  # (B, d) -> (B, d)
+    def forward(self, z, y=None):  # (B, d) -> (B, d)
         return self.mean + z @ self.scale_tril.T
 
     def distribution(self) -> MultivariateNormal:
@@ -84,21 +99,35 @@ class GaussianModel(nn.Module):
 
 
 class Critic(nn.Module):
-    """The raw critic output V(x) ∈ ℝ, shape (B,)."""
+    """The raw critic output V(x) or V(x, c) ∈ ℝ, shape (B,).
+
+    `cond_dim` > 0: the critic also sees a condition c (B, cond_dim), concatenated
+    to the standardized x: one-hot labels (conditional GAN) or latent codes (BiGAN).
+    """
 
     def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU, cond_dim: int = 0):
         super().__init__()
         self.scaler = scaler
-        self.net = mlp(scaler.mean.shape[0], 1, width, depth, spectral_norm, activation)
+        self.net = mlp(scaler.mean.shape[0] + cond_dim, 1, width, depth, spectral_norm, activation)
 
-    def forward(self, x):  # (B, d) -> (B,), float32 even under bf16 autocast: losses need the range
-        return self.net(self.scaler(x)).squeeze(-1).float()
+    def forward(self, x, c=None):  # (B, d), (B, cond_dim) -> (B,), float32 even under bf16 autocast
+        h = self.scaler(x)
+        if c is not None:
+            h = torch.cat([h, c.to(h.dtype)], dim=1)
+        return self.net(h).squeeze(-1).float()
 
 
-def critic_pair(critic, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+Views = tuple[torch.Tensor, ...]  # what a critic sees of one batch: (x,), (x, labels) or (x, z)
+
+
+def critic_pair(critic, a: torch.Tensor | Views, b: torch.Tensor | Views) -> tuple[torch.Tensor, torch.Tensor]:
     """V(a) (N,) and V(b) (M,) from one forward pass: a single larger matmul is faster than two.
 
-    `critic` is any callable, so a DistributedDataParallel wrapper works too.
+    `a` and `b` are tensors or views, tuples (x, c...) of the critic's inputs.
     """
-    return critic(torch.cat([a, b])).split([len(a), len(b)])
+    a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
+    if len(a) == 1:  # the common case, without the generality's overhead
+        return critic(torch.cat([a[0], b[0]])).split([len(a[0]), len(b[0])])
+    joint = [torch.cat([u, v]) for u, v in zip(a, b)]
+    return critic(*joint).split([len(a[0]), len(b[0])])

@@ -1,4 +1,4 @@
-"""Multi-process training with torch.distributed, as launched by `torchrun`.
+"""Multi-process (data-parallel) training with torch.distributed, as launched by `torchrun`.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is
 a no-op for a single process. Backend: NCCL on CUDA, gloo on CPU.
@@ -49,12 +49,31 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def any_flag(world: World, flags: torch.Tensor) -> torch.Tensor:
-    """Elementwise OR of boolean flags over all processes, so every rank takes the same branch."""
+def maximum(world: World, value: torch.Tensor) -> torch.Tensor:
+    """The largest `value` over all processes, so that every rank takes the same branch."""
     if world.size > 1:
-        flags = flags.to(torch.int32)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return flags.bool()
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def average_gradients(world: World, params: list[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over processes: one all-reduce of one flat buffer.
+
+    Every rank computes its loss on its own slice of the global batch, so the
+    mean of the ranks' gradients is the gradient of the whole batch's loss.
+    This is what DistributedDataParallel does, without wrapping the networks,
+    so any set of networks (an encoder, no critic) needs no special case and a
+    gradient penalty's double backward goes through the plain module.
+    """
+    if world.size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p).clone()
 
 
 def mean(world: World, values: torch.Tensor) -> torch.Tensor:

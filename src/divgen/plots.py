@@ -1,19 +1,39 @@
-"""Figures: data against samples (with critic contours in 2-D), training curves."""
+"""Figures: data against samples (with critic contours in 2-D), image grids, training curves.
+
+Figures are built with matplotlib's object API (`matplotlib.figure.Figure`),
+never pyplot: importing divgen does not change a notebook's backend, and no
+window is opened.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
 DATA_COLOR, MODEL_COLOR = "0.55", "tab:orange"
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure that is not registered with pyplot (saved with `save`, collected like any object)."""
+    return Figure(figsize=(width, height))
+
+
+def subplots(nrows: int, ncols: int, width: float, height: float, **kwargs):
+    """(figure, 2-D array of axes)."""
+    fig = new_figure(width, height)
+    return fig, np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False, **kwargs))
+
+
+def save(fig: Figure, path: Path, dpi: int = 110, title: str = "") -> None:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
 
 
 def _limits(*arrays: np.ndarray, pad: float = 0.15) -> list[tuple[float, float]]:
@@ -60,44 +80,61 @@ def draw_samples(ax, data: torch.Tensor, samples: torch.Tensor, density=None, cr
         ax.set_ylabel("coordinate 2")
 
 
-def _is_image(dim: int) -> bool:
-    side = int(round(math.sqrt(dim)))
-    return dim >= 16 and side * side == dim
+def is_image(event_shape) -> bool:
+    """(H, W) or (C, H, W) with C ∈ {1, 3}: shown as pictures."""
+    shape = tuple(event_shape)
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
 
 
-def samples_figure(path: Path, data: torch.Tensor, samples: torch.Tensor, density=None, critic=None, title: str = "") -> None:
-    """samples.png: scatter/histogram, or image grids for square-image data (e.g. 8×8 digits)."""
+def mosaic(images: np.ndarray, event_shape, rows: int, cols: int) -> np.ndarray:
+    """rows × cols tiles of images (n, d) as one (H', W') or (H', W', 3) array, one pixel of padding each."""
+    shape = tuple(event_shape)
+    c, h, w = (1, *shape) if len(shape) == 2 else shape
+    n = rows * cols
+    tiles = np.zeros((n, c, h + 2, w + 2), dtype=np.float32)
+    tiles[: min(n, len(images)), :, 1:-1, 1:-1] = images[:n].reshape(-1, c, h, w)
+    grid = tiles.reshape(rows, cols, c, h + 2, w + 2).transpose(0, 3, 1, 4, 2).reshape(rows * (h + 2), cols * (w + 2), c)
+    return grid[..., 0] if c == 1 else grid
+
+
+def image_panels(axes, panels: list[tuple[str, np.ndarray]], event_shape, rows: int = 8, cols: int = 8) -> None:
+    """Image grids side by side on one grey (or colour) scale, the range of the first panel (the data)."""
+    lo, hi = float(np.min(panels[0][1])), float(np.max(panels[0][1]))
+    for ax, (name, images) in zip(axes, panels):
+        grid = mosaic(images, event_shape, rows, cols)
+        if grid.ndim == 3:
+            ax.imshow(np.clip((grid - lo) / max(hi - lo, 1e-12), 0, 1))
+        else:
+            ax.imshow(grid, cmap="gray_r", vmin=lo, vmax=hi)
+        ax.set_title(name)
+        ax.axis("off")
+
+
+def samples_figure(path: Path, data: torch.Tensor, samples: torch.Tensor, density=None, critic=None, title: str = "",
+                   event_shape=()) -> None:
+    """samples.png: scatter/histogram, image grids (e.g. 8×8 digits), or signals for long vectors."""
     d = data.shape[1]
-    if _is_image(d):
-        side = int(round(math.sqrt(d)))
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
-        for ax, arr, name in ((axes[0], data, "data"), (axes[1], samples, "model")):
-            tiles = arr[:64].reshape(-1, side, side).numpy()
-            tiles = np.pad(tiles, ((0, 64 - len(tiles)), (1, 1), (1, 1)))
-            mosaic = tiles.reshape(8, 8, side + 2, side + 2).transpose(0, 2, 1, 3).reshape(8 * (side + 2), -1)
-            ax.imshow(mosaic, cmap="gray_r")
-            ax.set_title(name)
-            ax.axis("off")
-    elif d >= 16:  # long vectors that are not square images: draw them as signals
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-        for ax, arr, name, color in ((axes[0], data, "data", DATA_COLOR), (axes[1], samples, "model", MODEL_COLOR)):
+    if is_image(event_shape):
+        fig, axes = subplots(1, 2, 9, 4.8)
+        image_panels(axes[0], [("data", data[:64].numpy()), ("model", samples[:64].numpy())], event_shape)
+    elif d >= 16:  # long vectors: draw them as signals
+        fig, axes = subplots(1, 2, 10, 4, sharey=True)
+        for ax, arr, name, color in ((axes[0, 0], data, "data", DATA_COLOR), (axes[0, 1], samples, "model", MODEL_COLOR)):
             for i, row in enumerate(arr[:12].numpy()):
                 ax.plot(row + 3.0 * (i % 6), color=color if i < 6 else "k", lw=1, alpha=0.9)
             ax.set_title(name)
             ax.set_xlabel("coordinate")
             ax.set_yticks([])
     else:
-        fig, ax = plt.subplots(figsize=(6.4, 5.2))
-        draw_samples(ax, data, samples, density, critic)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        fig = new_figure(6.4, 5.2)
+        draw_samples(fig.add_subplot(), data, samples, density, critic)
+    save(fig, path, title=title)
 
 
 def losses_figure(path: Path, metrics: list[dict], title: str = "") -> None:
     """losses.png: critic and generator losses, and the critic's divergence estimate, by step."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, 10, 3.8)
+    axes = axes[0]
     steps = [m["step"] for m in metrics]
     for key, color in (("critic_loss", "tab:blue"), ("generator_loss", "tab:orange")):
         axes[0].plot(steps, [m[key] for m in metrics], color=color, label=key.replace("_", " "))
@@ -106,10 +143,7 @@ def losses_figure(path: Path, metrics: list[dict], title: str = "") -> None:
     axes[1].plot(steps, [m["estimate"] for m in metrics], color="tab:green")
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("critic's divergence estimate")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, title=title)
 
 
 def ellipse(ax, mean, cov, color, label, n_std: float = 1.0, linestyle: str = "-"):

@@ -1,7 +1,8 @@
-"""The run directory: creation without clobbering, atomic checkpoints, config and metrics files.
+"""The run directory: creation without clobbering, atomic checkpoints, the metrics log,
+finishing a run and loading it back.
 
 Layout (DESIGN.md): config.json, metrics.jsonl, checkpoints/step-XXXXXXXX.pt,
-samples.npy, samples.png, losses.png, and params.json for a Gaussian model.
+samples.npy, samples.png, losses.png, and params.json for a density model.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from divgen import parallel
 from divgen.errors import InputError
 
 CONFIG = "config.json"
@@ -186,3 +189,195 @@ def _atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# ------------------------------------------------------------ training state ---
+class CheckpointState:
+    """Everything needed to continue a run bit for bit: the networks, the optimizers,
+    the batch and noise streams, and what the networks were built for."""
+
+    def __init__(self, nets, opts: dict, stream, spec, world: parallel.World):
+        self.nets, self.opts, self.stream, self.spec, self.world = nets, opts, stream, spec, world
+
+    def save(self, out: Path, step: int, keep: int) -> int:
+        """Write the checkpoint of `step` (rank 0; a collective, every rank contributes its local RNG)."""
+        state = {
+            "nets": self.nets.state_dict(),
+            "optimizers": {side: opt.state_dict() for side, opt in self.opts.items()},
+            "rng": self.stream.state(),
+            "local_rngs": parallel.gather(self.world, self.stream.local.get_state()),
+            "data": {"event_shape": list(self.spec.event_shape), "n_classes": self.spec.n_classes},
+            "world_size": self.world.size,
+        }
+        if self.world.main:
+            save_checkpoint(out, step, state, keep)
+        parallel.barrier(self.world)
+        return step
+
+    def restore(self, out: Path) -> int:
+        """Load the newest good checkpoint of `out`; returns its step."""
+        s = latest_checkpoint(out, set_aside=self.world.main)
+        parallel.barrier(self.world)
+        check_spec(s, self.spec)
+        if s["world_size"] != self.world.size:
+            raise InputError(f"the run was trained by {s['world_size']} processes; resume it with the same number "
+                             f"(now {self.world.size})")
+        load_networks(self.nets, s, out)
+        for side, opt in self.opts.items():
+            opt.load_state_dict(s["optimizers"][side])
+        self.stream.set_state(s["rng"])
+        self.stream.local.set_state(s["local_rngs"][self.world.rank])
+        return s["step"]
+
+
+def check_spec(state: dict, spec) -> None:
+    """InputError if the data now has another shape or other classes than the checkpoint's."""
+    saved = tuple(state["data"]["event_shape"])
+    if saved != tuple(spec.event_shape):
+        raise InputError(f"data has dimension {spec.dim} (shape {tuple(spec.event_shape)}) but the run was trained "
+                         f"on dimension {_prod(saved)} (shape {saved})")
+    if state["data"]["n_classes"] != spec.n_classes:
+        raise InputError(f"data has {spec.n_classes} classes but the run was trained on {state['data']['n_classes']}")
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def load_networks(nets, state: dict, run: Path) -> None:
+    try:
+        nets.load_state_dict(state["nets"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).replace("\n", " ").replace("\t", " ")
+        raise InputError(f"checkpoint in {str(run)!r} does not match its config.json: {' '.join(first.split())[:300]}") from None
+
+
+# ------------------------------------------------------------ metrics log ---
+class MetricsLog:
+    """metrics.jsonl always; a progress bar on a terminal, plain lines otherwise; TensorBoard if asked. Rank 0 only."""
+
+    def __init__(self, out: Path, cfg, world: parallel.World, quiet: bool, start: int):
+        from tqdm import tqdm
+
+        self.cfg, self.active = cfg, world.main
+        self.interactive = self.active and sys.stderr.isatty() and not quiet
+        self.plain = self.active and not self.interactive and not quiet
+        self.out, self.file, self.last = out, None, {}
+        if self.active:
+            truncate_metrics(out, start)  # rows after the checkpoint are redone
+            self.file = open(out / METRICS, "a")
+            rows = read_metrics(out)
+            self.last = rows[-1] if rows else {}
+        self.bar = tqdm(total=cfg.steps, initial=start, disable=not self.interactive, unit="step",
+                        desc=f"{cfg.divergence} on {Path(cfg.data).name}")
+        self.writer = None
+        if self.active and cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.t0, self.since = time.perf_counter(), start
+
+    def row(self, step: int, values: dict, opts: dict) -> None:
+        if not self.active:
+            return
+        now = time.perf_counter()
+        row = {"step": step, **values, "steps_per_s": round((step - self.since) / max(now - self.t0, 1e-9), 2)}
+        self.t0, self.since, self.last = now, step, row
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.writer:
+            for key, value in row.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, step)
+            for side, opt in opts.items():
+                self.writer.add_scalar(f"lr_{side}", opt.param_groups[0]["lr"], step)
+            self.writer.add_scalar("samples_per_s", row["steps_per_s"] * self.cfg.batch_size, step)
+        if self.interactive:
+            self.bar.set_postfix(critic=f"{row['critic_loss']:.3f}", gen=f"{row['generator_loss']:.3f}", est=f"{row['estimate']:.3f}")
+        elif self.plain and (step % max(self.cfg.log_every, self.cfg.steps // 10) == 0 or step == self.cfg.steps):
+            print(f"step {step}/{self.cfg.steps}  critic {row['critic_loss']:.4f}  generator {row['generator_loss']:.4f}  "
+                  f"estimate {row['estimate']:.4f}  {row['steps_per_s']:.0f} steps/s", file=sys.stderr)
+
+    def figure(self, step: int, data: torch.Tensor, samples) -> None:
+        if self.writer:
+            from divgen import plots
+
+            fig = plots.new_figure(5, 4)
+            plots.draw_samples(fig.add_subplot(), data.cpu(), samples())
+            self.writer.add_figure("samples", fig, step)
+
+    def rewind(self, step: int) -> None:
+        """After a rollback to `step`: drop later metric rows and continue from there."""
+        if self.active:
+            self.file.close()
+            truncate_metrics(self.out, step)
+            self.file = open(self.out / METRICS, "a")
+        self.bar.n = step
+        self.t0, self.since = time.perf_counter(), step
+
+    def note(self, text: str) -> None:
+        if self.active:
+            from tqdm import tqdm
+
+            tqdm.write(f"divgen: warning: {text}", file=sys.stderr)
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+        if self.writer:
+            self.writer.close()
+
+
+# ------------------------------------------------------- finishing, loading ---
+def finish(out: Path, cfg, ds, nets, recipe) -> None:
+    """samples.npy, the figures, and params.json for a density model."""
+    import numpy as np
+
+    from divgen import families
+
+    samples = families.draw(nets, cfg.n_samples, cfg.seed + 1)
+    np.save(out / "samples.npy", samples.numpy())
+    model = families.density_model(nets)
+    if model is not None:
+        write_json(out / "params.json", model.params())
+    critic_t = None
+    if recipe.uses_critic:
+        critic = nets["critic"]
+
+        def critic_t(points):  # T(x), what the critic certifies
+            with torch.no_grad():
+                return recipe.critic_t(critic(points.to(next(critic.parameters()).device))).cpu()
+    if not cfg.figures:
+        return
+    from divgen import plots
+
+    title = f"{cfg.divergence} · {cfg.model} on {Path(cfg.data).name}"
+    plots.samples_figure(out / "samples.png", ds.train, samples, density=ds.density, critic=critic_t, title=title,
+                         event_shape=ds.event_shape)
+    plots.losses_figure(out / "losses.png", read_metrics(out), title=f"{cfg.divergence} on {Path(cfg.data).name}")
+
+
+def load_run(run: Path):
+    """A finished or running run directory as a TrainResult: its config, last metrics, and networks
+    from its newest good checkpoint, on the CPU in eval mode."""
+    from divgen import families, recipes
+    from divgen.config import Config, resolve
+    from divgen.data import Spec
+    from divgen.train import TrainResult
+
+    run = Path(run)
+    cfg = resolve(Config.from_dict(read_config(run), str(run / CONFIG)))
+    state = latest_checkpoint(run)
+    spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
+    x = torch.zeros(2, spec.dim)
+    nets = families.FAMILIES[cfg.model].networks(cfg, spec, x, recipes.build(cfg, x), cfg.seed)
+    load_networks(nets, state, run)
+    rows = read_metrics(run)
+    return TrainResult(run, cfg, rows[-1] if rows else {}, nets.eval())

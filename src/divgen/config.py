@@ -1,0 +1,161 @@
+"""The run configuration: every field with its one-line help, per-family defaults, validation.
+
+A field whose default is `None` takes its value from the model family's row
+(families.py), then from GLOBAL. `resolve(cfg)` returns the fully resolved
+Config that is saved as config.json; `--help` shows each family's value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from divgen import data as datasets
+from divgen import families, recipes
+from divgen.errors import InputError
+
+
+def option(default, help: str, choices=None, kind=None):
+    """A Config field whose one-line help becomes its `--help` text; `kind` is its type (int, float, str, bool)."""
+    kind = kind or type(default)
+    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
+
+
+@dataclass
+class Config:
+    """Everything that defines a training run; saved resolved as config.json."""
+
+    data: str = option("ring8", f"built-in data set ({', '.join(datasets.BUILTIN)}) or a .npy/.npz/.csv file")
+    model: str = option("mlp", "model family: " + "; ".join(f"{f.name}: {f.help}" for f in families.FAMILIES.values()),
+                        families.NAMES)
+    divergence: str | None = option(None, f"divergence to minimize: {', '.join(recipes.NAMES)}", kind=str)
+    generator_loss: str = option(
+        "auto", "f-GAN generator loss: minimax minimizes the bound itself, whose gradient at the optimal critic is "
+        "the gradient of the named divergence; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), "
+        "which shares only the fixed point Q = P and avoids early saturation; auto: minimax for density models "
+        "(gaussian), nonsaturating for neural generators", recipes.GENERATOR_LOSSES)
+    lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: clipping, gradient penalty, spectral norm",
+                            recipes.LIPSCHITZ)
+    steps: int | None = option(None, "generator steps", kind=int)
+    critic_steps: int | None = option(None, "critic steps per generator step", kind=int)
+    batch_size: int | None = option(None, "samples per batch, real and generated", kind=int)
+    lr_generator: float | None = option(None, "Adam learning rate of the generator", kind=float)
+    lr_critic: float | None = option(None, "Adam learning rate of the critic", kind=float)
+    width: int | None = option(None, "units per hidden layer, generator and critic", kind=int)
+    depth: int | None = option(None, "hidden layers, generator and critic", kind=int)
+    init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's")
+    noise_dim: int = option(8, "dimension of the generator's Gaussian noise z (gaussian: the data dimension)")
+    gp_weight: float = option(10.0, "gradient-penalty weight for --lipschitz gp")
+    clip: float = option(0.01, "weight-clipping bound for --lipschitz clip")
+    n_data: int = option(10_000, "training samples drawn from a built-in toy density")
+    holdout: float = option(0.2, "fraction of the data kept aside, never trained on, for `divgen evaluate`")
+    seed: int = option(0, "random seed: same seed, same numbers on CPU")
+    device: str = option("cpu", "cpu, cuda, mps, or auto (cuda if available)", ("auto", "cpu", "cuda", "mps"))
+    log_every: int = option(50, "steps between lines of metrics.jsonl")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    keep_checkpoints: int = option(3, "checkpoints kept on disk")
+    n_samples: int = option(10_000, "samples written to samples.npy at the end")
+    on_nan: str = option("stop", "on a NaN/inf loss or parameter: stop, or roll back to the last checkpoint with "
+                         "halved learning rates (≤ 3 times)", ("stop", "rollback"))
+    figures: bool = option(True, "draw samples.png and losses.png at the end of the run")
+    tensorboard: bool = option(False, "also write TensorBoard event files to RUN/tensorboard")
+    bf16: bool = option(False, "bfloat16 autocast for the networks on CUDA")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config") -> "Config":
+        """A Config from a dict such as config.json: unknown keys are ignored, wrong types refused."""
+        if not isinstance(raw, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        values = {}
+        for f in fields(cls):
+            if f.name in raw:
+                values[f.name] = _typed_value(f, raw[f.name], where)
+        return cls(**values)
+
+
+# Values every family shares unless its row says otherwise.
+GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2)
+# Keys that may change when a run is resumed; any other differing key is a conflict.
+RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16"}
+POSITIVE = ("steps", "critic_steps", "batch_size", "width", "depth", "noise_dim", "n_data", "log_every", "checkpoint_every",
+            "keep_checkpoints", "n_samples")
+
+
+def _typed_value(f, value, where: str):
+    kind = f.metadata["kind"]
+    ok = (isinstance(value, bool) if kind is bool
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+          else isinstance(value, int) and not isinstance(value, bool) if kind is int
+          else isinstance(value, str))
+    if value is None and f.default is None:
+        ok = True
+    if not ok:
+        raise InputError(f"{where}: {f.name} must be {kind.__name__}, got {value!r}")
+    return float(value) if kind is float and value is not None else value
+
+
+def family_default(name: str, family: str):
+    """The value a field takes for `family` when the user does not set it."""
+    f = {x.name: x for x in fields(Config)}[name]
+    if f.default is not None:
+        return f.default
+    return families.FAMILIES[family].defaults.get(name, GLOBAL[name])
+
+
+def default_text(name: str) -> str:
+    """The default of a field for --help: one value, or one per family where they differ."""
+    values = {fam: family_default(name, fam) for fam in families.NAMES}
+    if len(set(map(repr, values.values()))) == 1:
+        return f"{next(iter(values.values()))}"
+    return ", ".join(f"{v} for {fam}" for fam, v in values.items())
+
+
+def resolve(cfg: Config) -> Config:
+    """A new Config with every per-family default filled in and `auto` made concrete; validated."""
+    if cfg.model not in families.FAMILIES:
+        raise InputError(f"--model {cfg.model!r} is not one of {', '.join(families.NAMES)}")
+    family = families.FAMILIES[cfg.model]
+    filled = {f.name: family_default(f.name, cfg.model) for f in fields(Config) if getattr(cfg, f.name) is None}
+    out = replace(cfg, **filled)
+    if out.generator_loss == "auto":
+        out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
+    return validate(out)
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field of a resolved Config; InputError names the flag."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if value is None:
+            raise InputError(f"{flag} is not set (resolve the config first)")
+        _typed_value(f, value, flag)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise InputError(f"{flag} {value!r} is not one of {', '.join(choices)}")
+        if f.metadata["kind"] is float and not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
+    recipes.check_name(cfg.divergence)
+    for name in POSITIVE:
+        if getattr(cfg, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("lr_critic", "lr_generator", "init_std"):
+        if not getattr(cfg, name) > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("gp_weight", "clip"):
+        if getattr(cfg, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be ≥ 0")
+    if not 0 <= cfg.holdout < 1:
+        raise InputError("--holdout must lie in [0, 1)")
+    return cfg
+
+
+def check_resume(saved: Config, now: Config, run: str = "the run") -> None:
+    """InputError listing every field that differs between a run's config and its continuation, except RESUMABLE ones."""
+    a, b = saved.to_dict(), now.to_dict()
+    conflicts = [f"{k} (run: {a[k]!r}, now: {b[k]!r})" for k in a if k not in RESUMABLE and a[k] != b[k]]
+    if conflicts:
+        raise InputError(f"--resume {run}: settings conflict with its config.json: {'; '.join(conflicts)}")
