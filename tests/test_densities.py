@@ -211,3 +211,95 @@ def test_bad_input_is_refused():
         exact_divergence(gaussian([0, 0], torch.eye(2)), gaussian([1, 0], torch.eye(2)), "wasserstein")
     with pytest.raises(InputError):
         exact_divergence(P_MIX, Q_WIDE, "kl", "closed-form")
+
+
+# ------------------------------------------- closed forms and their limits ---
+CLOSED = [n for n in divergences.EXAMPLES + ("alpha:1.5", "alpha:-0.5") if divergences.get(n).terms]
+
+
+def test_every_divergence_with_unbounded_f_has_terms():
+    """The log-space integrand and the Gaussian closed forms need the terms of f wherever f(u)/u or f(0) is unbounded."""
+    assert set(CLOSED) >= {"kl", "reverse-kl", "jeffrey", "pearson", "neyman", "hellinger", "alpha:2", "alpha:3", "alpha:-1"}
+
+
+@pytest.mark.parametrize("a, b", [((0.3, 1.2), (-0.5, 0.7)), ((0.0, 1.0), (0.5, 1.3)), ((2.0, 0.5), (0.0, 3.0))])
+@pytest.mark.parametrize("name", CLOSED)
+def test_closed_forms_match_quadrature_1d(a, b, name):
+    p, q = g1(*a), g1(*b)
+    closed = exact_divergence(p, q, name)
+    quad = exact_divergence(p, q, name, "quadrature")
+    assert closed.method == "closed-form"
+    if math.isinf(closed.value):
+        assert quad.value == math.inf
+    else:
+        assert quad.value == pytest.approx(closed.value, rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["pearson", "neyman", "hellinger", "alpha:3", "alpha:-1", "jeffrey"])
+def test_closed_forms_match_the_grid_2d(name):
+    p = gaussian([0.3, 0.1], [[1.0, 0.3], [0.3, 0.8]])
+    q = gaussian([-0.2, 0.2], [[0.9, -0.1], [-0.1, 1.1]])
+    closed = exact_divergence(p, q, name)
+    grid = exact_divergence(p, q, name, "grid", n_grid=401)
+    assert math.isfinite(closed.value) and closed.method == "closed-form"
+    assert abs(grid.value - closed.value) <= grid.error + 1e-7 * abs(closed.value)
+
+
+def test_closed_forms_by_hand():
+    # Pearson χ²(N(0,1) ‖ N(0, σ²)) = σ²/√(2σ² − 1) − 1; squared Hellinger of a shift δ: 2 − 2 exp(−δ²/8)
+    assert exact_divergence(g1(0, 1), g1(0, 2), "pearson").value == pytest.approx(4 / math.sqrt(7) - 1, rel=1e-12)
+    assert exact_divergence(g1(0, 1), g1(1.5, 1), "hellinger").value == pytest.approx(2 - 2 * math.exp(-1.5**2 / 8), rel=1e-12)
+    # Neyman of a unit shift: ∫q²/p − 1 = e^{δ²} − 1
+    assert exact_divergence(g1(0, 1), g1(1, 1), "neyman").value == pytest.approx(math.e - 1, rel=1e-12)
+
+
+# The issue's cases: values that the clipped ±700 log-ratio and the mean ± 8 sd box got wrong.
+@pytest.mark.parametrize("a, b, name, exact", [
+    ((0, 1), (0, 0.01), "kl", 4994.894829814),  # log(100) + 1/(2·10⁻⁴) − ½
+    ((0, 1.2), (1, 1), "alpha:3", 24057898156.90025),  # (∫p³q⁻² − 1)/6, by mpmath
+    ((0, 1.2), (1, 1), "pearson", 5.641261806584),
+    ((0, 1), (2, 1), "pearson", math.exp(4) - 1),
+])
+@pytest.mark.parametrize("method", ["closed-form", "quadrature", "grid"])
+def test_large_divergences_are_exact(a, b, name, exact, method):
+    r = exact_divergence(g1(*a), g1(*b), name, method, n_grid=4001)
+    assert r.value == pytest.approx(exact, rel=1e-8)
+
+
+@pytest.mark.parametrize("a, b, name", [((0, 1), (0.5, 1.5), "neyman"), ((0, 1), (0, 0.5), "pearson"),
+                                        ((0, 1), (0, 0.5), "alpha:2"), ((0, 1), (0, 2), "alpha:-1")])
+@pytest.mark.parametrize("method", ["closed-form", "quadrature", "grid"])
+def test_infinite_divergences_are_inf(a, b, name, method):
+    assert exact_divergence(g1(*a), g1(*b), name, method).value == math.inf
+
+
+def test_infinite_divergence_of_a_mixture_by_quadrature():
+    # ∫p²/q with p wider than q in its tails: infinite, and no closed form
+    assert exact_divergence(P_MIX, g1(0.0, 0.5), "pearson").value == math.inf
+    assert exact_divergence(gaussian_mixture([[-1.0], [1.0]], [0.3, 0.3]), g1(0.0, 2.0), "pearson").value < math.inf
+
+
+def test_kl_of_a_collapsed_fit_on_ring8():
+    p, q = toy_density("ring8"), gaussian([2.0, 0.0], [[0.05**2, 0.0], [0.0, 0.05**2]])
+    grid = exact_divergence(p, q, "kl")
+    assert grid.method == "grid" and grid.value == pytest.approx(1597.92, abs=0.01)
+    mc = exact_divergence(p, q, "kl", "monte-carlo", n_samples=40_000)
+    assert abs(mc.value - grid.value) <= 4 * mc.error
+
+
+def test_the_integration_box_follows_the_integrand():
+    # alpha:3 lives near x = −24 (p³/q² ∝ exp(−0.042x² − 2x)), far outside mean ± 8 sd of both densities
+    assert densities.box([g1(0, 1.2), g1(1, 1)])[0][0] > -10
+    quad = exact_divergence(g1(0, 1.2), g1(1, 1), "alpha:3", "quadrature")
+    assert quad.value == pytest.approx(exact_divergence(g1(0, 1.2), g1(1, 1), "alpha:3").value, rel=1e-8)
+
+
+def test_a_box_that_cuts_the_integrand_is_widened():
+    # bounds given by hand that cut off most of the integrand: the grid grows until its edge is negligible
+    p, q = gaussian([0.0, 0.0], torch.eye(2)), gaussian([0.5, 0.0], 0.6 * torch.eye(2))
+    closed = exact_divergence(p, q, "pearson").value
+    cut = exact_divergence(p, q, "pearson", "grid", bounds=[(-1, 1), (-1, 1)], n_grid=401)
+    assert abs(cut.value - closed) <= cut.error + 1e-12
+    assert cut.value == pytest.approx(closed, rel=1e-6)
+    quad = exact_divergence(g1(0, 1), g1(0.5, 0.6**0.5), "pearson", "quadrature", bounds=[(-1, 1)])
+    assert quad.value == pytest.approx(exact_divergence(g1(0, 1), g1(0.5, 0.6**0.5), "pearson").value, rel=1e-8)

@@ -45,9 +45,19 @@ class Divergence:
     f_star_g: Fn  # f*(g_f(v)) in a numerically stable form
     dom: tuple[float, float]  # closure of dom f*: lo ≤ t ≤ hi
     formulas: dict[str, str]  # f, f*, dom f*, g_f as text, for the table
+    # V as a function of l = log p/q at the optimal critic: g_f(v_opt(l)) = f'(exp l). The
+    # estimator evaluates the bound at a classifier's log-ratio through it, so that the
+    # stable forms g_f and f*∘g_f are used, never f* of an overflowing f'(exp l).
+    v_opt: Fn = lambda l: l
     # g_f and f*∘g_f are finite, with finite gradients, for every float32 v (log-sigmoid,
     # softplus, tanh forms), so critic outputs need no cap (objectives.capped)
     stable: bool = False
+    # |g_f(v)| and |f*(g_f(v))| grow no faster than exp(growth·|v|): objectives.capped
+    # saturates v at 60/growth, so that both stay finite in float32
+    growth: float = 1.0
+    # f(u) = Σ c·u^k·(log u)^m over (c, k, m), when f has that form: the closed forms between
+    # Gaussians (∫p^k q^(1−k) and KL) and the log-space integrands of densities.py use it
+    terms: tuple[tuple[float, float, int], ...] = ()
 
     @property
     def f_prime_1(self) -> float:
@@ -108,6 +118,8 @@ def _kl() -> Divergence:
         f_star_g=lambda v: torch.exp(v - 1),
         dom=(-math.inf, math.inf),
         formulas={"f": "u log u", "f*": "exp(t − 1)", "dom f*": "ℝ", "g_f": "v"},
+        v_opt=lambda l: l + 1,  # f'(u) = log u + 1
+        terms=((1.0, 1.0, 1),),
     )
 
 
@@ -123,6 +135,7 @@ def _reverse_kl() -> Divergence:
         f_star_g=lambda v: v - 1,
         dom=(-math.inf, 0.0),
         formulas={"f": "−log u", "f*": "−1 − log(−t)", "dom f*": "t < 0", "g_f": "−exp(−v)"},
+        terms=((-1.0, 0.0, 1),),
     )
 
 
@@ -131,16 +144,20 @@ def _pearson() -> Divergence:
         # below t = −2 the supremum over u ≥ 0 sits at u = 0: f*(t) = −f(0) = −1
         return torch.where(t >= -2, t + t * t / 4, -torch.ones_like(t))
 
+    # g_f(v) = f'(e^v) = 2(e^v − 1): v is the log-ratio, so the cap on v bounds log p/q
+    # (at 30) rather than p/q itself (at 31 with g_f(v) = v). f*(2(e^v − 1)) = e^{2v} − 1.
     return Divergence(
         name="pearson",
         title="Pearson χ²",
         f=lambda u: (u - 1) ** 2,
         f_prime=lambda u: 2 * (u - 1),
         f_star=f_star,
-        g=lambda v: v,
-        f_star_g=f_star,
+        g=lambda v: 2 * torch.expm1(v),
+        f_star_g=lambda v: torch.expm1(2 * v),
         dom=(-math.inf, math.inf),
-        formulas={"f": "(u − 1)²", "f*": "t + t²/4 (t ≥ −2), −1 (t < −2)", "dom f*": "ℝ", "g_f": "v"},
+        growth=2.0,
+        terms=((1.0, 2.0, 0), (-2.0, 1.0, 0), (1.0, 0.0, 0)),
+        formulas={"f": "(u − 1)²", "f*": "t + t²/4 (t ≥ −2), −1 (t < −2)", "dom f*": "ℝ", "g_f": "2(exp(v) − 1)"},
     )
 
 
@@ -156,6 +173,8 @@ def _neyman() -> Divergence:
         f_star_g=lambda v: 2 - 2 * torch.exp(-v / 2),
         dom=(-math.inf, 1.0),
         formulas={"f": "(1 − u)²/u", "f*": "2 − 2√(1 − t)", "dom f*": "t ≤ 1", "g_f": "1 − exp(−v)"},
+        v_opt=lambda l: 2 * l,  # f'(u) = 1 − u^−2
+        terms=((1.0, 1.0, 0), (-2.0, 0.0, 0), (1.0, -1.0, 0)),
     )
 
 
@@ -171,6 +190,8 @@ def _hellinger() -> Divergence:
         f_star_g=torch.expm1,
         dom=(-math.inf, 1.0),
         formulas={"f": "(√u − 1)²", "f*": "t / (1 − t)", "dom f*": "t < 1", "g_f": "1 − exp(−v)"},
+        v_opt=lambda l: l / 2,  # f'(u) = 1 − u^−½
+        terms=((1.0, 1.0, 0), (-2.0, 0.5, 0), (1.0, 0.0, 0)),
     )
 
 
@@ -189,6 +210,12 @@ def _jeffrey() -> Divergence:
         # an exponential tail is safe there. Above 0, f* grows like exp(t): keep t = v.
         return torch.where(v >= 0, v, -torch.expm1(-v.clamp(max=0)))
 
+    def v_opt(l):
+        # t = f'(e^l) = l + 1 − e^−l; g⁻¹(t) = t for t ≥ 0 (l ≥ 0), −log(1 − t) below, where
+        # log(1 − t) = log(e^−l − l) = −l + log1p(−l·e^l) without cancellation
+        neg = l.clamp(max=0)
+        return torch.where(l >= 0, l - torch.expm1(-l.clamp(min=0)), neg - torch.log1p(-neg * torch.exp(neg)))
+
     return Divergence(
         name="jeffrey",
         title="Jeffrey (symmetric KL)",
@@ -199,6 +226,8 @@ def _jeffrey() -> Divergence:
         f_star_g=lambda v: f_star(g(v)),
         dom=(-math.inf, math.inf),
         formulas={"f": "(u − 1) log u", "f*": "W(e^{1−t}) + 1/W(e^{1−t}) + t − 2", "dom f*": "ℝ", "g_f": "v (v ≥ 0), 1 − exp(−v) (v < 0)"},
+        v_opt=v_opt,
+        terms=((1.0, 1.0, 1), (-1.0, 0.0, 1)),
     )
 
 
@@ -242,6 +271,8 @@ def _js_weighted(pi: float, name: str | None = None) -> Divergence:
         g=lambda v: pi * (F.logsigmoid(v) - math.log(pi)),
         # 1 − π e^{T/π} = sigmoid(−v), and −log sigmoid(−v) = softplus(v)
         f_star_g=lambda v: c * (math.log(c) + F.softplus(v)),
+        # sigmoid(v)/π = u/(πu + c) at v = log u + log(π/c)
+        v_opt=lambda l: l + math.log(pi / c),
         dom=(-math.inf, -pi * math.log(pi)),
         stable=True,
         formulas={
@@ -263,6 +294,8 @@ def _tv() -> Divergence:
         f_star=lambda t: _where_in_dom(t, t <= 0.5, t.clamp(min=-0.5)),
         g=lambda v: 0.5 * torch.tanh(v),
         f_star_g=lambda v: 0.5 * torch.tanh(v),
+        # the optimal critic is ½·sign(log p/q); tanh(±1e4) is ±1 exactly
+        v_opt=lambda l: 1e4 * torch.sign(l),
         dom=(-math.inf, 0.5),
         stable=True,
         formulas={"f": "½|u − 1|", "f*": "t (|t| ≤ ½), −½ (t < −½)", "dom f*": "t ≤ ½", "g_f": "½ tanh v"},
@@ -276,10 +309,8 @@ def _alpha(a: float) -> Divergence:
     ½ Neyman; α → 1 is KL and α → 0 reverse KL.
     """
     d = a - 1
-    # g_f(v) = (exp(k·sign(α−1)·v) − 1)/(α − 1) keeps both |g_f| and f*(g_f)
-    # growing no faster than exp(|v|): k·|α/(α−1)| ≤ 1 and k ≤ 1.
-    k = min(1.0, abs(d) / abs(a))
-    sgn = 1.0 if d > 0 else -1.0
+    # g_f(v) = f'(e^v) = (exp((α − 1)v) − 1)/(α − 1): v is the log-ratio. |g_f| and f*(g_f(v))
+    # = (exp(αv) − 1)/α grow like exp(max(|α|, |α − 1|)·|v|), which sets the cap (growth).
     lo, hi = (-math.inf, math.inf) if a > 1 else (-math.inf, 1 / (1 - a))
 
     def f_star(t):
@@ -297,15 +328,17 @@ def _alpha(a: float) -> Divergence:
         f=lambda u: (torch.pow(u, a) - a * u - (1 - a)) / (a * d),
         f_prime=lambda u: (torch.pow(u, d) - 1) / d,
         f_star=f_star,
-        g=lambda v: torch.expm1(k * sgn * v) / d,
-        # 1 + (α − 1)g = exp(k·sgn·v), raised to α/(α − 1)
-        f_star_g=lambda v: torch.expm1(k * a * v / abs(d)) / a,
+        g=lambda v: torch.expm1(d * v) / d,
+        # 1 + (α − 1)g = exp((α − 1)v), raised to α/(α − 1)
+        f_star_g=lambda v: torch.expm1(a * v) / a,
         dom=(lo, hi),
+        growth=max(abs(a), abs(d)),
+        terms=((1 / (a * d), a, 0), (-1 / d, 1.0, 0), (1 / a, 0.0, 0)),
         formulas={
             "f": "(u^α − αu − (1 − α)) / (α(α − 1))",
             "f*": "((1 + (α − 1)t)^(α/(α − 1)) − 1) / α" + (", −1/α where 1 + (α − 1)t ≤ 0" if a > 1 else ""),
             "dom f*": "ℝ" if a > 1 else (f"t ≤ {hi:.4g}" if a < 0 else f"t < {hi:.4g}"),
-            "g_f": f"(exp({k * sgn:.4g}·v) − 1) / (α − 1)",
+            "g_f": f"(exp({d:.4g}·v) − 1) / (α − 1)",
         },
     )
 

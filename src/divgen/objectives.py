@@ -30,12 +30,19 @@ def bounded(v: torch.Tensor) -> torch.Tensor:
 
 
 def capped(div: Divergence, v: torch.Tensor) -> torch.Tensor:
-    """The critic output that g_f receives: v itself where div is stable for any float32, else bounded(v).
+    """The critic output that g_f receives: v itself where div is stable for any float32, else
+    bounded(growth·v)/growth, the identity on |v| ≤ 30/growth and below 60/growth everywhere.
+
+    g_f and f*∘g_f grow like exp(growth·|v|) (Pearson: e^{2v}, α: e^{max(|α|, |α−1|)·|v|}), so
+    this keeps them finite in float32; where v is the log-ratio (Pearson, α, gan) the cap
+    falls on log p/q.
 
     Skipping the cap where it is not needed (gan, js, tv) saves about a dozen
     elementwise kernels per loss, which is most of a small network's step.
     """
-    return v if div.stable else bounded(v)
+    if div.stable:
+        return v
+    return bounded(v) if div.growth == 1.0 else bounded(v * div.growth) / div.growth
 
 
 def fgan_bound(div: Divergence, v_real: torch.Tensor, v_fake: torch.Tensor) -> torch.Tensor:
