@@ -61,8 +61,7 @@ def test_p_values_under_the_null_are_not_small(method):
     p_values = []
     for seed in range(20):
         a, b, _, _ = gaussian_pair(200, d=2, shift=0.0, var_b=1.0, seed=seed)
-        result = (evaluate.mmd_test(a, b, permutations=200, seed=seed) if method == "mmd"
-                  else evaluate.c2st(a, b, seed=seed))
+        result = evaluate.two_sample_test(a, b, method, seed=seed, permutations=200)
         assert result.method == method and (result.n_a, result.n_b) == (200, 200)
         assert 0 < result.p_value <= 1
         p_values.append(result.p_value)
@@ -131,7 +130,7 @@ def test_identical_samples_give_a_divergence_near_zero():
     a, b, _, _ = gaussian_pair(1000, d=2, shift=0.0, var_b=1.0, seed=4)
     e = evaluate.critic_estimate(a, b, "js", seed=0)
     assert -0.01 < e.estimate < 0.01
-    assert e.ci_low <= 0.0
+    assert e.lower_bound <= 0.0  # the certified bound does not claim a difference
 
 
 @pytest.mark.parametrize("d", [1, 2])
@@ -214,7 +213,8 @@ def test_cli_json_fields(files, capsys):
     assert {"method", "statistic", "p_value", "n_a", "n_b"} <= set(out) and out["reject"] is True
     assert main(["estimate", files["a"], files["b"], "--divergence", "kl", "--method", "knn", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"divergence", "estimate", "ci_low", "ci_high", "method", "n_a", "n_b"}
+    assert set(out) == {"divergence", "estimate", "ci_low", "ci_high", "lower_bound", "method", "n_a", "n_b"}
+    assert out["lower_bound"] is None  # knn certifies nothing
     assert 0.2 < out["estimate"] < 0.9  # KL of a unit mean shift is 0.5
 
 
@@ -229,7 +229,8 @@ def test_evaluate_a_tiny_trained_run(tmp_path, capsys):
     saved = json.loads((run / "eval.json").read_text())
     assert printed == saved
     assert [e["divergence"] for e in saved["critic"]] == ["gan", "js", "wasserstein"]
-    assert [t["method"] for t in saved["tests"]] == ["c2st", "mmd"]
+    assert [t["method"] for t in saved["tests"]] == list(evaluate.EVALUATE_TESTS)
+    assert set(saved["prdc"]) >= {"precision", "recall", "density", "coverage"} and saved["prdc"]["k"] == 5
     assert saved["n_real"] == 100  # the held-out split: 20% of 500
     modes = saved["modes"]
     assert modes["n_modes"] == 8 and modes["n"] == 2500 and 0 <= modes["high_quality"] <= 1

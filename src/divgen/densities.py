@@ -475,8 +475,10 @@ def _breakpoints(dists, lo, hi) -> list[float]:
     return sorted({round(t, 12) for t in points if lo < t < hi and math.isfinite(t)})
 
 
-# The integrand is negligible where it is below this fraction of its peak.
+# The integrand is negligible where it is below this fraction of its peak: quadrature's
+# interval, and the edge of the grid's box (what lies beyond the box is counted in the error).
 NEGLIGIBLE = 1e-25
+NEGLIGIBLE_EDGE = 1e-10
 
 
 def _integrand_fn(div, p, q):
@@ -540,7 +542,7 @@ def _grid(div, p, q, bounds, n) -> ExactResult:
         grid = values.reshape((n,) * len(bounds))
         edge = _edge(grid)
         peak = float(values.abs().max())
-        if peak == 0 or float(edge.abs().max()) <= NEGLIGIBLE * peak:
+        if peak == 0 or float(edge.abs().max()) <= NEGLIGIBLE_EDGE * peak:
             break
         bounds = [(a - (b - a) / 2, b + (b - a) / 2) for a, b in bounds]
     else:

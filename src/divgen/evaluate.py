@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from scipy import stats
 from torch import nn
+from torch.nn import functional as F
 
 from divgen import divergences, objectives, recipes
 from divgen.errors import InputError
 from divgen.models import Critic, Standardize, critic_pair
 
-TESTS = ("c2st", "mmd")
 ESTIMATORS = ("critic", "knn")
 KNN_DIVERGENCES = ("kl", "reverse-kl")
 MIN_SAMPLES = 20
@@ -49,15 +49,30 @@ class TestResult:
 
 @dataclass(frozen=True)
 class Estimate:
-    """An estimate of D(A‖B) with a confidence interval."""
+    """An estimate of D(A‖B), an interval around it, and (where the method has one) a certified lower bound.
+
+    What each number means (critic_estimates, knn_estimate say more):
+    - estimate: the point estimate (critic: cross-fitted plug-in of the classifier's log-ratio).
+    - [ci_low, ci_high]: a two-sided `confidence` interval for the estimator's mean at this
+      sample size: sampling and refitting variability, not the estimator's bias.
+    - lower_bound: a one-sided `confidence` lower confidence bound on the true D(A‖B): the held-out
+      variational bound, which no critic can push above D, minus z·(its standard error). None
+      where the method certifies nothing (wasserstein with a soft gradient penalty, knn).
+    Non-finite numbers are written as null in JSON (Estimate.to_dict).
+    """
 
     divergence: str
     estimate: float
     ci_low: float
     ci_high: float
-    method: str  # "critic" (held-out variational bound) or "knn"
+    lower_bound: float | None
+    method: str  # "critic" or "knn"
     n_a: int
     n_b: int
+
+    def to_dict(self) -> dict:
+        """The record as strict JSON: NaN and ±inf become null."""
+        return {k: _json_number(v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,10 @@ class ModeStats:
     high_quality: float  # fraction of samples within 3 σ of their nearest mode
     reverse_kl: float  # KL(histogram of high-quality samples over modes ‖ uniform), nats
     n: int
+
+
+def _json_number(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 # ------------------------------------------------------------------ inputs ---
@@ -96,7 +115,8 @@ def _halves(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2], perm[n // 2 :]
 
 
-def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU) -> Critic:
+def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU,
+               quadratic: bool = False) -> Critic:
     """A fresh critic for samples like a and b (standardized by their pooled statistics), initialized from `seed`.
 
     SiLU, not ReLU, by default: log-density ratios are smooth (quadratic between
@@ -105,7 +125,7 @@ def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation:
     """
     with torch.random.fork_rng(devices=[]):  # global RNG untouched
         torch.manual_seed(seed)
-        return Critic(Standardize.of(a, b), width, depth, activation=activation)
+        return Critic(Standardize.of(a, b), width, depth, activation=activation, quadratic=quadratic)
 
 
 @contextmanager
@@ -141,6 +161,8 @@ def fit_critic(
     patience: int = 8,
     val_fraction: float = 0.2,
     betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    optimizer: str = "adam",
 ) -> nn.Module:
     """Train a critic for a fixed pair of samples: maximize objective(critic, a, b, rng) with Adam.
 
@@ -153,7 +175,15 @@ def fit_critic(
     improvement. Samples of up to `batch_size` rows per side are used whole
     (full-batch Adam), the smooth, low-variance optimization a divergence
     estimate needs; larger ones are subsampled each step.
+
+    `weight_decay` adds weight_decay·Σ w² over the weights (not the biases) to
+    the loss. `optimizer="lbfgs"` minimizes that full-batch by L-BFGS for up to
+    `steps` iterations, without early stopping: for critics whose objective is
+    convex in their parameters (a quadratic logistic regression), where the
+    ridge, not the stopping time, is the regularizer.
     """
+    if optimizer == "lbfgs":
+        return _fit_lbfgs(critic, objective, a, b, rng, steps, weight_decay)
     ia, ib = torch.randperm(len(a), generator=rng), torch.randperm(len(b), generator=rng)
     na, nb = (max(1, int(len(a) * val_fraction)), max(1, int(len(b) * val_fraction))) if val_fraction else (0, 0)
     val_a, fit_a, val_b, fit_b = a[ia[:na]], a[ia[na:]], b[ib[:nb]], b[ib[nb:]]
@@ -166,7 +196,7 @@ def fit_critic(
                 xa = fit_a[torch.randint(len(fit_a), (batch_size,), generator=rng)]
             if len(fit_b) > batch_size:
                 xb = fit_b[torch.randint(len(fit_b), (batch_size,), generator=rng)]
-            loss = -objective(critic, xa, xb, rng)
+            loss = -objective(critic, xa, xb, rng) + _ridge(critic, weight_decay)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -180,6 +210,27 @@ def fit_critic(
                         break
     if val_fraction:
         critic.load_state_dict(best_state)
+    return critic
+
+
+def _ridge(critic: nn.Module, weight: float) -> torch.Tensor | float:
+    if not weight:
+        return 0.0
+    return weight * sum((w * w).sum() for name, w in critic.named_parameters() if not name.endswith("bias"))
+
+
+def _fit_lbfgs(critic, objective, a, b, rng, steps, weight_decay) -> nn.Module:
+    opt = torch.optim.LBFGS(critic.parameters(), max_iter=steps, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = -objective(critic, a, b, rng) + _ridge(critic, weight_decay)
+        loss.backward()
+        return loss
+
+    with _one_thread():
+        opt.step(closure)
     return critic
 
 
@@ -211,19 +262,119 @@ def fgan_terms(div: divergences.Divergence, log_ratio_a: torch.Tensor, log_ratio
     """Terms of the f-GAN bound at T = f'(r), r = exp(log ratio): t_a = f'(r) on A, t_b = f*(f'(r)) on B.
 
     D_f(P‖Q) ≥ E_P[t_a] − E_Q[t_b] for any r > 0, with equality at r = p/q.
-    float64: r = exp(V) spans e^{±60} once V is `bounded`, and f'(r) can be r².
+    Both go through the table's stable forms, t_a = g_f(v), t_b = f*(g_f(v)) at
+    v = v_opt(log r) (log-sigmoid and softplus for js and gan), in float64, so no
+    log-ratio that float64 can hold makes them −inf or NaN.
     """
-    r_a = torch.exp(objectives.bounded(log_ratio_a).double())
-    r_b = torch.exp(objectives.bounded(log_ratio_b).double())
-    return div.f_prime(r_a), div.f_star(div.f_prime(r_b))
+    v_a, v_b = div.v_opt(log_ratio_a.double()), div.v_opt(log_ratio_b.double())
+    return div.g(v_a), div.f_star_g(v_b)
+
+
+def plugin_terms(div: divergences.Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
+    """f(r)/(1 + r) at r = exp(log ratio), in log space: D_f(P‖Q) = E_P[f(r)/(1 + r)] + E_Q[f(r)/(1 + r)].
+
+    (p + q)·f(p/q)/(1 + p/q) = q·f(p/q): the plug-in weighs both samples, so it stays
+    finite where E_P[f(r)/r] or E_Q[f(r)] alone have heavy tails (KL with Q narrower
+    than P). Computed as densities.exact_integrand with p, q replaced by σ(l), σ(−l).
+    """
+    from divgen.densities import exact_integrand
+
+    l = log_ratio.double()
+    return exact_integrand(div, F.logsigmoid(l), F.logsigmoid(-l))
 
 
 def _normal_ci(t_a: torch.Tensor, t_b: torch.Tensor, confidence: float) -> tuple[float, float, float]:
     """mean(t_a) − mean(t_b) and its normal-theory interval (the two samples independent)."""
     value = float(t_a.mean() - t_b.mean())
-    se = math.sqrt(float(t_a.var()) / len(t_a) + float(t_b.var()) / len(t_b))
+    se = _se(t_a, t_b)
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     return value, value - z * se, value + z * se
+
+
+def _se(t_a: torch.Tensor, t_b: torch.Tensor) -> float:
+    """Standard error of mean(t_a) ± mean(t_b), the two samples independent."""
+    return math.sqrt(float(t_a.var()) / len(t_a) + float(t_b.var()) / len(t_b))
+
+
+# ---------------------------------------------------------- the classifier ---
+# Candidates for the classifier whose logit estimates log p/q, chosen by held-out log-loss:
+# the Gaussian (QDA) log-ratio, quadratic logistic regressions at several ridge strengths
+# (both exact models of a Gaussian pair; QDA is the more data-efficient, logistic regression
+# the more robust), and an MLP with a quadratic term (anything else).
+RIDGES = (3.0, 10.0, 30.0, 100.0)  # λ·n: the penalty on the mean log-loss is (λ·n/n)·Σw²
+SHRINKAGES = (0.0, 0.05, 0.1, 1.0)  # of gaussian_classifier; 1 is LDA (one shared covariance)
+QUADRATIC_MAX_DIM = 128  # above it the d×d quadratic form costs more than it helps
+
+
+def classifier_candidates(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator, seed: int = 0, width: int = 64,
+                          depth: int = 2, steps: int = 3000, lr: float = 3e-3,
+                          val_fraction: float = 0.2) -> tuple[list[Critic], list[float]]:
+    """Classifiers of A against B whose logit V estimates log(p_A/p_B), and their held-out log-likelihoods.
+
+    A fraction `val_fraction` of each sample is set aside; every candidate is fitted
+    (fit_critic, logistic_objective) on the rest and scored there by the class-balanced
+    log-likelihood E_A[log σ(V)] + E_B[log σ(−V)] (higher is better). Cross-fitted
+    callers pick one candidate for all folds by the sum of its scores (_best). Candidates:
+    the log-ratio of Gaussians fitted to each sample (gaussian_classifier, shrinkages
+    SHRINKAGES), quadratic logistic regressions V = c + wᵀh + hᵀAh on the standardized input h, with
+    ridge penalties (r/n)·Σw² for r in RIDGES (d ≤ QUADRATIC_MAX_DIM), and a `depth`-layer SiLU MLP of `width` units with
+    a quadratic term, trained by Adam with early stopping.
+    """
+    na, nb = max(1, int(len(a) * val_fraction)), max(1, int(len(b) * val_fraction))
+    ia, ib = torch.randperm(len(a), generator=rng), torch.randperm(len(b), generator=rng)
+    val_a, fit_a, val_b, fit_b = a[ia[:na]], a[ia[na:]], b[ib[:nb]], b[ib[nb:]]
+    quadratic = a.shape[1] <= QUADRATIC_MAX_DIM
+    candidates = []
+    if quadratic:
+        for shrinkage in SHRINKAGES:
+            candidates.append(gaussian_classifier(fit_a, fit_b, shrinkage))
+        for ridge in RIDGES:
+            critic = new_critic(fit_a, fit_b, width, 0, seed, quadratic=True)  # depth 0: linear + quadratic
+            candidates.append(fit_critic(critic, logistic_objective, fit_a, fit_b, rng, steps=200,
+                                         weight_decay=ridge / (len(fit_a) + len(fit_b)), optimizer="lbfgs"))
+    critic = new_critic(fit_a, fit_b, width, depth, seed, quadratic=quadratic)
+    candidates.append(fit_critic(critic, logistic_objective, fit_a, fit_b, rng, steps=steps, lr=lr))
+    with torch.no_grad():
+        scores = [float(logistic_objective(c, val_a, val_b)) for c in candidates]
+    return candidates, scores
+
+
+def _best(scores: list[list[float]]) -> int:
+    """The candidate with the best validation log-likelihood summed over folds (the first among ties)."""
+    totals = [sum(fold[i] for fold in scores) for i in range(len(scores[0]))]
+    return max(range(len(totals)), key=lambda i: (totals[i], -i))
+
+
+def gaussian_classifier(a: torch.Tensor, b: torch.Tensor, shrinkage: float = 0.0) -> Critic:
+    """The critic V = log N(x; μ_A, Σ_A) − log N(x; μ_B, Σ_B) (quadratic discriminant analysis).
+
+    A depth-0 Critic (linear + quadratic form on the standardized input) whose
+    weights are set in closed form from each sample's mean and covariance: the
+    exact log-ratio when both are Gaussian, with far less variance than a
+    discriminatively trained quadratic. `shrinkage` λ pulls each covariance
+    towards the pooled one, Σ_k ← (1 − λ)Σ_k + λΣ_pooled (regularized discriminant
+    analysis, Friedman 1989): where the two covariances agree, their sampling noise
+    then cancels in the log-ratio instead of inflating it.
+    """
+    critic = new_critic(a, b, 1, 0, quadratic=True)
+    with torch.no_grad():
+        moments = []
+        h_a, h_b = critic.scaler(a).double(), critic.scaler(b).double()
+        d = h_a.shape[1]
+        covs = [torch.cov(h.T).reshape(d, d) for h in (h_a, h_b)]
+        pooled = (covs[0] * (len(h_a) - 1) + covs[1] * (len(h_b) - 1)) / (len(h_a) + len(h_b) - 2)
+        for h, cov in zip((h_a, h_b), covs):
+            mean = h.mean(0)
+            cov = (1 - shrinkage) * cov + shrinkage * pooled + 1e-6 * torch.eye(d, dtype=cov.dtype)
+            chol = torch.linalg.cholesky(cov)
+            precision = torch.cholesky_inverse(chol)
+            moments.append((mean, precision, 2 * torch.log(torch.diagonal(chol)).sum()))
+        (ma, pa, lda), (mb, pb, ldb) = moments
+        # log N_A − log N_B = hᵀ(−½P_A + ½P_B)h + (P_A μ_A − P_B μ_B)ᵀh + c
+        critic.quadratic.copy_(0.5 * (pb - pa))
+        critic.net[0].weight.copy_((pa @ ma - pb @ mb)[None])
+        critic.net[0].bias.copy_((-0.5 * ma @ pa @ ma + 0.5 * mb @ pb @ mb - 0.5 * lda + 0.5 * ldb)[None])
+    return critic
 
 
 # -------------------------------------------------------------- estimators ---
@@ -239,51 +390,125 @@ def critic_estimates(
     lr: float = 3e-3,
     gp_weight: float = 10.0,
 ) -> list[Estimate]:
-    """D(A‖B) for each name, certified by independent critics, with cross-fitting.
+    """D(A‖B) for each name, from independent critics with cross-fitting.
 
-    Each sample is split in halves. Critics are trained (fit_critic) on the
-    first halves and the variational bound is evaluated on the second halves;
-    then the halves swap, and the held-out terms of both folds are pooled, so
-    every point is scored once, never by a critic that saw it.
+    Each sample is split in halves. Critics are trained on the first halves and
+    evaluated on the second halves; then the halves swap, and the held-out terms
+    of both folds are pooled, so every point is scored once, never by a critic
+    that saw it.
 
-    f-divergences share one critic per fold: a classifier of A against B
-    (logistic_objective), whose output V estimates log(p/q). Each divergence's
-    f-GAN bound E_A[T] − E_B[f*(T)] is then evaluated at its optimal form
-    T = f'(exp V) (fgan_terms) — a valid lower bound for any V, tight at the
-    true ratio. The classifier trains more stably than the exp-type bounds
-    themselves (KL, χ²) and one training serves every divergence.
-    `wasserstein` trains its own critic with a gradient penalty and reports
-    E_A[V] − E_B[V].
+    f-divergences share one classifier per fold (fit_classifier), whose logit l
+    estimates log(p/q); on held-out points it is clipped to the range it took on
+    the training fold (any critic gives a valid bound, and a point far outside
+    what the classifier was fitted on must not dominate the mean). Then, per divergence:
+    - estimate: the plug-in E_A[φ(l)] + E_B[φ(l)], φ(l) = f(e^l)/(1 + e^l)
+      (plugin_terms), which converges to D_f(P‖Q) as l does, but is not a bound;
+      where the held-out bound below (before its margin) is larger, the bound, since
+      D_f(P‖Q) is at least the bound's expectation.
+    - lower_bound: the f-GAN bound E_A[f'(e^l)] − E_B[f*(f'(e^l))] (fgan_terms), which
+      for any held-out l is ≤ D_f(P‖Q) in expectation, minus z_confidence times its
+      standard error: a one-sided lower confidence bound on the true value.
+    - [ci_low, ci_high]: the estimate ± z·se, where se² is the larger of the
+      normal-theory variance of the held-out terms and (e₁ − e₂)²/4, the spread of the
+      two folds' estimates (which includes refitting variability). It covers the
+      estimator's mean at this sample size, not its bias.
 
-    The interval is normal theory on the held-out terms. It covers the value
-    of the bound the critics reach; their approximation error biases the
-    estimate downward and is not in it.
+    `wasserstein` trains its own critic with a one-sided gradient penalty and reports
+    E_A[V] − E_B[V]. The penalty is soft, so the critic can be steeper than 1 and the
+    value can exceed W1: it is an estimate, with lower_bound None.
     """
     a, b = as_samples(a, b)
     names = list(names)
+    folds = _cross_fit_terms(a, b, names, seed, width, depth, steps, lr, gp_weight)
+    return [_pooled(name, folds[name], confidence, len(a), len(b)) for name in names]
+
+
+def _cross_fit_terms(a, b, names, seed, width, depth, steps, lr, gp_weight) -> dict[str, list[tuple]]:
+    """Per name, per fold: (estimate terms on held-out A, on held-out B, bound terms on A, on B); the value
+    is mean(first) − mean(second). The split of A depends only on len(A) and the seed, so two
+    calls with the same A and seed score A's points in the same order (paired_difference)."""
     kinds = {n: _estimator(n) for n in names}
-    objectives_ = {"classifier": (logistic_objective, 1), "lipschitz": (wasserstein_objective(gp_weight), 11)}
     rng = torch.Generator().manual_seed(seed)
     a1, a2 = _halves(len(a), rng)
     b1, b2 = _halves(len(b), rng)
-    terms: dict[str, tuple[list, list]] = {n: ([], []) for n in names}
-    for k, (fa, ea, fb, eb) in enumerate(((a1, a2, b1, b2), (a2, a1, b2, b1))):
-        train_a, train_b, test_a, test_b = a[fa], b[fb], a[ea], b[eb]
-        for kind in dict.fromkeys(kinds.values()):  # one critic per kind and fold, in a fixed order
-            objective, offset = objectives_[kind]
-            critic = fit_critic(new_critic(train_a, train_b, width, depth, seed + offset + k), objective,
-                                train_a, train_b, rng, steps=steps, lr=lr)
+    # per name and fold: (estimate terms on A, on B, bound terms on A, on B)
+    folds: dict[str, list[tuple]] = {n: [] for n in names}
+    splits = [(a[fa], b[fb], a[ea], b[eb]) for fa, ea, fb, eb in ((a1, a2, b1, b2), (a2, a1, b2, b1))]
+    critics: dict[str, list[nn.Module]] = {}
+    for kind in dict.fromkeys(kinds.values()):  # one critic per kind and fold, in a fixed order
+        if kind == "classifier":
+            fitted = [classifier_candidates(ta, tb, rng, seed + 1 + k, width, depth, steps, lr)
+                      for k, (ta, tb, _, _) in enumerate(splits)]
+            best = _best([scores for _, scores in fitted])
+            critics[kind] = [candidates[best] for candidates, _ in fitted]
+        else:
+            critics[kind] = [fit_critic(new_critic(ta, tb, width, depth, seed + 11 + k), wasserstein_objective(gp_weight),
+                                        ta, tb, rng, steps=steps, lr=lr) for k, (ta, tb, _, _) in enumerate(splits)]
+    for kind, fold_critics in critics.items():
+        for critic, (train_a, train_b, test_a, test_b) in zip(fold_critics, splits):
             with torch.no_grad():
-                v_a, v_b = critic_pair(critic, test_a, test_b)
+                v_a, v_b = (v.double() for v in critic_pair(critic, test_a, test_b))
+                if kind == "classifier":
+                    seen = torch.cat(critic_pair(critic, train_a, train_b))
+                    v_a, v_b = v_a.clamp(float(seen.min()), float(seen.max())), v_b.clamp(float(seen.min()), float(seen.max()))
             for name in (n for n in names if kinds[n] == kind):
-                t_a, t_b = fgan_terms(divergences.get(name), v_a, v_b) if kind == "classifier" else (v_a.double(), v_b.double())
-                terms[name][0].append(t_a)
-                terms[name][1].append(t_b)
-    out = []
-    for name in names:
-        value, lo, hi = _normal_ci(torch.cat(terms[name][0]), torch.cat(terms[name][1]), confidence)
-        out.append(Estimate(name, value, lo, hi, "critic", len(a), len(b)))
-    return out
+                if kind == "classifier":
+                    div = divergences.get(name)
+                    folds[name].append((plugin_terms(div, v_a), -plugin_terms(div, v_b), *fgan_terms(div, v_a, v_b)))
+                else:
+                    folds[name].append((v_a, v_b, None, None))
+    return folds
+
+
+def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int) -> Estimate:
+    """One Estimate from the held-out terms of the folds (see critic_estimates)."""
+    def summary(i):  # pooled value, its se (held-out terms and fold spread)
+        t_a, t_b = torch.cat([f[i] for f in folds]), torch.cat([f[i + 1] for f in folds])
+        per_fold = [float(f[i].mean() - f[i + 1].mean()) for f in folds]
+        return float(t_a.mean() - t_b.mean()), _se(t_a, t_b), max(_se(t_a, t_b), abs(per_fold[0] - per_fold[1]) / 2)
+
+    value, _, se = summary(0)
+    lower = None
+    if folds[0][2] is not None:
+        bound, bound_se, bound_spread = summary(2)
+        lower = bound - float(stats.norm.ppf(confidence)) * bound_se
+        if bound > value:  # the truth is at least the bound's mean, so the plug-in was too low
+            value, se = bound, bound_spread
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    return Estimate(name, value, value - z * se, value + z * se, lower, "critic", n_a, n_b)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """D(A‖B₁) − D(A‖B₂) from one set of real samples A, with a paired interval."""
+
+    divergence: str
+    difference: float  # positive: B₂ is closer to A
+    ci_low: float
+    ci_high: float
+
+
+def paired_difference(a, b1, b2, name: str, seed: int = 0, confidence: float = 0.95, **kwargs) -> Difference:
+    """How much closer B₂ is to A than B₁ by divergence `name`: the difference of two cross-fitted
+    critic estimates (their plug-in terms, critic_estimates) that score the same points of A.
+
+    Each point of A contributes one term to each estimate, so the A side of the
+    difference is a mean of paired differences, whose variance is far below the
+    sum of the two estimates' variances; the B sides are independent. The
+    interval is normal theory on those terms (the training variability of the
+    critics is not in it).
+    """
+    a, b1 = as_samples(a, b1)
+    _, b2 = as_samples(a, b2)
+    args = (seed, kwargs.get("width", 64), kwargs.get("depth", 2), kwargs.get("steps", 3000), kwargs.get("lr", 3e-3),
+            kwargs.get("gp_weight", 10.0))
+    t1, t2 = _cross_fit_terms(a, b1, [name], *args)[name], _cross_fit_terms(a, b2, [name], *args)[name]
+    on_a = torch.cat([f[0] for f in t1]) - torch.cat([f[0] for f in t2])  # paired: same points of A
+    on_b1, on_b2 = torch.cat([f[1] for f in t1]), torch.cat([f[1] for f in t2])
+    value = float(on_a.mean() - on_b1.mean() + on_b2.mean())
+    se = math.sqrt(float(on_a.var()) / len(on_a) + float(on_b1.var()) / len(on_b1) + float(on_b2.var()) / len(on_b2))
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    return Difference(name, value, value - z * se, value + z * se)
 
 
 def _estimator(name: str) -> str:
@@ -306,8 +531,14 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     D̂ = (d/n) Σ_i log(ν_k(i) / ρ_k(i)) + log(m / (n − 1)), with ρ_k(i) the
     distance from a_i to its k-th nearest neighbour among the other a's and
     ν_k(i) to its k-th nearest neighbour among the m b's. `reverse-kl` swaps
-    A and B. The interval is normal theory on the n terms (it ignores their
-    weak dependence).
+    A and B. The estimator assumes continuous densities: a sample with repeated
+    rows (rounded or discrete data), whose zero distances make log ρ = −∞, is
+    refused with an InputError.
+
+    The interval is normal theory on the n terms: it covers the estimator's mean
+    at this sample size, not its bias, which at n in the thousands is of the
+    order of the interval or larger in d ≥ 2 (docs/evaluation.md); there is no
+    lower bound (lower_bound None).
     """
     from scipy.spatial import cKDTree
 
@@ -318,13 +549,18 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     p, q = p.double().numpy(), q.double().numpy()
     n, d = p.shape
     m = len(q)
+    if k >= n:
+        raise InputError(f"k-NN with k = {k} needs more than {k} rows in each sample")
     rho = cKDTree(p).query(p, k=k + 1)[0][:, k]  # k + 1: the nearest is the point itself
     nu = cKDTree(q).query(p, k=k)[0]
     nu = nu[:, k - 1] if nu.ndim == 2 else nu
-    floor = 1e-12  # duplicated points give zero distances; the floor keeps the logs finite
-    terms = d * (np.log(np.maximum(nu, floor)) - np.log(np.maximum(rho, floor))) + math.log(m / (n - 1))
+    for label, dist in ((("A" if name == "kl" else "B"), rho), (("B" if name == "kl" else "A"), nu)):
+        if (dist == 0).any():
+            raise InputError(f"samples {label} repeat rows ({int((dist == 0).sum())} points have {k} or more exact copies "
+                             "at distance 0): the k-NN estimator needs continuous data; use --method critic")
+    terms = d * (np.log(nu) - np.log(rho)) + math.log(m / (n - 1))
     value, lo, hi = _normal_ci(torch.from_numpy(terms), torch.zeros(2, dtype=torch.float64), confidence)
-    return Estimate(name, value, lo, hi, "knn", len(a), len(b))
+    return Estimate(name, value, lo, hi, None, "knn", len(a), len(b))
 
 
 def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence: float = 0.95) -> Estimate:
@@ -348,7 +584,9 @@ def c2st(a, b, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 1000
     network is trained on the remaining points to tell A from B, with the
     classes weighted equally and early stopping on a validation split, and it
     labels the top-scoring half of the test set A. The statistic is its
-    held-out accuracy; the p-value is P(Binomial(n_te, ½) ≥ correct).
+    held-out accuracy. Because exactly half the test set is called A, the number
+    of A's among those calls is Hypergeometric(n_te, n_te/2, n_te/2) under H0 and
+    `correct` is twice it: the p-value is that exact tail, not a Binomial one.
     """
     a, b = as_samples(a, b)
     rng = torch.Generator().manual_seed(seed)
@@ -361,20 +599,100 @@ def c2st(a, b, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 1000
     fit_critic(critic, logistic_objective, train_a, train_b, rng, steps=steps, lr=lr, check_every=10, patience=10)
     with torch.no_grad():
         v = torch.cat(critic_pair(critic, test_a, test_b))  # (n_te,), A first
-    # The test set is balanced, so the classifier calls the half it scores
-    # highest "A" (ties broken at random). Its predictions are then balanced
-    # too, and under H0 the number correct has the Binomial(n_te, ½) variance
-    # (up to a factor n_te/(n_te − 1)); a classifier that collapsed to one
-    # class would otherwise score exactly ½ every time and make the test
-    # conservative.
+    # The classifier calls the half of the test set it scores highest "A" (ties
+    # broken at random), so its calls are balanced like the truth.
     n_te = 2 * half
     order = torch.randperm(n_te, generator=rng)
     ranked = order[torch.argsort(v[order], stable=True)]  # ascending score, random among ties
     called_a = torch.zeros(n_te, dtype=torch.bool)
     called_a[ranked[half:]] = True
-    correct = int(called_a[:half].sum() + (~called_a[half:]).sum())
-    p_value = float(stats.binom.sf(correct - 1, n_te, 0.5))
+    hits = int(called_a[:half].sum())  # A's called A; then B's called B = half − (half − hits) = hits
+    correct = 2 * hits
+    p_value = float(stats.hypergeom.sf(hits - 1, n_te, half, half))
     return TestResult("c2st", correct / n_te, p_value, len(a), len(b))
+
+
+def c2st_logit(a, b, seed: int = 0, permutations: int = 1000, width: int = 64, depth: int = 2,
+               steps: int = 1000, lr: float = 3e-3) -> TestResult:
+    """A cross-fitted classifier test on held-out logits, with an exact permutation p-value.
+
+    Each sample is split in halves; classifiers (classifier_candidates, the candidate
+    with the best validation log-likelihood summed over both folds) are trained on
+    one half of each and score the other halves, so every point gets a logit V from
+    a classifier that never saw it. The statistic is the mean held-out V on A minus
+    that on B (an estimate of E_P[log p/q] − E_Q[log p/q] = KL(P‖Q) + KL(Q‖P) for a
+    good classifier), which uses how far each point is from the boundary rather than
+    only its side. Under H0 the labels of each held-out half are exchangeable given
+    the classifier that scores it (trained on the other half), so relabelling
+    within each fold gives an exact p-value, (1 + #{permuted ≥ observed}) / (1 + P).
+    """
+    a, b = as_samples(a, b)
+    if permutations < 1:
+        raise InputError("--permutations must be at least 1")
+    rng = torch.Generator().manual_seed(seed)
+    a1, a2 = _halves(len(a), rng)
+    b1, b2 = _halves(len(b), rng)
+    splits = [(a[fa], b[fb], a[ea], b[eb]) for fa, ea, fb, eb in ((a1, a2, b1, b2), (a2, a1, b2, b1))]
+    fitted = [classifier_candidates(ta, tb, rng, seed + 1 + k, width, depth, steps, lr) for k, (ta, tb, _, _) in enumerate(splits)]
+    best = _best([scores for _, scores in fitted])
+    total = torch.zeros(permutations + 1, dtype=torch.float64)
+    for (candidates, _), (_, _, test_a, test_b) in zip(fitted, splits):
+        with torch.no_grad():
+            v = torch.cat(critic_pair(candidates[best], test_a, test_b)).double()  # (n, ), A first
+        n, m = len(test_a), len(test_b)
+        member = _memberships(n + m, n, permutations, rng).double()  # (n + m, P + 1)
+        in_a = v @ member  # Σ_{A} V per relabelling
+        total += in_a / n - (v.sum() - in_a) / m
+    p_value = (1 + int((total[1:] >= total[0]).sum())) / (1 + permutations)
+    return TestResult("c2st-logit", float(total[0] / 2), p_value, len(a), len(b))
+
+
+def _memberships(big_n: int, n: int, permutations: int, rng: torch.Generator) -> torch.Tensor:
+    """(N, P + 1) 0/1 matrix: column 0 puts the first n points in A, the others are random relabellings."""
+    member = torch.zeros(big_n, permutations + 1)
+    member[:n, 0] = 1
+    for p in range(1, permutations + 1):
+        member[torch.randperm(big_n, generator=rng)[:n], p] = 1
+    return member
+
+
+def _permuted_mmd2(z: torch.Tensor, n: int, kernels, member: torch.Tensor, block: int = 2048) -> torch.Tensor:
+    """Unbiased MMD² of every relabelling in `member` (N, P + 1), for each kernel: (K, P + 1), float64.
+
+    `kernels` are functions of the pairwise distances of a block, (B, N) -> (B, N), each
+    with k(x, x) = kernel(0). With S the 0/1 membership of A in each relabelling, the
+    block sums of the kernel matrix K are SᵀKS, SᵀK1 and 1ᵀK1; K is formed block by
+    block and never whole, and the distances of a block are shared by all kernels.
+    """
+    big_n = len(z)
+    m = big_n - n
+    k_member = torch.zeros(len(kernels), big_n, member.shape[1], dtype=torch.float64)  # K S per kernel
+    k_one = torch.zeros(len(kernels), big_n, dtype=torch.float64)  # K 1
+    member64 = member.double()
+    for i in range(0, big_n, block):
+        dist = torch.cdist(z[i : i + block].double(), z.double())  # (block, N)
+        for j, kernel in enumerate(kernels):
+            kern = kernel(dist)
+            k_member[j, i : i + block] = kern @ member64
+            k_one[j, i : i + block] = kern.sum(1)
+    aka = (member64 * k_member).sum(1)  # Σ_{i,j ∈ A} K_ij, (K, P + 1)
+    ak1 = k_one @ member64  # Σ_{i ∈ A, j} K_ij
+    total = k_one.sum(1, keepdim=True)
+    bkb = total - 2 * ak1 + aka
+    akb = ak1 - aka
+    diag = torch.tensor([float(kernel(torch.zeros(1, 1, dtype=torch.float64))) for kernel in kernels],
+                        dtype=torch.float64)[:, None]
+    # remove the n (m) self-pairs from the within-sample sums
+    return (aka - n * diag) / (n * (n - 1)) + (bkb - m * diag) / (m * (m - 1)) - 2 * akb / (n * m)
+
+
+def _p_value(stats_: torch.Tensor) -> float:
+    """(1 + #{permuted ≥ observed}) / (1 + P) for a statistic whose column 0 is the observed one (Phipson & Smyth 2010)."""
+    return (1 + int((stats_[1:] >= stats_[0]).sum())) / len(stats_)
+
+
+def _gaussian(h: float):
+    return lambda dist: torch.exp(-dist.pow(2) / (2 * h * h))
 
 
 def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) -> TestResult:
@@ -382,76 +700,161 @@ def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) ->
 
     Bandwidth: the median heuristic on a random subsample of the pooled data (a
     function of the pool only, so every permutation uses the same kernel).
-    All permutations are evaluated together: with S (N, P) the 0/1 membership
-    of A in each permutation, the block sums of the kernel matrix K are
-    SᵀKS, SᵀK1 and 1ᵀK1, and K is formed block by block, never whole. The
-    p-value is (1 + #{permuted ≥ observed}) / (1 + P) (Phipson & Smyth 2010).
+    All permutations are evaluated together (_permuted_mmd2). It is blind to
+    differences at scales far below the median distance (narrow modes): use mmd-agg.
     """
     a, b = as_samples(a, b)
     if permutations < 1:
         raise InputError("--permutations must be at least 1")
     rng = torch.Generator().manual_seed(seed)
     z = torch.cat([a, b])
-    n, m = len(a), len(b)
-    big_n = n + m
-    sub = z[torch.randperm(big_n, generator=rng)[:1000]]
-    h = objectives.median_bandwidth(sub, sub[:0])
-
-    # column 0 is the observed split, then `permutations` random relabellings
-    member = torch.zeros(big_n, permutations + 1)
-    member[:n, 0] = 1
-    for p in range(1, permutations + 1):
-        member[torch.randperm(big_n, generator=rng)[:n], p] = 1
-    k_member = torch.empty_like(member)  # K S, (N, P + 1)
-    k_one = torch.empty(big_n, dtype=torch.float64)  # K 1, (N,)
-    for i in range(0, big_n, block):
-        kern = objectives.gaussian_kernel(z[i : i + block], z, h)  # (block, N)
-        k_member[i : i + block] = kern @ member
-        k_one[i : i + block] = kern.double().sum(1)
-    aka = (member.double() * k_member.double()).sum(0)  # Σ_{i,j ∈ A} K_ij
-    ak1 = member.double().T @ k_one  # Σ_{i ∈ A, j} K_ij
-    total = k_one.sum()
-    bkb = total - 2 * ak1 + aka
-    akb = ak1 - aka
-    # the kernel's diagonal is 1: remove n (m) self-pairs from the within-sample sums
-    mmd2 = (aka - n) / (n * (n - 1)) + (bkb - m) / (m * (m - 1)) - 2 * akb / (n * m)
-    observed = mmd2[0]
-    p_value = (1 + int((mmd2[1:] >= observed).sum())) / (1 + permutations)
-    return TestResult("mmd", float(observed), p_value, n, m)
+    sub = z[torch.randperm(len(z), generator=rng)[:1000]]
+    h = float(objectives.median_bandwidth(sub, sub[:0]))
+    mmd2 = _permuted_mmd2(z, len(a), [_gaussian(h)], _memberships(len(z), len(a), permutations, rng), block)[0]
+    return TestResult("mmd", float(mmd2[0]), _p_value(mmd2), len(a), len(b))
 
 
-def two_sample_test(a, b, method: str = "c2st", seed: int = 0, permutations: int = 500) -> TestResult:
-    """Test H0: A and B have the same distribution, by `c2st` or `mmd`."""
-    if method == "c2st":
-        return c2st(a, b, seed=seed)
-    if method == "mmd":
-        return mmd_test(a, b, permutations=permutations, seed=seed)
-    raise InputError(f"unknown test method {method!r}; valid: {', '.join(TESTS)}")
+AGG_BANDWIDTHS = 6
+
+
+def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048,
+                 bandwidths: int = AGG_BANDWIDTHS, with_energy: bool = True) -> TestResult:
+    """MMD over many kernels with one calibrated p-value (min-p aggregation); divgen's default test.
+
+    Gaussian kernels with `bandwidths` bandwidths on a geometric grid from half the
+    5% quantile to twice the 95% quantile of the pooled pairwise distances (as in
+    Schrab et al., "MMD Aggregated Two-Sample Test", JMLR 2023), so narrow modes
+    and broad shifts are both seen, and (`with_energy`) the energy-distance kernel
+    −‖x − y‖, which has the most power against shifts in many dimensions. For every
+    relabelling, each kernel's MMD²
+    is turned into its permutation p-value among all relabellings; the statistic
+    is the smallest of them, and its own permutation distribution (the same
+    relabellings, Westfall & Young's min-p) gives the p-value, exact at any level.
+    `statistic` is the smallest per-kernel permutation p-value.
+    """
+    a, b = as_samples(a, b)
+    if permutations < 1:
+        raise InputError("--permutations must be at least 1")
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.cat([a, b])
+    sub = z[torch.randperm(len(z), generator=rng)[:1000]].double()
+    dist = torch.pdist(sub)
+    dist = dist[dist > 0]
+    if len(dist) == 0:
+        dist = torch.ones(1, dtype=torch.float64)
+    lo, hi = float(torch.quantile(dist, 0.05)) / 2, float(torch.quantile(dist, 0.95)) * 2
+    grid = np.geomspace(lo, hi, bandwidths)
+    kernels = [_gaussian(float(h)) for h in grid] + ([lambda dist: -dist] if with_energy else [])
+    mmd2 = _permuted_mmd2(z, len(a), kernels, _memberships(len(z), len(a), permutations, rng), block)
+    # per bandwidth, the permutation p-value of every column among all P + 1 (ties counted against)
+    ranks = (mmd2[:, None, :] >= mmd2[:, :, None]).sum(-1).double() / mmd2.shape[1]  # (K, P + 1)
+    min_p = ranks.min(0).values  # (P + 1,)
+    p_value = (int((min_p <= min_p[0]).sum())) / len(min_p)
+    return TestResult("mmd-agg", float(min_p[0]), p_value, len(a), len(b))
+
+
+def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) -> TestResult:
+    """Energy-distance test (Székely & Rizzo 2004) with a permutation p-value.
+
+    The statistic is the unbiased energy distance 2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖,
+    which is the unbiased MMD² of the kernel −‖x − y‖ (distances of A to A and of B
+    to B over distinct pairs): no bandwidth to choose, and sensitive to differences
+    at every scale, weighted towards large ones.
+    """
+    a, b = as_samples(a, b)
+    if permutations < 1:
+        raise InputError("--permutations must be at least 1")
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.cat([a, b])
+    stat = _permuted_mmd2(z, len(a), [lambda dist: -dist], _memberships(len(z), len(a), permutations, rng), block)[0]
+    return TestResult("energy", float(stat[0]), _p_value(stat), len(a), len(b))
+
+
+# The tests of `divgen test --method`: name -> (a, b, seed, permutations) -> TestResult
+TEST_METHODS: dict[str, Callable[..., TestResult]] = {
+    "c2st-logit": lambda a, b, seed, permutations: c2st_logit(a, b, seed=seed, permutations=max(permutations, 1)),
+    "mmd-agg": lambda a, b, seed, permutations: mmd_agg_test(a, b, permutations=permutations, seed=seed),
+    "energy": lambda a, b, seed, permutations: energy_test(a, b, permutations=permutations, seed=seed),
+    "c2st": lambda a, b, seed, permutations: c2st(a, b, seed=seed),
+    "mmd": lambda a, b, seed, permutations: mmd_test(a, b, permutations=permutations, seed=seed),
+}
+TESTS = tuple(TEST_METHODS)
+DEFAULT_TEST = "mmd-agg"
+
+
+def two_sample_test(a, b, method: str = DEFAULT_TEST, seed: int = 0, permutations: int = 500) -> TestResult:
+    """Test H0: A and B have the same distribution, by any method of TESTS."""
+    if method not in TEST_METHODS:
+        raise InputError(f"unknown test method {method!r}; valid: {', '.join(TESTS)}")
+    return TEST_METHODS[method](a, b, seed, permutations)
 
 
 # ---------------------------------------------------------- mode statistics ---
-def mode_stats(samples, modes, mode_std: float, n_std: float = 3.0) -> ModeStats:
+def mode_stats(samples, modes, mode_std: float, weights=None, n_std: float = 3.0) -> ModeStats:
     """Modes captured, high-quality fraction and mode-histogram reverse KL (VEEGAN, PacGAN).
 
     A sample is high quality if it lies within `n_std` standard deviations of
     its nearest mode; a mode is captured if it is the nearest mode of at least
-    one high-quality sample. The reverse KL is KL(q ‖ uniform) with q the
-    histogram of high-quality samples over their nearest modes: 0 when the
-    modes are hit evenly, log K when a single mode takes everything (NaN when
-    no sample is of high quality).
+    one high-quality sample. The reverse KL is KL(q ‖ w), with q the histogram of
+    high-quality samples over their nearest modes and w the true mixture weights
+    (`weights`, (K,); uniform if None), as PacGAN defines it: 0 for a sampler
+    that hits the modes in their true proportions, −log w_k when a single mode k
+    takes everything (NaN when no sample is of high quality). These are the
+    published tables' definitions; a mode counts as captured after a single
+    sample, so read them beside prdc's coverage.
     """
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
     modes = torch.as_tensor(np.asarray(modes, dtype=np.float32))
+    k = len(modes)
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    if w.shape != (k,) or not bool((w > 0).all()):
+        raise InputError(f"mode weights must be {k} positive numbers")
+    w = w / w.sum()
     dist, nearest = torch.cdist(x, modes).min(dim=1)  # (N,), (N,)
     good = dist <= n_std * mode_std
-    counts = torch.bincount(nearest[good], minlength=len(modes)).double()
-    k = len(modes)
+    counts = torch.bincount(nearest[good], minlength=k).double()
     if counts.sum() > 0:
         q = counts / counts.sum()
-        reverse_kl = float(torch.xlogy(q, q * k).sum())
+        reverse_kl = float(torch.xlogy(q, q / w).sum())
     else:
         reverse_kl = math.nan
     return ModeStats(int((counts > 0).sum()), k, float(good.double().mean()), reverse_kl, len(x))
+
+
+@dataclass(frozen=True)
+class PRDC:
+    """Precision, recall, density and coverage of generated samples against real ones (Naeem et al., ICML 2020)."""
+
+    precision: float  # fraction of generated samples inside some real sample's k-NN ball
+    recall: float  # fraction of real samples inside some generated sample's k-NN ball
+    density: float  # mean number of real k-NN balls per generated sample, divided by k (1 when matched)
+    coverage: float  # fraction of real samples whose k-NN ball holds a generated sample
+    k: int
+    n_real: int
+    n_fake: int
+
+
+def prdc(real, fake, k: int = 5, max_samples: int = 5000, seed: int = 0) -> PRDC:
+    """Precision, recall, density and coverage with k nearest neighbours, by the authors' `prdc` package.
+
+    At most `max_samples` rows of each (a random subset) are used: the
+    package forms the full distance matrices.
+    """
+    import contextlib
+    import io
+
+    from prdc import compute_prdc
+
+    real, fake = as_samples(real, fake)
+    if k >= min(len(real), len(fake)):
+        raise InputError(f"prdc with k = {k} needs more than {k} samples on each side")
+    rng = torch.Generator().manual_seed(seed)
+    real = real[torch.randperm(len(real), generator=rng)[:max_samples]]
+    fake = fake[torch.randperm(len(fake), generator=rng)[:max_samples]]
+    with contextlib.redirect_stdout(io.StringIO()):  # compute_prdc prints the sample sizes
+        out = compute_prdc(real.numpy(), fake.numpy(), nearest_k=k)
+    return PRDC(float(out["precision"]), float(out["recall"]), float(out["density"]), float(out["coverage"]),
+                k, len(real), len(fake))
 
 
 # ---------------------------------------------------------------- the run ---
@@ -470,8 +873,24 @@ def _exact_divergences(ds, nets, names) -> dict:
             result = exact_divergence(ds.density, q, name)
         except InputError:  # no exact method for this pair (e.g. W1 beyond 1-D)
             continue
-        out[name] = {"value": result.value, "error": result.error, "method": result.method}
+        out[name] = {"value": result.value, "error": result.error, "method": result.method,
+                     "infinite": math.isinf(result.value)}
     return out
+
+
+# The tests every run is evaluated by (cheap enough for a routine `divgen evaluate`).
+EVALUATE_TESTS = ("mmd-agg", "energy", "c2st-logit")
+
+
+def strict_json(obj):
+    """obj with every NaN or ±inf float replaced by None, recursively: strict JSON for eval.json and --json."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = True) -> dict:
@@ -480,8 +899,10 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     The real samples are the run's held-out split, which training never saw;
     the generated ones are fresh draws of the same size. Reported: independent
     critic estimates for the run's divergence and recipes.EVALUATED (`js`,
-    `wasserstein`); c2st and mmd tests; exact divergences when both densities
-    are known; and mode statistics for the toy mixtures.
+    `wasserstein`); the EVALUATE_TESTS two-sample tests; precision, recall, density
+    and coverage (k = 5); exact divergences when both densities are known; and
+    mode statistics for the toy mixtures. Non-finite numbers are written as null
+    (an infinite exact divergence also says `"infinite": true`).
     """
     from tqdm import tqdm
 
@@ -499,7 +920,7 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     # fresh noise: neither the training batches nor samples.npy (seed + 1)
     fake = families.draw(nets, len(real), seed=cfg.seed + 1_000_003 + seed)
     names = [n for n in dict.fromkeys([cfg.divergence, *recipes.EVALUATED]) if recipes.row(n).estimator]
-    jobs = [("critics", names)] + [("test", t) for t in TESTS]
+    jobs = [("critics", names)] + [("test", t) for t in EVALUATE_TESTS]
     bar = tqdm(jobs, disable=quiet or not sys.stderr.isatty(), desc="evaluate", unit="job")
     estimates, tests = [], []
     for kind, name in bar:
@@ -518,14 +939,20 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
         "n_fake": len(fake),
         "critic": estimates,
         "tests": tests,
+        "prdc": asdict(prdc(real, fake, k=5, seed=seed)) if min(len(real), len(fake)) > 5 else None,
         "exact": _exact_divergences(ds, nets, names),
         "modes": None,
     }
     if ds.modes is not None and ds.mode_std is not None:
         samples = families.draw(nets, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
-        result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std))
+        result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std, ds.mode_weights))
+    result = strict_json(result)
     runs.write_json(run / "eval.json", result)
     return result
+
+
+def _num(x, fmt: str = ".4f") -> str:
+    return "—" if x is None else format(x, fmt)
 
 
 def report(result: dict) -> str:
@@ -534,15 +961,23 @@ def report(result: dict) -> str:
 
     parts = [f"run {result['run']}: {result['divergence']} · {result['model']} on {result['data']}; "
              f"{result['n_real']} held-out real vs {result['n_fake']} generated samples",
-             markdown(["independent critic", "estimate", "95% CI"],
-                      [[e["divergence"], f"{e['estimate']:.4f}", f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]"] for e in result["critic"]]),
+             markdown(["independent critic", "estimate", "95% CI (estimator's spread)", "95% lower bound"],
+                      [[e["divergence"], _num(e["estimate"]), f"[{_num(e['ci_low'])}, {_num(e['ci_high'])}]",
+                        _num(e["lower_bound"])] for e in result["critic"]]),
              markdown(["test", "statistic", "p-value"],
-                      [[t["method"], f"{t['statistic']:.4g}", f"{t['p_value']:.4g}"] for t in result["tests"]])]
+                      [[t["method"], _num(t["statistic"], ".4g"), _num(t["p_value"], ".4g")] for t in result["tests"]])]
+    if result.get("prdc"):
+        r = result["prdc"]
+        parts.append(markdown(["precision", "recall", "density", "coverage", "k"],
+                              [[_num(r["precision"], ".3f"), _num(r["recall"], ".3f"), _num(r["density"], ".3f"),
+                                _num(r["coverage"], ".3f"), r["k"]]], "rrrrr"))
     if result["exact"]:
         parts.append(markdown(["exact divergence", "value", "method"],
-                              [[name, f"{x['value']:.4f}", x["method"]] for name, x in result["exact"].items()], "lrl"))
+                              [[name, "inf" if x.get("infinite") else _num(x["value"]), x["method"]]
+                               for name, x in result["exact"].items()], "lrl"))
     m = result["modes"]
     if m:
-        parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram"],
-                              [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%", f"{m['reverse_kl']:.4f}"]], "rrr"))
+        parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram (vs true weights)"],
+                              [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%",
+                                _num(m["reverse_kl"])]], "rrr"))
     return "\n\n".join(parts)

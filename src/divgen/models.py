@@ -106,16 +106,24 @@ class Critic(nn.Module):
     """
 
     def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False,
-                 activation: type[nn.Module] = nn.ReLU, cond_dim: int = 0):
+                 activation: type[nn.Module] = nn.ReLU, cond_dim: int = 0, quadratic: bool = False):
         super().__init__()
         self.scaler = scaler
-        self.net = mlp(scaler.mean.shape[0] + cond_dim, 1, width, depth, spectral_norm, activation)
+        in_dim = scaler.mean.shape[0] + cond_dim
+        self.net = mlp(in_dim, 1, width, depth, spectral_norm, activation)
+        # `quadratic` adds hᵀAh, a quadratic form in the standardized input (A starts at 0, so the
+        # critic starts as the MLP alone): log-density ratios of Gaussians are exactly quadratic,
+        # which an MLP fits only slowly. The form is linear in A, so its part of the fit is convex.
+        self.quadratic = nn.Parameter(torch.zeros(in_dim, in_dim)) if quadratic else None
 
     def forward(self, x, c=None):  # (B, d), (B, cond_dim) -> (B,), float32 even under bf16 autocast
         h = self.scaler(x)
         if c is not None:
             h = torch.cat([h, c.to(h.dtype)], dim=1)
-        return self.net(h).squeeze(-1).float()
+        v = self.net(h).squeeze(-1)
+        if self.quadratic is not None:
+            v = v + ((h @ self.quadratic) * h).sum(-1)  # (B, d) @ (d, d) -> (B,)
+        return v.float()
 
 
 Views = tuple[torch.Tensor, ...]  # what a critic sees of one batch: (x,), (x, labels) or (x, z)
