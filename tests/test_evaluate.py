@@ -15,6 +15,7 @@ from divgen import divergences, evaluate, objectives
 from divgen.cli import main
 from divgen.densities import exact_divergence
 from divgen.errors import InputError
+from divgen.models import critic_pair
 
 
 def gaussian_pair(n, d=1, shift=1.0, var_b=1.5, seed=0):
@@ -187,6 +188,7 @@ def files(tmp_path):
     ["test", "{a}", "{small}"],
     ["test", "{a}", "{b}", "--method", "ks"],
     ["test", "{a}", "{b}", "--alpha", "1.5"],
+    ["test", "{a}", "{b}", "--permutations", "0"],
     ["test", "{a}", "missing.npy"],
     ["estimate", "{a}", "{b}", "--divergence", "nope"],
     ["estimate", "{a}", "{three}", "--divergence", "kl"],
@@ -246,3 +248,199 @@ def test_evaluate_a_gaussian_run_reports_exact_divergences(tmp_path):
     assert {"kl", "js", "wasserstein"} <= set(result["exact"])
     assert result["exact"]["kl"]["value"] > 0
     assert "exact divergence" in evaluate.report(result)
+
+
+# ------------------------------------------------------ tests: exact nulls ---
+def test_c2st_null_is_twice_a_hypergeometric():
+    """Calls of a classifier that ignores its input, on a balanced test set, exactly half called A."""
+    half = 10
+    g = torch.Generator().manual_seed(0)
+    truth = torch.arange(2 * half) < half
+    hits = torch.stack([truth[torch.randperm(2 * half, generator=g)[:half]].sum() for _ in range(40_000)])
+    for h in (6, 7, 8):
+        simulated = float((hits >= h).double().mean())
+        exact = sum(math.comb(half, k) * math.comb(half, half - k) for k in range(h, half + 1)) / math.comb(2 * half, half)
+        assert evaluate.balanced_calls_p_value(h, half) == pytest.approx(exact, rel=1e-10)
+        assert simulated == pytest.approx(exact, abs=0.006)
+    # correct = 2K takes only even values and varies more than Binomial(20, ½): the binomial tail
+    # P(correct ≥ 14) = 0.058 is smaller than the true 0.089, so the old null rejected too often
+    assert stats.binom.sf(13, 20, 0.5) < 0.7 * evaluate.balanced_calls_p_value(7, half)
+
+
+def test_c2st_reports_the_hypergeometric_p_value():
+    a, b, _, _ = gaussian_pair(120, d=2, shift=0.5, var_b=1.0, seed=1)
+    r = evaluate.c2st(a, b, seed=0)
+    hits = round(r.statistic * 120 / 2)
+    assert hits * 2 == round(r.statistic * 120)  # correct is even
+    assert r.p_value == pytest.approx(evaluate.balanced_calls_p_value(hits, 60))
+
+
+# ------------------------------------------------ tests: statistics by hand ---
+def test_energy_statistic_by_hand():
+    a, b, _, _ = gaussian_pair(40, d=3, shift=0.5, seed=2)
+    r = evaluate.energy_test(a, b, permutations=19, seed=0)
+    a, b = a.double(), b.double()
+    d_ab, d_aa, d_bb = torch.cdist(a, b), torch.cdist(a, a), torch.cdist(b, b)
+    n = len(a)
+    expected = 2 * d_ab.mean() - d_aa.sum() / (n * (n - 1)) - d_bb.sum() / (n * (n - 1))
+    assert r.statistic == pytest.approx(float(expected), rel=1e-4)
+    assert r.p_value * 20 == pytest.approx(round(r.p_value * 20))
+
+
+def ring(n, sd, g, modes=8):
+    k = torch.randint(modes, (n,), generator=g)
+    angle = k * (2 * math.pi / 8)
+    return torch.stack([2 * torch.cos(angle), 2 * torch.sin(angle)], 1) + sd * torch.randn(n, 2, generator=g)
+
+
+def test_mmd_agg_sees_narrow_modes_that_the_median_heuristic_misses():
+    """Ring of 8 Gaussians with sd 0.05 against sd 0.1 (the issue's pair), n = 300 per side."""
+    g = torch.Generator().manual_seed(0)
+    a, b = ring(300, 0.05, g), ring(300, 0.1, g)
+    assert evaluate.mmd_agg_test(a, b, permutations=200, seed=0).p_value < 0.01
+    assert evaluate.mmd_test(a, b, permutations=200, seed=0).p_value > 0.05
+
+
+def test_mmd_agg_p_value_is_a_permutation_rank():
+    a, b, _, _ = gaussian_pair(60, d=2, shift=0.0, var_b=1.0, seed=3)
+    r = evaluate.mmd_agg_test(a, b, permutations=99, seed=1)
+    assert r.p_value * 100 == pytest.approx(round(r.p_value * 100)) and 0 < r.statistic <= 1
+
+
+def test_c2st_logit_detects_a_dropped_mode():
+    g = torch.Generator().manual_seed(1)
+    r = evaluate.c2st_logit(ring(400, 0.05, g), ring(400, 0.05, g, modes=7), permutations=200, seed=0)
+    assert r.method == "c2st-logit" and r.p_value < 0.01 and r.statistic > 0
+
+
+# ------------------------------------------------ estimators: numerics, bounds ---
+@pytest.mark.parametrize("name", ["js", "gan", "js-weighted:0.25", "kl", "pearson", "tv", "jeffrey"])
+def test_fgan_terms_stay_finite_for_huge_log_ratios(name):
+    """The issue: f*∘f' composed directly made js/gan −∞ (NaN intervals) once a logit passed ≈ 36.7."""
+    l = torch.tensor([-600.0, -100.0, -40.0, 40.0, 100.0, 600.0], dtype=torch.float64)
+    div = divergences.get(name)
+    t_a, t_b = evaluate.fgan_terms(div, l, l)
+    big = name in ("kl", "pearson", "jeffrey")  # e^l itself overflows past 709: only moderate l are finite there
+    ok = l.abs() <= (100 if big else 600)
+    assert torch.isfinite(t_a[ok]).all() and torch.isfinite(t_b[ok]).all()
+    assert torch.isfinite(evaluate.plugin_terms(div, l)[ok]).all()
+
+
+@pytest.mark.parametrize("name", divergences.EXAMPLES)
+def test_plugin_terms_at_the_true_ratio_give_the_divergence(name):
+    """E_P[φ(l)] + E_Q[φ(l)] with l = log p/q and φ(l) = f(e^l)/(1 + e^l) is D_f(P‖Q)."""
+    a, b, p, q = gaussian_pair(200_000, d=1, shift=0.5, var_b=1.0, seed=2)
+    log_ratio = lambda x: (p.log_prob(x) - q.log_prob(x)).double()  # noqa: E731
+    div = divergences.get(name)
+    t_a, t_b = evaluate.plugin_terms(div, log_ratio(a)), evaluate.plugin_terms(div, log_ratio(b))
+    value = float(t_a.mean() + t_b.mean())
+    se = math.sqrt(float(t_a.var()) / len(t_a) + float(t_b.var()) / len(t_b))
+    assert abs(value - exact_divergence(p, q, name).value) < 4 * se + 1e-3
+
+
+def test_an_outlying_held_out_point_does_not_dominate():
+    """The issue: one held-out point with V = 13.2 turned a KL estimate into −321. Logits are clipped to the
+    range seen in training, so a far outlier in B moves the estimate by O(1/n) only."""
+    a, b, p, q = gaussian_pair(1000, d=1, shift=1.0, var_b=1.0, seed=5)
+    b_out = b.clone()
+    b_out[:3] = -40.0  # far where p/q = e^{40}
+    clean, dirty = evaluate.critic_estimate(a, b, "kl", seed=0), evaluate.critic_estimate(a, b_out, "kl", seed=0)
+    assert math.isfinite(dirty.lower_bound) and abs(dirty.estimate - clean.estimate) < 0.2
+    assert dirty.lower_bound < 0.5 + 1e-9  # still a bound on KL = 0.5 of the clean pair, up to the 3 outliers
+
+
+@pytest.mark.parametrize("name", ["kl", "js", "pearson", "hellinger"])
+def test_the_bound_of_any_fitted_classifier_is_below_the_truth(name):
+    """Whatever classifier is fitted, E_P[f'(e^l)] − E_Q[f*(f'(e^l))] ≤ D_f: checked for every candidate
+    on 200,000 fresh points of each density (the held-out mean of these terms, minus its margin,
+    is the lower bound; its coverage is measured in benchmarks/evaluation.py)."""
+    a, b, p, q = gaussian_pair(400, d=2, shift=1.0, var_b=1.5, seed=10)
+    exact = exact_divergence(p, q, name).value
+    candidates, _ = evaluate.classifier_candidates(a, b, torch.Generator().manual_seed(0), steps=300)
+    big_a, big_b = p.sample((200_000,)), q.sample((200_000,))
+    div = divergences.get(name)
+    for critic in candidates:
+        with torch.no_grad():
+            t_a, t_b = evaluate.fgan_terms(div, *critic_pair(critic, big_a, big_b))
+        assert float(t_a.mean() - t_b.mean()) <= exact + 3 * evaluate._se(t_a, t_b)
+
+
+def test_estimates_and_intervals_are_ordered():
+    a, b, p, q = gaussian_pair(800, d=2, shift=1.0, var_b=1.5, seed=11)
+    for e in evaluate.critic_estimates(a, b, ["kl", "js", "tv"], seed=0):
+        assert e.ci_low <= e.estimate <= e.ci_high and e.lower_bound <= e.estimate
+        assert abs(e.estimate - exact_divergence(p, q, e.divergence).value) < 0.15
+
+
+def test_wasserstein_is_an_estimate_without_a_bound():
+    a, b, _, _ = gaussian_pair(1500, d=2, shift=1.0, var_b=1.0, seed=6)
+    e = evaluate.critic_estimate(a, b, "wasserstein", seed=0)
+    assert e.lower_bound is None and e.to_dict()["lower_bound"] is None
+    from divgen.densities import wasserstein_empirical
+    assert abs(e.estimate - wasserstein_empirical(a[:1000], b[:1000], 1)) < 0.15
+
+
+def test_paired_difference_prefers_the_closer_sample():
+    g = torch.Generator().manual_seed(7)
+    real, far, near = torch.randn(600, 2, generator=g), torch.randn(600, 2, generator=g) + 1.0, torch.randn(600, 2, generator=g)
+    r = evaluate.paired_difference(real, far, near, "js", seed=0)
+    assert r.ci_low > 0 and r.ci_low <= r.difference <= r.ci_high
+    back = evaluate.paired_difference(real, near, far, "js", seed=0)
+    assert back.ci_high < 0
+
+
+# -------------------------------------------------------------------- k-NN ---
+def test_knn_refuses_repeated_rows():
+    """The issue: data rounded to 0.1 gave KL 0.124 between identical distributions, from d·log(1e-12) terms."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.round(torch.randn(500, 2, generator=g) * 10) / 10, torch.round(torch.randn(500, 2, generator=g) * 10) / 10
+    with pytest.raises(InputError, match="repeat rows"):
+        evaluate.knn_estimate(a, b, "kl")
+
+
+# --------------------------------------------------------- modes and prdc ---
+def test_mode_kl_is_taken_against_the_true_weights():
+    """mog1d has weights 0.4/0.6: a sampler that hits them in those proportions scores 0 (PacGAN)."""
+    from divgen.data import load
+
+    ds = load("mog1d", n=1000, seed=0)
+    modes, w = ds.modes, ds.mode_weights
+    assert torch.allclose(w.double(), torch.tensor([0.4, 0.6], dtype=torch.float64), atol=1e-6)
+    right = torch.cat([modes[0].repeat(40, 1), modes[1].repeat(60, 1)])
+    assert evaluate.mode_stats(right, modes, ds.mode_std, w).reverse_kl == pytest.approx(0.0, abs=1e-9)
+    even = torch.cat([modes[0].repeat(50, 1), modes[1].repeat(50, 1)])
+    expected = 0.5 * math.log(0.5 / 0.4) + 0.5 * math.log(0.5 / 0.6)
+    assert evaluate.mode_stats(even, modes, ds.mode_std, w).reverse_kl == pytest.approx(expected, rel=1e-6)
+    # a perfect sampler: true draws of the density, KL ≈ 0 up to sampling noise
+    perfect = ds.density.sample((20_000,)).reshape(-1, 1)
+    assert evaluate.mode_stats(perfect, modes, ds.mode_std, w).reverse_kl < 1e-3
+
+
+def test_prdc_by_hand():
+    # real points on a line 0..9, k = 1: each real ball has radius 1 (its nearest neighbour)
+    real = torch.arange(30, dtype=torch.float32)[:, None]
+    inside, outside = real[:10] + 0.25, real[:10] + 100.0
+    r = evaluate.prdc(real, torch.cat([inside, outside]), k=1)
+    assert r.precision == pytest.approx(0.5)  # half the fakes are inside some real ball
+    assert r.coverage == pytest.approx(11 / 30)  # real balls 0..10 hold a fake (10 holds 9.25)
+    assert r.k == 1 and (r.n_real, r.n_fake) == (30, 20)
+    same = evaluate.prdc(real, real.clone(), k=3)
+    assert (same.precision, same.recall, same.coverage) == (1.0, 1.0, 1.0)
+
+
+def test_cli_test_methods_are_the_library_tests(files, capsys):
+    from divgen import cli
+
+    assert tuple(cli.TESTS) == evaluate.TESTS and evaluate.DEFAULT_TEST == "mmd-agg"
+    for method in ("mmd-agg", "energy"):
+        assert main(["test", files["a"], files["b"], "--method", method, "--permutations", "99", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["method"] == method and out["reject"] is True
+
+
+def test_cli_estimate_prints_strict_json_with_the_bound(files, capsys):
+    assert main(["estimate", files["a"], files["b"], "--divergence", "js", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lower_bound"] <= out["estimate"] and out["method"] == "critic"
+    assert main(["estimate", files["a"], files["b"], "--divergence", "wasserstein"]) == 0
+    assert "no certified lower bound" in capsys.readouterr().out
