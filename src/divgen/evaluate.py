@@ -785,9 +785,9 @@ def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048)
 
 # The tests of `divgen test --method`: name -> (a, b, seed, permutations) -> TestResult
 TEST_METHODS: dict[str, Callable[..., TestResult]] = {
-    "c2st-logit": lambda a, b, seed, permutations: c2st_logit(a, b, seed=seed, permutations=max(permutations, 1)),
     "mmd-agg": lambda a, b, seed, permutations: mmd_agg_test(a, b, permutations=permutations, seed=seed),
     "energy": lambda a, b, seed, permutations: energy_test(a, b, permutations=permutations, seed=seed),
+    "c2st-logit": lambda a, b, seed, permutations: c2st_logit(a, b, seed=seed, permutations=max(permutations, 1)),
     "c2st": lambda a, b, seed, permutations: c2st(a, b, seed=seed),
     "mmd": lambda a, b, seed, permutations: mmd_test(a, b, permutations=permutations, seed=seed),
 }
