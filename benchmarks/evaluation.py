@@ -1,8 +1,10 @@
-"""Evaluation benchmarks: calibration and power of the two-sample tests, accuracy of the
-divergence estimates, speed of `divgen test`. Prints markdown tables.
+"""Evaluation benchmarks: calibration, power and speed of every two-sample test; accuracy and
+coverage of the divergence estimates (critic and k-NN); exact divergences the old code got
+wrong; the Wasserstein critic against POT. Prints markdown tables (docs/evaluation.md).
 
-    python benchmarks/evaluation.py            # the full run (several minutes on 2 cores)
-    python benchmarks/evaluation.py --quick    # fewer repetitions, same tables
+    python benchmarks/evaluation.py                       # everything (about an hour on 2 shared cores)
+    python benchmarks/evaluation.py --section tests       # calibration and power only
+    python benchmarks/evaluation.py --quick               # seconds: tiny repetitions, same tables
 """
 
 from __future__ import annotations
@@ -17,130 +19,222 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributions import MultivariateNormal
 
-from divgen import evaluate
+from divgen import densities, evaluate
+from divgen.tables import environment, markdown
 
-
-def gaussian(n: int, mean: torch.Tensor, var: float, g: torch.Generator) -> torch.Tensor:
-    return mean + math.sqrt(var) * torch.randn(n, len(mean), generator=g)
+ALPHA = 0.05
 
 
-def e1(d: int, size: float) -> torch.Tensor:
+# ------------------------------------------------------------------- data ---
+def ring(n: int, sd: float, g: torch.Generator, modes: int = 8) -> torch.Tensor:
+    """ring8: 8 Gaussians of sd `sd` on the circle of radius 2; `modes` < 8 drops the last ones."""
+    k = torch.randint(modes, (n,), generator=g)
+    angle = k * (2 * math.pi / 8)
+    return torch.stack([2 * torch.cos(angle), 2 * torch.sin(angle)], 1) + sd * torch.randn(n, 2, generator=g)
+
+
+def student(n: int, d: int, g: torch.Generator, df: int = 2) -> torch.Tensor:
+    """Student t with `df` degrees of freedom, independent coordinates (infinite variance at df = 2)."""
+    z = torch.randn(n, d, generator=g)
+    chi2 = torch.randn(n, int(df), generator=g).pow(2).sum(1, keepdim=True)  # χ²(df), df an integer
+    return z / torch.sqrt(chi2 / df)
+
+
+def shift(d: int, size: float) -> torch.Tensor:
     v = torch.zeros(d)
     v[0] = size
     return v
 
 
-def run_test(method: str, a, b, seed: int):
-    return evaluate.two_sample_test(a, b, method, seed=seed)
+NULLS = {
+    "Gaussian, 2-D": lambda n, g: (torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)),
+    "Gaussian, 20-D": lambda n, g: (torch.randn(n, 20, generator=g), torch.randn(n, 20, generator=g)),
+    "ring8, sd 0.05": lambda n, g: (ring(n, 0.05, g), ring(n, 0.05, g)),
+    "Student t (df 2), 5-D": lambda n, g: (student(n, 5, g), student(n, 5, g)),
+}
+ALTERNATIVES = {
+    "0.3-sd shift, 2-D": lambda n, g: (torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g) + shift(2, 0.3)),
+    "0.3-sd shift, 20-D": lambda n, g: (torch.randn(n, 20, generator=g), torch.randn(n, 20, generator=g) + shift(20, 0.3)),
+    "ring8 sd 0.05 vs 0.1": lambda n, g: (ring(n, 0.05, g), ring(n, 0.1, g)),
+    "ring8, one mode dropped": lambda n, g: (ring(n, 0.05, g), ring(n, 0.05, g, modes=7)),
+}
 
 
-def calibration(pairs: int, n: int, alpha: float = 0.05) -> list[str]:
-    rows = ["| test | d | n per sample | pairs | rejected at α = 0.05 |", "| --- | ---: | ---: | ---: | ---: |"]
-    for method in evaluate.TESTS:
-        for d in (2, 10):
-            g = torch.Generator().manual_seed(1000 + d)
-            rejected = 0
-            for i in range(pairs):
-                a, b = gaussian(n, torch.zeros(d), 1.0, g), gaussian(n, torch.zeros(d), 1.0, g)
-                rejected += run_test(method, a, b, seed=i).p_value <= alpha
-            rows.append(f"| {method} | {d} | {n} | {pairs} | {100 * rejected / pairs:.1f}% |")
-            print(rows[-1], file=sys.stderr, flush=True)
-    return rows
+def rejection_table(cases: dict, reps: int, n: int, seed: int) -> str:
+    """For every case and test: % of `reps` pairs rejected at α = 0.05, and seconds per test."""
+    rows = []
+    for case, make in cases.items():
+        g = torch.Generator().manual_seed(seed)
+        pairs = [make(n, g) for _ in range(reps)]
+        for method in evaluate.TESTS:
+            rejected, seconds = 0, 0.0
+            for i, (a, b) in enumerate(pairs):
+                t0 = time.perf_counter()
+                rejected += evaluate.two_sample_test(a, b, method, seed=i).p_value <= ALPHA
+                seconds += time.perf_counter() - t0
+            rows.append([case, f"`{method}`", n, reps, f"{100 * rejected / reps:.1f}%", f"{seconds / reps:.2f}"])
+            print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    return markdown(["pair", "test", "n per side", "pairs", "rejected at α = 0.05", "seconds per test"], rows, "llrrrr")
 
 
-def power(reps: int, shift: float, alpha: float = 0.05) -> list[str]:
-    rows = [f"| test | d | n per sample | mean shift | power at α = 0.05 ({reps} repetitions) |",
-            "| --- | ---: | ---: | ---: | ---: |"]
-    for method in evaluate.TESTS:
-        for d in (2, 10):
-            for n in (500, 2000):
-                g = torch.Generator().manual_seed(2000 + d + n)
-                hits = 0
-                for i in range(reps):
-                    a, b = gaussian(n, torch.zeros(d), 1.0, g), gaussian(n, e1(d, shift), 1.0, g)
-                    hits += run_test(method, a, b, seed=i).p_value <= alpha
-                rows.append(f"| {method} | {d} | {n} | {shift} | {100 * hits / reps:.0f}% |")
-                print(rows[-1], file=sys.stderr, flush=True)
-    return rows
+# ------------------------------------------------------------- estimation ---
+def gaussian_pairs(d: int) -> dict:
+    """P = N(0, I) against Q wider (N(e1, 1.5²I)) and Q narrower along e1 (N(0, diag(0.5², 1, …)))."""
+    eye = torch.eye(d, dtype=torch.float64)
+    wide_cov = 2.25 * eye
+    narrow_cov = eye.clone()
+    narrow_cov[0, 0] = 0.25
+    return {"Q wider": (shift(d, 1.0).double(), wide_cov), "Q narrower along e1": (torch.zeros(d, dtype=torch.float64), narrow_cov)}
 
 
-def js_monte_carlo(p, q, n: int = 1_000_000, seed: int = 0) -> float:
-    """JS(P, Q) = ½ E_P[log 2p/(p + q)] + ½ E_Q[log 2q/(p + q)], by Monte Carlo in float64."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x, y = p.sample((n,)), q.sample((n,))
+def estimation_table(reps: int, n: int, dims: tuple[int, ...]) -> str:
+    rows = []
+    for d in dims:
+        p = densities.gaussian(torch.zeros(d), torch.eye(d))
+        for label, (mean, cov) in gaussian_pairs(d).items():
+            q = densities.gaussian(mean, cov)
+            exact = {name: densities.exact_divergence(p, q, name, n_samples=1_000_000).value for name in ("kl", "js")}
+            g = torch.Generator().manual_seed(3000 + d)
+            chol = torch.linalg.cholesky(cov)
+            stats = {name: {"err": [], "signed": [], "lower": 0, "ci": 0} for name in ("kl", "js", "knn")}
+            seconds = []
+            for i in range(reps):
+                a = torch.randn(n, d, generator=g)
+                b = (mean + torch.randn(n, d, generator=g, dtype=torch.float64) @ chol.T).float()
+                t0 = time.perf_counter()
+                found = {e.divergence: e for e in evaluate.critic_estimates(a, b, ["kl", "js"], seed=i)}
+                seconds.append(time.perf_counter() - t0)
+                found["knn"] = evaluate.knn_estimate(a, b, "kl")
+                for name, e in found.items():
+                    truth = exact["kl" if name == "knn" else name]
+                    s = stats[name]
+                    s["err"].append(abs(e.estimate - truth) / truth)
+                    s["signed"].append((e.estimate - truth) / truth)
+                    s["lower"] += e.lower_bound is not None and e.lower_bound <= truth
+                    s["ci"] += e.ci_low <= truth <= e.ci_high
+            row = [d, label, f"{exact['kl']:.4f}", f"{exact['js']:.4f}"]
+            for name in ("kl", "js"):
+                s = stats[name]
+                row += [f"{100 * np.mean(s['err']):.1f}%", f"{100 * np.mean(s['signed']):+.1f}%",
+                        f"{s['lower']}/{reps}", f"{s['ci']}/{reps}"]
+            row += [f"{100 * np.mean(stats['knn']['err']):.1f}%", f"{stats['knn']['ci']}/{reps}", f"{np.mean(seconds):.1f}"]
+            rows.append(row)
+            print(" | ".join(map(str, row)), file=sys.stderr, flush=True)
+    head = ["d", "pair", "KL(P‖Q)", "JS(P,Q)",
+            "KL: mean abs. rel. error", "KL: mean rel. error", "KL: lower bound ≤ truth", "KL: CI covers truth",
+            "JS: mean abs. rel. error", "JS: mean rel. error", "JS: lower bound ≤ truth", "JS: CI covers truth",
+            "k-NN KL: mean abs. rel. error", "k-NN KL: CI covers truth", "seconds per critic estimate (KL + JS)"]
+    return markdown(head, rows, "rl" + "r" * (len(head) - 2))
 
-    def half(x, own, other):
-        lo, lt = own.log_prob(x), other.log_prob(x)
-        return (math.log(2) + lo - torch.logaddexp(lo, lt)).mean()
 
-    return float(0.5 * half(x, p, q) + 0.5 * half(y, q, p))
+# --------------------------------------------------------- exact divergences ---
+def exact_table() -> str:
+    """The issue's cases: exact values by every method, against closed forms."""
+    g1 = lambda m, s: densities.gaussian([m], [[s * s]])  # noqa: E731
+    from divgen.data import toy_density
 
-
-def estimation(reps: int, n: int = 10_000) -> list[str]:
-    rows = [f"| d | KL(P‖Q) | critic KL: mean abs. rel. error | mean rel. error | CI coverage | k-NN KL: mean abs. rel. error "
-            f"| JS (MC) | critic JS: mean abs. rel. error | seconds per estimate |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for d in (1, 2, 5, 10):
-        mean_q, var_q = e1(d, 1.0), 1.5
-        p = MultivariateNormal(torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
-        q = MultivariateNormal(mean_q.double(), var_q * torch.eye(d, dtype=torch.float64))
-        kl = float(torch.distributions.kl_divergence(p, q))
-        js = js_monte_carlo(p, q)
-        g = torch.Generator().manual_seed(3000 + d)
-        kl_err, kl_signed, covered, knn_err, js_err, seconds = [], [], 0, [], [], []
-        for i in range(reps):
-            a, b = gaussian(n, torch.zeros(d), 1.0, g), gaussian(n, mean_q, var_q, g)
+    cases = [
+        ("KL(ring8 ‖ N((2,0), 0.05²I))", toy_density("ring8"), densities.gaussian([2.0, 0.0], [[0.0025, 0], [0, 0.0025]]), "kl", "1597.9 (grid)"),
+        ("KL(N(0,1) ‖ N(0,0.01²))", g1(0, 1), g1(0, 0.01), "kl", "4994.9"),
+        ("Neyman N(0,1) ‖ N(0.5,1.5²)", g1(0, 1), g1(0.5, 1.5), "neyman", "inf"),
+        ("Pearson N(0,1) ‖ N(0,0.5²)", g1(0, 1), g1(0, 0.5), "pearson", "inf"),
+        ("alpha:3 N(0,1.2²) ‖ N(1,1)", g1(0, 1.2), g1(1, 1), "alpha:3", "2.406e10"),
+        ("Pearson N(0,1.2²) ‖ N(1,1)", g1(0, 1.2), g1(1, 1), "pearson", "5.64"),
+    ]
+    rows = []
+    for label, p, q, name, expected in cases:
+        cells = [label, expected]
+        for method in ("auto", "quadrature", "grid", "monte-carlo"):
+            d = densities.dim(p)
+            if (method == "quadrature" and d != 1):
+                cells.append("—")
+                continue
             t0 = time.perf_counter()
-            est = {e.divergence: e for e in evaluate.critic_estimates(a, b, ["kl", "js"], seed=i)}
-            seconds.append(time.perf_counter() - t0)
-            kl_err.append(abs(est["kl"].estimate - kl) / kl)
-            kl_signed.append((est["kl"].estimate - kl) / kl)
-            covered += est["kl"].ci_low <= kl <= est["kl"].ci_high
-            js_err.append(abs(est["js"].estimate - js) / js)
-            knn_err.append(abs(evaluate.knn_estimate(a, b, "kl").estimate - kl) / kl)
-        rows.append(f"| {d} | {kl:.4f} | {100 * np.mean(kl_err):.1f}% | {100 * np.mean(kl_signed):+.1f}% | "
-                    f"{covered}/{reps} | {100 * np.mean(knn_err):.1f}% | {js:.4f} | {100 * np.mean(js_err):.1f}% | "
-                    f"{np.mean(seconds):.1f} |")
-        print(rows[-1], file=sys.stderr, flush=True)
-    return rows
+            r = densities.exact_divergence(p, q, name, method, n_samples=200_000)
+            cells.append(f"{r.value:.6g} ± {r.error:.2g} ({r.method}, {time.perf_counter() - t0:.1f} s)")
+        rows.append(cells)
+    return markdown(["divergence", "expected", "auto", "quadrature", "grid", "Monte Carlo"], rows, "lrrrrr")
 
 
-def speed() -> list[str]:
-    rows = ["| command | wall-clock seconds |", "| --- | ---: |"]
+# ------------------------------------------------------------- Wasserstein ---
+def wasserstein_table(reps: int, n: int) -> str:
+    rows = []
+    for d in (1, 2):
+        g = torch.Generator().manual_seed(4000 + d)
+        est, exact_w = [], []
+        for i in range(reps):
+            a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g) + shift(d, 1.0)
+            est.append(evaluate.critic_estimate(a, b, "wasserstein", seed=i).estimate)
+            exact_w.append(densities.wasserstein_empirical(a[:2000], b[:2000], 1))
+        rows.append([d, n, reps, "1.0000", f"{np.mean(exact_w):.4f}", f"{np.mean(est):.4f}",
+                     f"{min(est):.4f} – {max(est):.4f}"])
+        print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    return markdown(["d", "n per side", "repetitions", "W1(P, Q)", "POT W1 on 2,000 + 2,000 samples (mean)",
+                     "critic estimate (mean)", "critic range"], rows)
+
+
+# ------------------------------------------------------------------- speed ---
+def speed_table(n: int, d: int) -> str:
+    rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         a, b = Path(tmp) / "a.npy", Path(tmp) / "b.npy"
-        np.save(a, rng.normal(size=(5000, 10)).astype(np.float32))
-        np.save(b, rng.normal(size=(5000, 10)).astype(np.float32))
+        np.save(a, rng.normal(size=(n, d)).astype(np.float32))
+        np.save(b, rng.normal(size=(n, d)).astype(np.float32))
         for method in evaluate.TESTS:
             cmd = [sys.executable, "-m", "divgen", "test", str(a), str(b), "--method", method]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
-            rows.append(f"| `divgen test A.npy B.npy --method {method}` (2 × 5,000, 10-D) | {time.perf_counter() - t0:.1f} |")
-            print(rows[-1], file=sys.stderr, flush=True)
-    return rows
+            rows.append([f"`divgen test A.npy B.npy --method {method}`", f"2 × {n:,}, {d}-D", f"{time.perf_counter() - t0:.1f}"])
+            print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    return markdown(["command", "data", "wall-clock seconds"], rows, "llr")
+
+
+SECTIONS = ("exact", "tests", "estimation", "wasserstein", "speed")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (the tables keep their shape)")
+    parser.add_argument("--quick", action="store_true", help="a few repetitions of small samples (the tables keep their shape)")
+    parser.add_argument("--section", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
+    parser.add_argument("--null-reps", type=int, default=200, help="pairs per null case (default: 200)")
+    parser.add_argument("--power-reps", type=int, default=100, help="pairs per alternative (default: 100)")
+    parser.add_argument("--estimate-reps", type=int, default=10, help="repetitions per estimation pair (default: 10)")
     args = parser.parse_args()
-    pairs, reps_power, reps_est = (50, 10, 1) if args.quick else (200, 50, 5)
-    sections = [
-        ("Calibration: pairs from one distribution, N(0, I)", calibration(pairs, n=500)),
-        ("Power: N(0, I) against N(δ·e1, I)", power(reps_power, shift=0.2)),
-        ("Estimation: P = N(0, I), Q = N(e1, 1.5·I), n = 10,000 per side; "
-         "k-NN with k = 5; CI: normal theory, 95%", estimation(reps_est)),
-        ("Speed", speed()),
-    ]
-    print(f"`python benchmarks/evaluation.py{' --quick' if args.quick else ''}`, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
-    for title, rows in sections:
-        print(f"**{title}**\n")
-        print("\n".join(rows) + "\n")
+    torch.set_num_threads(1)
+    sections = args.section or SECTIONS
+    if args.quick:
+        null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = 2, 2, 1, 200, 600, (1, 5), 1000
+    else:
+        null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = (args.null_reps, args.power_reps, args.estimate_reps,
+                                                                         500, 5000, (1, 5, 20), 5000)
+    command = "python benchmarks/evaluation.py" + (" --quick" if args.quick else "") + "".join(
+        f" --section {s}" for s in (args.section or []))
+    print(f"`{command}`\n")
+    jobs = {
+        "exact": ("Exact divergences of the issue's cases (value ± stated error, method, seconds)", exact_table),
+        "tests": None,
+        "estimation": (f"Estimation: P = N(0, I) against Q, n = {n_est:,} per side, {est_reps} repetitions; critic "
+                       f"(95% one-sided lower bound, 95% CI) and k-NN (k = 5, 95% CI)",
+                       lambda: estimation_table(est_reps, n_est, dims)),
+        "wasserstein": ("Wasserstein: N(0, I) against N(e1, I), critic with a one-sided gradient penalty",
+                        lambda: wasserstein_table(max(1, est_reps // 2), 2000 if not args.quick else 300)),
+        "speed": ("Speed of `divgen test`", lambda: speed_table(n_speed, 10)),
+    }
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        if section == "tests":
+            parts = [(f"Calibration: pairs from one distribution, {null_reps} pairs per case",
+                      lambda: rejection_table(NULLS, null_reps, n_test, 1000)),
+                     (f"Power: {power_reps} pairs per case", lambda: rejection_table(ALTERNATIVES, power_reps, n_test, 2000))]
+        else:
+            parts = [jobs[section]]
+        for title, make in parts:
+            t0 = time.perf_counter()
+            table = make()
+            print(f"**{title}** ({time.perf_counter() - t0:.0f} s)\n\n{environment()}\n\n{table}\n", flush=True)
 
 
 if __name__ == "__main__":
