@@ -216,3 +216,13 @@ def test_cli_compare_json(tmp_path, capsys):
     kl = result["fits"][0]["exact"]["kl"]
     assert kl["method"] == "grid" and kl["error"] < 1e-6 and 0 < kl["value"] < math.inf
     assert (tmp_path / "o" / "compare.png").is_file()
+
+
+def test_adversarial_starts_are_chosen_by_a_paired_difference(tmp_path):
+    """Two starts; the kept one is the one the paired held-out comparison finds closer, and the comparison
+    (difference and its 95% interval) is recorded."""
+    adv = fit.fit_adversarial("mog1d", "js", tmp_path / "run", seed=0, steps=40, n_data=1000)
+    (entry,) = adv.selection
+    assert entry["ci_low"] <= entry["difference"] <= entry["ci_high"]
+    assert entry["kept"] == (entry["challenger"] if entry["difference"] > 0 else str(tmp_path / "run" / "init-std-1"))
+    assert adv.run == entry["kept"]

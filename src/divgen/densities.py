@@ -263,7 +263,7 @@ def singular_divergence(name: str) -> float:
 
     Q puts its mass where p = 0 (each unit contributes f(0)) and P where q = 0
     (each unit contributes the recession slope of f, which equals sup dom f*).
-    KL gives ∞, JS log 2, squared Hellinger 2, TV 1.
+    KL gives ∞, JS log 2, squared Hellinger ∫(√p − √q)² (= 2·H²) 2, TV 1.
     """
     div = divergences.get(name)
     return float(div.f(torch.zeros((), dtype=torch.float64))) + div.dom[1]
@@ -353,8 +353,15 @@ def exact_divergence(
     n_samples, seed : int
         Monte Carlo: n_samples/2 draws from each of P and Q (the proposal
         ½(p + q), stratified), importance weights q/r, one standard error.
+        The standard error assumes the integrand has a finite variance under
+        the proposal; for χ²-type divergences (terms u^k with k ∉ [0, 1]:
+        Pearson, Neyman, α outside (0, 1)) it may not, and Monte Carlo cannot
+        tell a finite divergence from an infinite one: prefer closed forms
+        (Gaussians), quadrature (d = 1) or the grid (d = 2) for those.
 
-    Infinite divergences are returned as `inf` (value) with error 0.
+    Infinite divergences are returned as `inf` (value) with error 0 by the
+    closed forms, quadrature (the integrand does not decay 10⁹ box widths out)
+    and the grid (not negligible at the edge of a box grown 4096-fold).
     """
     if dim(p) != dim(q):
         raise InputError(f"densities of different dimensions: {dim(p)} and {dim(q)}")

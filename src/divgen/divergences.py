@@ -181,7 +181,7 @@ def _neyman() -> Divergence:
 def _hellinger() -> Divergence:
     return Divergence(
         name="hellinger",
-        title="squared Hellinger",
+        title="squared Hellinger ∫(√p − √q)² (= 2·H² in the textbook convention, range [0, 2])",
         f=lambda u: (torch.sqrt(u) - 1) ** 2,
         f_prime=lambda u: 1 - 1 / torch.sqrt(u),
         f_star=lambda t: _where_in_dom(t, t < 1, t / (1 - t)),
