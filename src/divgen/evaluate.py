@@ -308,13 +308,14 @@ QUADRATIC_MAX_DIM = 128  # above it the d×d quadratic form costs more than it h
 
 def classifier_candidates(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator, seed: int = 0, width: int = 64,
                           depth: int = 2, steps: int = 3000, lr: float = 3e-3,
-                          val_fraction: float = 0.2) -> tuple[list[Critic], list[float]]:
+                          val_fraction: float = 0.2) -> tuple[list[Critic], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Classifiers of A against B whose logit V estimates log(p_A/p_B), and their held-out log-likelihoods.
 
     A fraction `val_fraction` of each sample is set aside; every candidate is fitted
     (fit_critic, logistic_objective) on the rest and scored there by the class-balanced
     log-likelihood E_A[log σ(V)] + E_B[log σ(−V)] (higher is better). Cross-fitted
-    callers pick one candidate for all folds by the sum of its scores (_best). Candidates:
+    callers pick one candidate for all folds (_best). Scores are per-point (log σ(V) on
+    validation A, log σ(−V) on validation B). Candidates, least regularized first:
     the log-ratio of Gaussians fitted to each sample (gaussian_classifier, shrinkages
     SHRINKAGES), quadratic logistic regressions V = c + wᵀh + hᵀAh on the standardized input h, with
     ridge penalties (r/n)·Σw² for r in RIDGES (d ≤ QUADRATIC_MAX_DIM), and a `depth`-layer SiLU MLP of `width` units with
@@ -335,14 +336,30 @@ def classifier_candidates(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator
     critic = new_critic(fit_a, fit_b, width, depth, seed, quadratic=quadratic)
     candidates.append(fit_critic(critic, logistic_objective, fit_a, fit_b, rng, steps=steps, lr=lr))
     with torch.no_grad():
-        scores = [float(logistic_objective(c, val_a, val_b)) for c in candidates]
+        # per validation point: log σ(V) on A, log σ(−V) on B; the objective is the sum of their means
+        scores = [(F.logsigmoid(v_a).double(), F.logsigmoid(-v_b).double())
+                  for v_a, v_b in (critic_pair(c, val_a, val_b) for c in candidates)]
     return candidates, scores
 
 
-def _best(scores: list[list[float]]) -> int:
-    """The candidate with the best validation log-likelihood summed over folds (the first among ties)."""
-    totals = [sum(fold[i] for fold in scores) for i in range(len(scores[0]))]
-    return max(range(len(totals)), key=lambda i: (totals[i], -i))
+def _best(scores: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> int:
+    """The candidate to use, from each fold's per-point validation log-likelihoods (classifier_candidates).
+
+    The first candidate, in the order of classifier_candidates (least regularized
+    first), whose validation log-likelihood summed over folds is within one paired
+    standard error of the best one's: a plug-in estimate of a divergence is biased
+    by regularization (shrunk log-ratios give smaller divergences), so among
+    classifiers that predict equally well the least shrunk is preferred.
+    """
+    n = len(scores[0])
+    totals = [sum(float(fold[i][0].mean() + fold[i][1].mean()) for fold in scores) for i in range(n)]
+    best = max(range(n), key=lambda i: (totals[i], -i))
+    for i in range(n):
+        var = sum(float((fold[best][0] - fold[i][0]).var()) / len(fold[i][0])
+                  + float((fold[best][1] - fold[i][1]).var()) / len(fold[i][1]) for fold in scores)
+        if totals[i] >= totals[best] - math.sqrt(var):
+            return i
+    return best
 
 
 def gaussian_classifier(a: torch.Tensor, b: torch.Tensor, shrinkage: float = 0.0) -> Critic:
@@ -401,7 +418,9 @@ def critic_estimates(
     chosen for both folds), whose logit l estimates log(p/q); on held-out points it is
     clipped to the range it took on the training fold (any critic gives a valid bound,
     and a point far outside what the classifier was fitted on must not dominate the
-    mean), and for the bound to that range's 0.5% and 99.5% quantiles. Then, per divergence:
+    mean), and for the bound to [smallest logit of a training A point, largest of a
+    training B point], which keeps its heavy-tailed terms (e^l on B for KL) within
+    what each sample reached. Then, per divergence:
     - estimate: the plug-in E_A[φ(l)] + E_B[φ(l)], φ(l) = f(e^l)/(1 + e^l)
       (plugin_terms), which converges to D_f(P‖Q) as l does, but is not a bound;
       where the held-out bound below (before its margin) is larger, the bound, since
@@ -450,13 +469,14 @@ def _cross_fit_terms(a, b, names, seed, width, depth, steps, lr, gp_weight) -> d
             with torch.no_grad():
                 v_a, v_b = (v.double() for v in critic_pair(critic, test_a, test_b))
                 if kind == "classifier":
-                    seen = torch.cat(critic_pair(critic, train_a, train_b)).double()
-                    lo, hi = float(seen.min()), float(seen.max())
-                    # the bound's critic is cut tighter, at the 0.5% and 99.5% quantiles: any
-                    # critic is valid, and exp-type f* terms on B are then light-tailed enough
-                    # for a normal-theory margin
-                    q_lo, q_hi = (float(x) for x in torch.quantile(seen, torch.tensor([0.005, 0.995], dtype=torch.float64)))
-                    w_a, w_b = v_a.clamp(q_lo, q_hi), v_b.clamp(q_lo, q_hi)
+                    seen_a, seen_b = (v.double() for v in critic_pair(critic, train_a, train_b))
+                    lo, hi = float(min(seen_a.min(), seen_b.min())), float(max(seen_a.max(), seen_b.max()))
+                    # The bound's critic is cut tighter, to [min over training A, max over training
+                    # B]: any critic is valid, and the terms that can be heavy-tailed, f*(T) on B
+                    # where T is large (e^l for KL) and T on A where it is very negative
+                    # (−e^−l for reverse KL), then stay within what each sample itself reached.
+                    b_lo, b_hi = min(float(seen_a.min()), hi), max(float(seen_b.max()), lo)
+                    w_a, w_b = v_a.clamp(b_lo, b_hi), v_b.clamp(b_lo, b_hi)
                     v_a, v_b = v_a.clamp(lo, hi), v_b.clamp(lo, hi)
             for name in (n for n in names if kinds[n] == kind):
                 if kind == "classifier":
