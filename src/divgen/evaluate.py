@@ -764,7 +764,7 @@ def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048
     −‖x − y‖, which has the most power against shifts in many dimensions. For every
     relabelling, each kernel's MMD²
     is turned into its permutation p-value among all relabellings; the statistic
-    is the smallest of them, and its own permutation distribution (the same
+    is the smallest of them (ties broken by their mean), and its own permutation distribution (the same
     relabellings, Westfall & Young's min-p) gives the p-value, exact at any level.
     `statistic` is the smallest per-kernel permutation p-value.
     """
@@ -782,10 +782,15 @@ def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048
     grid = np.geomspace(lo, hi, bandwidths)
     kernels = [_gaussian(float(h)) for h in grid] + ([lambda dist: -dist] if with_energy else [])
     mmd2 = _permuted_mmd2(z, len(a), kernels, _memberships(len(z), len(a), permutations, rng), block)
-    # per bandwidth, the permutation p-value of every column among all P + 1 (ties counted against)
+    # per kernel, the permutation p-value of every column among all P + 1 (ties counted against)
     ranks = (mmd2[:, None, :] >= mmd2[:, :, None]).sum(-1).double() / mmd2.shape[1]  # (K, P + 1)
     min_p = ranks.min(0).values  # (P + 1,)
-    p_value = (int((min_p <= min_p[0]).sum())) / len(min_p)
+    # min_p takes only P + 1 values and two kernels often share one, so columns tie with the
+    # observed one; counting every tie against it made the test conservative (1% rejections at
+    # α = 0.05 on ring8). The mean of the kernels' p-values breaks the ties: the order is
+    # lexicographic, (min_p, mean_p), and the p-value exact again.
+    key = min_p + ranks.mean(0) / (2 * mmd2.shape[1])  # mean_p / (2(P + 1)) < the step of min_p
+    p_value = int((key <= key[0]).sum()) / len(key)
     return TestResult("mmd-agg", float(min_p[0]), p_value, len(a), len(b))
 
 
