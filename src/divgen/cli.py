@@ -119,7 +119,7 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from divgen import demo
 
-    result = demo.run(Path(args.out) if args.out else None, quiet=args.json)
+    result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick)
     _emit(args, result, demo.summary(result))
     return 0
 
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)")
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
+    p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
 
     p = command("divergences", cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)")
     p.add_argument("names", nargs="*", help="divergences to show, e.g. alpha:0.3 (default: all, with example parameters)")
