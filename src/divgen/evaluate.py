@@ -26,7 +26,7 @@ from torch import nn
 
 from divgen import divergences, objectives, recipes
 from divgen.errors import InputError
-from divgen.models import Critic, Standardize, critic_pair
+from divgen.models import MLPCritic, Standardize, critic_pair
 
 TESTS = ("c2st", "mmd")
 ESTIMATORS = ("critic", "knn")
@@ -96,7 +96,7 @@ def _halves(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2], perm[n // 2 :]
 
 
-def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU) -> Critic:
+def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU) -> MLPCritic:
     """A fresh critic for samples like a and b (standardized by their pooled statistics), initialized from `seed`.
 
     SiLU, not ReLU, by default: log-density ratios are smooth (quadratic between
@@ -105,7 +105,7 @@ def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation:
     """
     with torch.random.fork_rng(devices=[]):  # global RNG untouched
         torch.manual_seed(seed)
-        return Critic(Standardize.of(a, b), width, depth, activation=activation)
+        return MLPCritic(Standardize.of(a, b), width, depth, activation=activation)
 
 
 @contextmanager
@@ -524,8 +524,22 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     if ds.modes is not None and ds.mode_std is not None:
         samples = families.draw(nets, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
         result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std))
+    result.update(_model_metrics(ds, nets, families.FAMILIES[cfg.model], seed, quiet))
     runs.write_json(run / "eval.json", result)
     return result
+
+
+def _model_metrics(ds, nets, family, seed: int, quiet: bool) -> dict:
+    """Labelled data: the data set's classifier's metrics. Latent-variable likelihood models: ELBO and IWAE."""
+    from divgen import metrics
+
+    out = {"classifier_metrics": None, "likelihood": None}
+    if ds.n_classes and len(ds.holdout) >= MIN_SAMPLES:
+        out["classifier_metrics"] = metrics.image_metrics(ds, nets, seed=seed, quiet=quiet)
+    if family.recipe == "elbo":
+        y = ds.holdout_labels if family.conditional else None
+        out["likelihood"] = asdict(metrics.likelihood_bounds(nets, ds.holdout, y, seed=seed))
+    return out
 
 
 def report(result: dict) -> str:
@@ -545,4 +559,21 @@ def report(result: dict) -> str:
     if m:
         parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram"],
                               [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%", f"{m['reverse_kl']:.4f}"]], "rrr"))
+    c = result.get("classifier_metrics")
+    if c:
+        f, p, pt, k = c["frechet"], c["prdc"], c["prdc_train_vs_test"], c["classes"]
+        rows = [["Fréchet distance to the test split", f"{f['model_vs_test']:.3f}", f"{f['train_vs_test']:.3f}"],
+                *[[name, f"{p[name]:.3f}", f"{pt[name]:.3f}"] for name in ("precision", "recall", "density", "coverage")],
+                ["classes covered", f"{k['covered']} / {k['n_classes']}", ""],
+                ["KL(generated labels ‖ training labels)", f"{k['kl']:.4f}", ""]]
+        if c["conditional_accuracy"] is not None:
+            rows.append(["conditional accuracy", f"{100 * c['conditional_accuracy']:.1f}%", ""])
+        parts.append(f"in the feature space of a classifier trained on the training split (held-out accuracy "
+                     f"{100 * c['classifier']['test_accuracy']:.1f}%), {f['n']} samples each:\n"
+                     + markdown(["classifier metric", "model", "real train vs test"], rows))
+    lb = result.get("likelihood")
+    if lb:
+        parts.append(markdown(["held-out bound", "nats per sample", "bits per dimension"],
+                              [["ELBO", f"{lb['elbo']:.3f}", f"{lb['elbo_bits_per_dim']:.4f}"],
+                               [f"IWAE, k = {lb['k']}", f"{lb['iwae']:.3f}", f"{lb['iwae_bits_per_dim']:.4f}"]]))
     return "\n\n".join(parts)
