@@ -109,9 +109,29 @@ def cmd_sample(args) -> int:
         raise InputError(f"{args.output!r} exists; pass --overwrite to replace it")
     if args.n < 1:
         raise InputError("-n must be at least 1")
-    samples = families.draw(runs.load_run(Path(args.run)).nets, args.n, args.seed)
+    samples = families.draw(runs.load_run(Path(args.run)).nets, args.n, args.seed, label=args.label)
     np.save(out, samples.numpy())
     _emit(args, {"output": str(out), "n": args.n, "dim": samples.shape[1]}, f"wrote {args.n} samples of dimension {samples.shape[1]} to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ encode ---
+def cmd_encode(args) -> int:
+    import numpy as np
+
+    from divgen import data, runs
+
+    out = Path(args.output)
+    if out.suffix != ".npy":
+        raise InputError(f"-o {args.output!r}: the output must be a .npy file")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{args.output!r} exists; pass --overwrite to replace it")
+    trained = runs.load_run(Path(args.run))
+    x, y, shape = data.read_file(args.data)
+    codes = runs.encode(trained, x, y, shape)
+    np.save(out, codes.numpy())
+    _emit(args, {"output": str(out), "n": codes.shape[0], "dim": codes.shape[1]},
+          f"wrote {codes.shape[0]} codes of dimension {codes.shape[1]} to {out}")
     return 0
 
 
@@ -119,7 +139,7 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from divgen import demo
 
-    result = demo.run(Path(args.out) if args.out else None, quiet=args.json)
+    result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick)
     _emit(args, result, demo.summary(result))
     return 0
 
@@ -207,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)")
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
+    p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
 
     p = command("divergences", cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)")
     p.add_argument("names", nargs="*", help="divergences to show, e.g. alpha:0.3 (default: all, with example parameters)")
@@ -222,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=10_000, help="number of samples (default: 10000)")
     p.add_argument("-o", "--output", required=True, help="output .npy file")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--label", type=int, help="a conditional model (cgan, cvae): draw this class only")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+
+    p = command("encode", cmd_encode, "latent codes of samples, from a model with an encoder (bigan: E(x); vae, cvae: the posterior mean)")
+    p.add_argument("run", help="run directory of a bigan, vae or cvae")
+    p.add_argument("data", help="samples to encode: .npy/.npz/.csv (a cvae needs their labels: a .npz with 'y')")
+    p.add_argument("-o", "--output", required=True, help="output .npy file, one code per row")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
     p = command("compare", cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,14 @@ def _fresh_dir(base: str = "divgen-demo") -> Path:
     return path
 
 
-def run(out: Path | None = None, quiet: bool = False) -> dict:
-    """Train the three demo runs under `out` and draw one figure; returns a summary."""
+def run(out: Path | None = None, quiet: bool = False, quick: bool = False) -> dict:
+    """Train the three demo runs under `out` and draw one figure; returns a summary.
+
+    `quick`: 20 steps per run, to check that everything runs (the fits are then meaningless).
+    """
     out = runs.prepare(out or _fresh_dir())
-    results = {name: train(cfg, out / name, quiet=quiet) for name, cfg in RUNS.items()}
+    configs = {name: replace(cfg, steps=20, checkpoint_every=20) if quick else cfg for name, cfg in RUNS.items()}
+    results = {name: train(cfg, out / name, quiet=quiet) for name, cfg in configs.items()}
     fits = {name: families.density_model(r.nets).params() for name, r in results.items() if families.density_model(r.nets)}
     mle = fit_mle(datasets.load("mog2d", n=RUNS["kl"].n_data, seed=RUNS["kl"].seed).train)
     fits = {"mle": {"mean": mle.mean, "cov": mle.cov}, **fits}

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from divgen import divergences, objectives, recipes
 from divgen.errors import InputError
-from divgen.models import Critic, Standardize, critic_pair
+from divgen.models import MLPCritic, Standardize, critic_pair
 
 ESTIMATORS = ("critic", "knn")
 KNN_DIVERGENCES = ("kl", "reverse-kl")
@@ -116,7 +116,7 @@ def _halves(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU,
-               quadratic: bool = False) -> Critic:
+               quadratic: bool = False) -> MLPCritic:
     """A fresh critic for samples like a and b (standardized by their pooled statistics), initialized from `seed`.
 
     SiLU, not ReLU, by default: log-density ratios are smooth (quadratic between
@@ -125,7 +125,7 @@ def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation:
     """
     with torch.random.fork_rng(devices=[]):  # global RNG untouched
         torch.manual_seed(seed)
-        return Critic(Standardize.of(a, b), width, depth, activation=activation, quadratic=quadratic)
+        return MLPCritic(Standardize.of(a, b), width, depth, activation=activation, quadratic=quadratic)
 
 
 @contextmanager
@@ -308,7 +308,7 @@ QUADRATIC_MAX_DIM = 128  # above it the d×d quadratic form costs more than it h
 
 def classifier_candidates(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator, seed: int = 0, width: int = 64,
                           depth: int = 2, steps: int = 3000, lr: float = 3e-3,
-                          val_fraction: float = 0.2) -> tuple[list[Critic], list[tuple[torch.Tensor, torch.Tensor]]]:
+                          val_fraction: float = 0.2) -> tuple[list[MLPCritic], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Classifiers of A against B whose logit V estimates log(p_A/p_B), and their held-out log-likelihoods.
 
     A fraction `val_fraction` of each sample is set aside; every candidate is fitted
@@ -362,10 +362,10 @@ def _best(scores: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> int:
     return best
 
 
-def gaussian_classifier(a: torch.Tensor, b: torch.Tensor, shrinkage: float = 0.0) -> Critic:
+def gaussian_classifier(a: torch.Tensor, b: torch.Tensor, shrinkage: float = 0.0) -> MLPCritic:
     """The critic V = log N(x; μ_A, Σ_A) − log N(x; μ_B, Σ_B) (quadratic discriminant analysis).
 
-    A depth-0 Critic (linear + quadratic form on the standardized input) whose
+    A depth-0 MLPCritic (linear + quadratic form on the standardized input) whose
     weights are set in closed form from each sample's mean and covariance: the
     exact log-ratio when both are Gaussian, with far less variance than a
     discriminatively trained quadratic. `shrinkage` λ pulls each covariance
@@ -883,15 +883,13 @@ class PRDC:
 
 
 def prdc(real, fake, k: int = 5, max_samples: int = 5000, seed: int = 0) -> PRDC:
-    """Precision, recall, density and coverage with k nearest neighbours, by the authors' `prdc` package.
+    """Precision, recall, density and coverage with k nearest neighbours of the samples themselves, by the
+    authors' `prdc` package (metrics.prdc, which evaluate_run also applies in a classifier's feature space).
 
     At most `max_samples` rows of each (a random subset) are used: the
     package forms the full distance matrices.
     """
-    import contextlib
-    import io
-
-    from prdc import compute_prdc
+    from divgen import metrics
 
     real, fake = as_samples(real, fake)
     if k >= min(len(real), len(fake)):
@@ -899,10 +897,8 @@ def prdc(real, fake, k: int = 5, max_samples: int = 5000, seed: int = 0) -> PRDC
     rng = torch.Generator().manual_seed(seed)
     real = real[torch.randperm(len(real), generator=rng)[:max_samples]]
     fake = fake[torch.randperm(len(fake), generator=rng)[:max_samples]]
-    with contextlib.redirect_stdout(io.StringIO()):  # compute_prdc prints the sample sizes
-        out = compute_prdc(real.numpy(), fake.numpy(), nearest_k=k)
-    return PRDC(float(out["precision"]), float(out["recall"]), float(out["density"]), float(out["coverage"]),
-                k, len(real), len(fake))
+    out = metrics.prdc(real.numpy(), fake.numpy(), k=k)
+    return PRDC(out["precision"], out["recall"], out["density"], out["coverage"], k, len(real), len(fake))
 
 
 # ---------------------------------------------------------------- the run ---
@@ -994,9 +990,23 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     if ds.modes is not None and ds.mode_std is not None:
         samples = families.draw(nets, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
         result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std, ds.mode_weights))
+    result.update(_model_metrics(ds, nets, families.FAMILIES[cfg.model], seed, quiet))
     result = strict_json(result)
     runs.write_json(run / "eval.json", result)
     return result
+
+
+def _model_metrics(ds, nets, family, seed: int, quiet: bool) -> dict:
+    """Labelled data: the data set's classifier's metrics. Latent-variable likelihood models: ELBO and IWAE."""
+    from divgen import metrics
+
+    out = {"classifier_metrics": None, "likelihood": None}
+    if ds.n_classes and len(ds.holdout) >= MIN_SAMPLES:
+        out["classifier_metrics"] = metrics.image_metrics(ds, nets, seed=seed, quiet=quiet)
+    if family.recipe == "elbo":
+        y = ds.holdout_labels if family.conditional else None
+        out["likelihood"] = asdict(metrics.likelihood_bounds(nets, ds.holdout, y, seed=seed))
+    return out
 
 
 def _num(x, fmt: str = ".4f") -> str:
@@ -1028,4 +1038,21 @@ def report(result: dict) -> str:
         parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram (vs true weights)"],
                               [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%",
                                 _num(m["reverse_kl"])]], "rrr"))
+    c = result.get("classifier_metrics")
+    if c:
+        f, p, pt, k = c["frechet"], c["prdc"], c["prdc_train_vs_test"], c["classes"]
+        rows = [["Fréchet distance to the test split", _num(f["model_vs_test"], ".3f"), _num(f["train_vs_test"], ".3f")],
+                *[[name, _num(p[name], ".3f"), _num(pt[name], ".3f")] for name in ("precision", "recall", "density", "coverage")],
+                ["classes covered", f"{k['covered']} / {k['n_classes']}", ""],
+                ["KL(generated labels ‖ training labels)", _num(k["kl"]), ""]]
+        if c["conditional_accuracy"] is not None:
+            rows.append(["conditional accuracy", f"{100 * c['conditional_accuracy']:.1f}%", ""])
+        parts.append(f"in the feature space of a classifier trained on the training split (held-out accuracy "
+                     f"{100 * c['classifier']['test_accuracy']:.1f}%), {f['n']} samples each:\n"
+                     + markdown(["classifier metric", "model", "real train vs test"], rows))
+    lb = result.get("likelihood")
+    if lb:
+        parts.append(markdown(["held-out bound", "nats per sample", "bits per dimension"],
+                              [["ELBO", _num(lb["elbo"], ".3f"), _num(lb["elbo_bits_per_dim"])],
+                               [f"IWAE, k = {lb['k']}", _num(lb["iwae"], ".3f"), _num(lb["iwae_bits_per_dim"])]]))
     return "\n\n".join(parts)

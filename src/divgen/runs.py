@@ -88,12 +88,16 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(exist_ok=True)
-    path = folder / f"step-{step:08d}.pt"
-    state = {"step": step, **state}
-    _atomic_write(path, lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
+    path = save_checkpoint_file(folder / f"step-{step:08d}.pt", {"step": step, **state})
     for old in checkpoints(run)[:-keep]:
         old.unlink()
     return path
+
+
+def save_checkpoint_file(path: Path, state: dict) -> Path:
+    """Write `state` (a dict with a "step") atomically with its SHA-256 digest; load_checkpoint reads it."""
+    _atomic_write(Path(path), lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
+    return Path(path)
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -359,9 +363,37 @@ def finish(out: Path, cfg, ds, nets, recipe) -> None:
     from divgen import plots
 
     title = f"{cfg.divergence} · {cfg.model} on {Path(cfg.data).name}"
+    per_class = None
+    if nets["generator"].n_classes and ds.spec.image:
+        present = sorted(set(ds.train_labels.tolist()))
+        per_class = {k: families.draw(nets, 8, cfg.seed + 2 + k, label=k) for k in present}
     plots.samples_figure(out / "samples.png", ds.train, samples, density=ds.density, critic=critic_t, title=title,
-                         event_shape=ds.event_shape)
+                         event_shape=ds.event_shape, data_labels=ds.train_labels, samples_by_class=per_class)
     plots.losses_figure(out / "losses.png", read_metrics(out), title=f"{cfg.divergence} on {Path(cfg.data).name}")
+
+
+def encode(trained, x, y, event_shape) -> torch.Tensor:
+    """Codes (N, k) of samples x (N, d) by a trained model's encoder: E(x) for a BiGAN, the
+    posterior mean for a VAE; a conditional encoder needs the labels y."""
+    nets, cfg = trained.nets, trained.config
+    if "encoder" not in nets:
+        raise InputError(f"run {str(trained.run)!r} ({cfg.model}) has no encoder; train --model bigan, vae or cvae")
+    state = latest_checkpoint(trained.run)
+    expected = tuple(state["data"]["event_shape"])
+    if tuple(event_shape) != expected:
+        raise InputError(f"samples of shape {tuple(event_shape)}, but the model was trained on {expected}")
+    encoder = nets["encoder"]
+    labels = None
+    if encoder.n_classes:
+        if y is None:
+            raise InputError(f"--model {cfg.model} encodes (x, y): give a .npz with the labels 'y'")
+        if int(y.max()) >= encoder.n_classes:
+            raise InputError(f"labels up to {int(y.max())}, but the model knows {encoder.n_classes} classes")
+        labels = torch.as_tensor(y)
+    x = torch.as_tensor(x)
+    with torch.no_grad():
+        return torch.cat([encoder.code(x[i : i + 4096], None if labels is None else labels[i : i + 4096])
+                          for i in range(0, len(x), 4096)])
 
 
 def load_run(run: Path):
@@ -376,8 +408,8 @@ def load_run(run: Path):
     cfg = resolve(Config.from_dict(read_config(run), str(run / CONFIG)))
     state = latest_checkpoint(run)
     spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
-    x = torch.zeros(2, spec.dim)
-    nets = families.FAMILIES[cfg.model].networks(cfg, spec, x, recipes.build(cfg, x), cfg.seed)
+    x = torch.zeros(2, spec.dim)  # the networks' statistics and class frequencies come from the checkpoint
+    nets = families.FAMILIES[cfg.model].networks(cfg, spec, x, None, recipes.build(cfg, x), cfg.seed)
     load_networks(nets, state, run)
     rows = read_metrics(run)
     return TrainResult(run, cfg, rows[-1] if rows else {}, nets.eval())

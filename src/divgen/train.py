@@ -59,14 +59,17 @@ def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = 
     config.RESUMABLE must match its config.json. Under torchrun every process
     calls this; they train one model, averaging gradients, and only rank 0 writes.
     """
-    cfg, out = configs.resolve(cfg), Path(out)
+    out = Path(out)
+    configs.resolve(cfg)  # every setting checked before the data are read
+    ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
+    cfg = configs.resolve(cfg, ds)
     if resume:
         saved = configs.Config.from_dict(runs.read_config(out), str(out / runs.CONFIG))
         configs.check_resume(configs.resolve(saved), cfg, str(out))
     world, device = parallel.setup(resolve_device(cfg.device))
     try:
         with _process_settings():
-            return _train(cfg, out, world, device, resume, overwrite, quiet)
+            return _train(cfg, ds, out, world, device, resume, overwrite, quiet)
     finally:
         parallel.teardown(world)
 
@@ -229,13 +232,13 @@ def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, world:
 
 
 # --------------------------------------------------------------- the run ---
-def _train(cfg: Config, out: Path, world: parallel.World, device, resume: bool, overwrite: bool, quiet: bool) -> TrainResult:
+def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, device, resume: bool, overwrite: bool,
+           quiet: bool) -> TrainResult:
     if cfg.batch_size % world.size:
         raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
-    ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
     recipe = recipes.build(cfg, ds.train)
     family = families.FAMILIES[cfg.model]
-    nets = family.networks(cfg, ds.spec, ds.train, recipe, cfg.seed).to(device)
+    nets = family.networks(cfg, ds.spec, ds.train, ds.train_labels, recipe, cfg.seed).to(device)
     sides = {"generator": families.generator_side(nets), "critic": list(nets[CRITIC].parameters()) if recipe.uses_critic else []}
     lrs = {"generator": cfg.lr_generator, "critic": cfg.lr_critic}
     # fused: one kernel per optimizer step instead of several per parameter tensor
@@ -300,8 +303,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
         # generator step: gradients reach the generator side only
         with amp:
             if critic is None:
-                real = stream.batch()
-                loss_g = recipe.sample_loss(real.x, view.fake(nets, stream.noise(), real.y)[0])
+                loss_g = recipe.sample_loss(nets, view, stream.batch(), stream.noise())
                 bound = -loss_g.detach()
             else:
                 v_real = critic(*real_v) if view.real_trains_generator else None
