@@ -205,7 +205,7 @@ def main() -> None:
     torch.set_num_threads(1)
     sections = args.section or SECTIONS
     if args.quick:
-        null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = 2, 2, 1, 200, 600, (1, 5), 1000
+        null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = 1, 1, 1, 100, 400, (1,), 200
     else:
         null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = (args.null_reps, args.power_reps, args.estimate_reps,
                                                                          500, 5000, (1, 5, 20), 5000)
@@ -219,7 +219,7 @@ def main() -> None:
                        f"(95% one-sided lower bound, 95% CI) and k-NN (k = 5, 95% CI)",
                        lambda: estimation_table(est_reps, n_est, dims)),
         "wasserstein": ("Wasserstein: N(0, I) against N(e1, I), critic with a one-sided gradient penalty",
-                        lambda: wasserstein_table(max(1, est_reps // 2), 2000 if not args.quick else 300)),
+                        lambda: wasserstein_table(max(1, est_reps // 2), 2000 if not args.quick else 200)),
         "speed": ("Speed of `divgen test`", lambda: speed_table(n_speed, 10)),
     }
     for section in SECTIONS:
