@@ -98,7 +98,7 @@ def test_npz_with_x_and_labels(tmp_path):
 
 
 def test_npz_single_array_any_key(tmp_path):
-    np.savez(tmp_path / "d.npz", samples=np.ones((4, 2)))
+    np.savez(tmp_path / "d.npz", samples=np.arange(8.0).reshape(4, 2))
     arr, labels = data.read_array(tmp_path / "d.npz")
     assert arr.shape == (4, 2) and labels is None
 
@@ -171,7 +171,7 @@ def test_bad_files_are_rejected_with_one_line(tmp_path, case):
     if isinstance(content, str) and content == "SPECIAL":
         np.savez(path, a=np.ones((3, 2)), b=np.ones((3, 2)))
     elif isinstance(content, str) and content == "LABELS":
-        np.savez(path, x=np.ones((3, 2)), y=np.array([0.5, 1.5, 2.5]))
+        np.savez(path, x=np.arange(6.0).reshape(3, 2), y=np.array([0.5, 1.5, 2.5]))
     elif content is not None:
         _write(tmp_path, name, content)
     with pytest.raises(InputError) as info:
@@ -185,5 +185,5 @@ def test_bad_files_are_rejected_with_one_line(tmp_path, case):
 
 def test_directory_named_like_a_data_file(tmp_path):
     (tmp_path / "x.npy").mkdir()
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="is a directory"):
         data.read_array(tmp_path / "x.npy")

@@ -282,6 +282,12 @@ def test_resume_rejects_other_dimension(tmp_path):
     # the same path now holds 3-D data
     np.save(tmp_path / "a.npy", np.load(tmp_path / "b.npy"))
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    # config.json holds the file's SHA-256: the change itself is refused
+    with pytest.raises(InputError, match="changed since the run was trained"):
+        train.train(tiny(data=str(tmp_path / "a.npy"), steps=20), run, resume=True, quiet=True)
+    # a run without one (written before divgen recorded it) meets the checkpoint's dimension check
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "data_sha256": ""}))
     with pytest.raises(InputError, match="dimension"):
         train.train(tiny(data=str(tmp_path / "a.npy"), steps=20), run, resume=True, quiet=True)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ RUNS = {
     "ring8-js": Config(data="ring8", divergence="js"),
 }
 COLORS = {"mle": "k", "kl": "tab:blue", "reverse-kl": "tab:red"}
+# What the demo writes in its --out besides the runs (run directories of their own).
+DEMO_FILES = ("demo.png",)
 
 
 def _fresh_dir(base: str = "divgen-demo") -> Path:
@@ -37,10 +40,14 @@ def _fresh_dir(base: str = "divgen-demo") -> Path:
     return path
 
 
-def run(out: Path | None = None, quiet: bool = False) -> dict:
+def run(out: Path | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
     """Train the three demo runs under `out` and draw one figure; returns a summary."""
-    out = runs.prepare(out or _fresh_dir())
-    results = {name: train(cfg, out / name, quiet=quiet) for name, cfg in RUNS.items()}
+    out = runs.prepare(out or _fresh_dir(), overwrite, files=DEMO_FILES, folders=())
+    results = {}
+    for i, (name, cfg) in enumerate(RUNS.items(), 1):
+        if not quiet:
+            print(f"demo: run {i}/{len(RUNS)}: {name} ({cfg.model} on {cfg.data}) in {out / name}", file=sys.stderr, flush=True)
+        results[name] = train(cfg, out / name, quiet=quiet, overwrite=overwrite)
     fits = {name: families.density_model(r.nets).params() for name, r in results.items() if families.density_model(r.nets)}
     mle = fit_mle(datasets.load("mog2d", n=RUNS["kl"].n_data, seed=RUNS["kl"].seed).train)
     fits = {"mle": {"mean": mle.mean, "cov": mle.cov}, **fits}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,6 +87,8 @@ def as_samples(a, b) -> tuple[torch.Tensor, torch.Tensor]:
         out.append(x.contiguous())
     if out[0].shape[1] != out[1].shape[1]:
         raise InputError(f"A has dimension {out[0].shape[1]} but B has dimension {out[1].shape[1]}")
+    if (out[0] == out[0][:1]).all() and (out[1] == out[0][:1]).all():
+        raise InputError("samples A and B are one and the same point repeated: there is nothing to test or estimate")
     return out[0], out[1]
 
 
@@ -314,6 +315,7 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     if name not in KNN_DIVERGENCES:
         raise InputError(f"--method knn estimates {' and '.join(KNN_DIVERGENCES)} only, not {name!r}")
     a, b = as_samples(a, b)
+    _distinct_points(a, b)
     p, q = (a, b) if name == "kl" else (b, a)
     p, q = p.double().numpy(), q.double().numpy()
     n, d = p.shape
@@ -325,6 +327,21 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     terms = d * (np.log(np.maximum(nu, floor)) - np.log(np.maximum(rho, floor))) + math.log(m / (n - 1))
     value, lo, hi = _normal_ci(torch.from_numpy(terms), torch.zeros(2, dtype=torch.float64), confidence)
     return Estimate(name, value, lo, hi, "knn", len(a), len(b))
+
+
+def _distinct_points(a: torch.Tensor, b: torch.Tensor) -> None:
+    """InputError if the k-NN estimator's distances would tie: a repeated row within A or B, or a row of A
+    that is also in B. Independent samples of continuous distributions have neither; with them the
+    estimate is biased (the same file twice gives a negative KL)."""
+    from divgen.data import duplicate_rows
+
+    for name, x in (("A", a), ("B", b)):
+        if k := duplicate_rows(x.numpy()):
+            raise InputError(f"--method knn: samples {name} repeat {k} of their {len(x)} rows; k-NN distances need "
+                             "distinct points (a continuous distribution): remove duplicates or use --method critic")
+    if k := duplicate_rows(a.numpy(), b.numpy()):
+        raise InputError(f"--method knn: {k} rows of A also occur in B; the k-NN estimator needs two independent "
+                         "samples (the same file twice gives a biased estimate): use --method critic or another sample")
 
 
 def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence: float = 0.95) -> Estimate:
@@ -425,6 +442,9 @@ def two_sample_test(a, b, method: str = "c2st", seed: int = 0, permutations: int
     if method == "c2st":
         return c2st(a, b, seed=seed)
     if method == "mmd":
+        from divgen import limits
+
+        limits.require(limits.mmd_test_memory(len(a), len(b), permutations), limits.memory_available())
         return mmd_test(a, b, permutations=permutations, seed=seed)
     raise InputError(f"unknown test method {method!r}; valid: {', '.join(TESTS)}")
 
@@ -483,15 +503,15 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     `wasserstein`); c2st and mmd tests; exact divergences when both densities
     are known; and mode statistics for the toy mixtures.
     """
-    from tqdm import tqdm
-
     from divgen import data as datasets
     from divgen import families, runs
+    from divgen.progress import Progress
 
     run = Path(run)
     trained = runs.load_run(run)
     cfg, nets = trained.config, trained.nets
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
+    datasets.fingerprint(cfg.data, cfg.data_sha256)  # the held-out rows are those of the file the run split
     real = ds.holdout
     if len(real) < MIN_SAMPLES:
         raise InputError(f"run {str(run)!r} kept {len(real)} held-out samples; at least {MIN_SAMPLES} are needed "
@@ -500,15 +520,16 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     fake = families.draw(nets, len(real), seed=cfg.seed + 1_000_003 + seed)
     names = [n for n in dict.fromkeys([cfg.divergence, *recipes.EVALUATED]) if recipes.row(n).estimator]
     jobs = [("critics", names)] + [("test", t) for t in TESTS]
-    bar = tqdm(jobs, disable=quiet or not sys.stderr.isatty(), desc="evaluate", unit="job")
+    progress = Progress(len(jobs), "evaluate", quiet, unit="jobs")
     estimates, tests = [], []
-    for kind, name in bar:
-        bar.set_postfix_str("critics" if kind == "critics" else name)
+    for kind, name in jobs:
+        progress.begin(f"independent critics ({', '.join(name)})" if kind == "critics" else f"{name} test")
         if kind == "critics":  # one classifier serves every f-divergence
             estimates += [asdict(e) for e in critic_estimates(real, fake, name, seed=seed)]
         else:
             tests.append(asdict(two_sample_test(real, fake, name, seed=seed)))
-    bar.close()
+        progress.update()
+    progress.close()
     result = {
         "run": str(run),
         "data": cfg.data,

@@ -12,7 +12,7 @@ sampling and loading iterate over that dict.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -117,10 +117,14 @@ def density_model(nets: nn.ModuleDict) -> GaussianModel | None:
 
 def draw(nets: nn.ModuleDict, n: int, seed: int, chunk: int = 8192) -> torch.Tensor:
     """n samples (n, d) from the generator, reproducible from `seed` (same numbers whatever `chunk`); on the CPU."""
+    return torch.cat(list(draw_chunks(nets, n, seed, chunk)))
+
+
+def draw_chunks(nets: nn.ModuleDict, n: int, seed: int, chunk: int = 8192) -> Iterator[torch.Tensor]:
+    """The samples of `draw`, `chunk` rows (≤ chunk, d) at a time on the CPU: a large n is streamed, never held."""
     generator = nets["generator"]
     device = next(generator.parameters()).device
     rng = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        parts = [generator(torch.randn(min(chunk, n - i), generator.noise_dim, generator=rng, device=device))
-                 for i in range(0, n, chunk)]
-    return torch.cat(parts).cpu()
+    for i in range(0, n, chunk):
+        with torch.no_grad():
+            yield generator(torch.randn(min(chunk, n - i), generator.noise_dim, generator=rng, device=device)).cpu()

@@ -1,0 +1,201 @@
+"""What a request may ask for, checked before anything is allocated or written.
+
+Two kinds of limit, one refusal (InputError, which the command line prints as
+one line and exit code 2):
+
+- the range of every number the user gives (`Bounds`): Config fields carry
+  theirs in their metadata (config.validate), the other flags get theirs
+  through `number`, an argparse type;
+- the memory and disk a request needs (`require`): estimated from the flags
+  (`training_memory`, `training_disk`, `mmd_test_memory`, ...) and compared
+  with what the machine has now. The message names the flag behind the largest
+  part of the estimate, the estimate, and what is available.
+
+Light on purpose (standard library only): `divgen --help` imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from divgen.errors import InputError
+
+FLOAT32 = 4  # bytes
+
+
+# ------------------------------------------------------------------ ranges ---
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a number: low ≤ x ≤ high, either end strict (`open_*`) or absent (None)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, flag: str, value) -> None:
+        """InputError naming `flag` unless `value` is a finite number within the bounds."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
+        too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if too_low or too_high:
+            raise InputError(f"{flag} must be {self.text()}, got {value}")
+
+    def text(self) -> str:
+        low, high = _text(self.low), _text(self.high)
+        if self.high is None:
+            if self.low is None:
+                return "a finite number"
+            return f"> {low}" if self.open_low else f"at least {low}" if self.low >= 1 else f"≥ {low}"
+        return f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+def _text(x) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+AT_LEAST_1 = Bounds(1)
+POSITIVE = Bounds(0, open_low=True)
+NON_NEGATIVE = Bounds(0)
+FRACTION = Bounds(0, 1, open_high=True)  # [0, 1)
+PROBABILITY = Bounds(0, 1, open_low=True, open_high=True)  # (0, 1)
+# torch and numpy accept seeds in [0, 2⁶⁴); divgen adds offsets of up to a few million
+# (held-out draws, evaluation noise), so seeds stay well inside: [0, 2³²).
+SEED = Bounds(0, 2**32 - 1)
+FINITE = Bounds()
+
+
+def number(kind: type, flag: str, bounds: Bounds = FINITE):
+    """An argparse `type` that reads an int or a float and checks it against `bounds`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        try:
+            bounds.check(flag, value)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag} ")) from None
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# ------------------------------------------------------------------- sizes ---
+def size_text(n: float) -> str:
+    """Bytes as text: 512 B, 3.2 MB, 51 GB, 16 TB (powers of 1000, as `df -H`)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def require(terms: list[tuple[str, float]], have: int, what: str = "memory") -> None:
+    """Refuse a request whose estimate, the sum of `terms` (flag text, bytes), exceeds `have` bytes.
+
+    The message names the flag of the largest term: that is the one to lower.
+    """
+    total = sum(b for _, b in terms)
+    if total <= have:
+        return
+    flag = max(terms, key=lambda t: t[1])[0]
+    raise InputError(f"{flag}: needs about {size_text(total)} of {what} (estimate), but {size_text(have)} is available")
+
+
+def memory_available(device=None) -> int:
+    """Bytes that can be allocated now: free memory of a CUDA device, else the host's available memory
+    (MemAvailable, within a cgroup's limit)."""
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    have = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    have = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if have is None:
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 2**62  # unknown: nothing is refused
+    try:  # a container's limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            have = min(have, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(int(have), 0)
+
+
+def disk_free(path: Path | str) -> int:
+    """Free bytes on the file system that `path` is (or would be created) on."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def require_disk(terms: list[tuple[str, float]], path: Path | str) -> None:
+    require(terms, disk_free(path), f"disk space in {str(Path(path).absolute().parent)!r}")
+
+
+# ------------------------------------------------------------- estimates ---
+# Bytes per network parameter while training: the parameter, its gradient, Adam's two
+# moments, and a checkpoint being written or read (torch.save, the SHA-256 pass).
+BYTES_PER_PARAMETER = 6 * FLOAT32
+# Activations kept per unit per sample: forward output, ReLU, their gradients, and the
+# double backward of a gradient penalty.
+ACTIVATION_COPIES = 6
+
+
+def network_sizes(cfg, dim: int) -> dict[str, int]:
+    """Parameters of the generator and the critic as MLPs (families.py), by the flags that set them."""
+    w, depth, z = cfg.width, cfg.depth, cfg.noise_dim
+    return {
+        f"--noise-dim {z}": z * w + w,  # the generator's input layer
+        f"--width {w} --depth {depth}": 2 * (depth - 1) * (w * w + w),  # hidden layers, generator and critic
+        f"--width {w}": 2 * w * dim + dim + 2 * w + 1,  # the generator's output layer, the critic's input and output
+    }
+
+
+def training_memory(cfg, dim: int, n_rows: int) -> list[tuple[str, float]]:
+    """Memory of a training run (bytes by flag): networks and optimizer state, a batch's activations
+    (the critic sees real and generated samples), the noise drawn ahead, the data."""
+    b, z, w, depth = cfg.batch_size, cfg.noise_dim, cfg.width, cfg.depth
+    terms = [(flag, n * BYTES_PER_PARAMETER) for flag, n in network_sizes(cfg, dim).items()]
+    act = ACTIVATION_COPIES * FLOAT32 * b  # per unit: the generator's on b samples, the critic's on 2b
+    terms += [(f"--batch-size {b} --width {w} --depth {depth}", act * 3 * depth * w),
+              (f"--batch-size {b} --noise-dim {z}", act * z + FLOAT32 * b * z + (8 << 20)),  # + Stream's draws ahead
+              (f"--batch-size {b}", act * (3 * dim + 2))]
+    terms.append((f"--n-data {n_rows}", FLOAT32 * n_rows * dim))
+    return terms
+
+
+def training_disk(cfg, dim: int) -> list[tuple[str, float]]:
+    """Disk space of a run directory: checkpoints (networks and Adam state, one more while one is
+    written) and samples.npy."""
+    params = sum(network_sizes(cfg, dim).values())
+    return [(f"--keep-checkpoints {cfg.keep_checkpoints}", (cfg.keep_checkpoints + 1) * 3 * FLOAT32 * params),
+            (f"--n-samples {cfg.n_samples}", FLOAT32 * cfg.n_samples * dim)]
+
+
+def mmd_test_memory(n: int, m: int, permutations: int) -> list[tuple[str, float]]:
+    """The permutation MMD test holds the (N, P + 1) membership matrix and K·S, in float32 and float64."""
+    big_n = n + m
+    return [(f"--permutations {permutations}", 2 * (FLOAT32 + 8) * big_n * (permutations + 1)),
+            (f"samples ({n} + {m} rows)", FLOAT32 * 2048 * big_n * 2)]
