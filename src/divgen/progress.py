@@ -7,7 +7,23 @@ for the rest: sampling, evaluation, the fits of `compare`.
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from contextlib import contextmanager
+
+
+@contextmanager
+def announce(text: str, quiet: bool = False, after: float = 3.0):
+    """Print `text` on stderr once the block has run for `after` seconds: a job that ends (or is refused)
+    sooner prints nothing."""
+    timer = threading.Timer(after, lambda: print(text, file=sys.stderr, flush=True))
+    timer.daemon = True
+    if not quiet:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class Progress:
