@@ -136,6 +136,9 @@ def main() -> None:
          "k-NN with k = 5; CI: normal theory, 95%", estimation(reps_est)),
         ("Speed", speed()),
     ]
+    from divgen.tables import environment
+
+    print(environment())
     print(f"`python benchmarks/evaluation.py{' --quick' if args.quick else ''}`, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     for title, rows in sections:

@@ -20,15 +20,16 @@ import numpy as np
 
 from divgen import plots
 from divgen.densities import point_mass_divergence
+from divgen.tables import environment, markdown
 
 CURVES = (("kl", "KL(P‖Q_θ)", "tab:red"), ("js", "JS(P, Q_θ)", "tab:blue"), ("wasserstein", "W1(P, Q_θ)", "tab:green"))
 
 
 def figure(path: Path) -> None:
-    plt = plots.plt
     theta = np.linspace(-1, 1, 201)
     ceiling = 1.2  # where ∞ is drawn
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig = plots.new_figure(5.6, 3.6)
+    ax = fig.add_subplot()
     for name, label, color in CURVES:
         values = np.array([point_mass_divergence(t, name) for t in theta])
         off = theta != 0
@@ -45,21 +46,19 @@ def figure(path: Path) -> None:
     ax.set_ylim(-0.05, ceiling + 0.2)
     ax.set_title("P = δ₀, Q_θ = δ_θ: only W1 sees how far θ is", fontsize=10)
     ax.legend(frameon=False, loc="lower left")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plots.plt.close(fig)
+    plots.save(fig, path, dpi=90)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "figures" / "point_mass.png"),
                     help="figure path (default: docs/figures/point_mass.png)")
+    ap.add_argument("--quick", action="store_true", help="accepted for the smoke test; the script takes a second anyway")
     args = ap.parse_args(argv)
-    print("| θ | KL(P‖Q_θ) | JS(P, Q_θ) | W1(P, Q_θ) |")
-    print("|---|---|---|---|")
-    for t in (-1.0, -0.1, 0.0, 0.01, 0.5):
-        print(f"| {t:g} | " + " | ".join(f"{point_mass_divergence(t, name):.4f}" for name, _, _ in CURVES) + " |")
+    print(environment())
+    print(markdown(["θ", "KL(P‖Q_θ)", "JS(P, Q_θ)", "W1(P, Q_θ)"],
+                   [[f"{t:g}", *(f"{point_mass_divergence(t, name):.4f}" for name, _, _ in CURVES)] for t in (-1.0, -0.1, 0.0, 0.01, 0.5)]))
     figure(Path(args.out))
     print(f"\nfigure: {args.out}")
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,15 @@ from pathlib import Path
 
 import torch
 
+from divgen.tables import environment, markdown
+
 
 def measure(procs: int, threads: int, args, root: Path) -> dict:
     """Train once with `procs` processes of `threads` threads each; steps/s after the first logged interval."""
     out = root / f"p{procs}-t{threads}"
     flags = ["train", "--data", args.data, "--divergence", args.divergence, "--width", str(args.width), "--depth", str(args.depth),
              "--batch-size", str(args.batch_size), "--critic-steps", str(args.critic_steps), "--steps", str(args.steps),
-             "--log-every", str(args.log_every), "--checkpoint-every", str(10 * args.steps), "--n-samples", "1000",
+             "--log-every", str(args.log_every), "--checkpoint-every", str(10 * args.steps), "--n-samples", "1000", "--no-figures",
              "--device", args.device, "--out", str(out), "--json"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m", "divgen"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -66,7 +67,10 @@ def main() -> None:
     p.add_argument("--critic-steps", type=int, default=1)
     p.add_argument("--data", default="ring8")
     p.add_argument("--divergence", default="js")
+    p.add_argument("--quick", action="store_true", help="30 steps of a small model: checks that the script runs")
     args = p.parse_args()
+    if args.quick:  # one launch of 2 processes
+        args.steps, args.log_every, args.width, args.depth, args.batch_size, args.procs = 30, 10, 16, 1, 64, "2"
     procs = [int(k) for k in args.procs.split(",")]
     if args.device == "cuda" and torch.cuda.device_count() < max(procs):
         sys.exit(f"--device cuda with {max(procs)} processes needs {max(procs)} GPUs; found {torch.cuda.device_count()}")
@@ -86,8 +90,9 @@ def main() -> None:
 
     base = results[0]["steps_per_s"]
     backend = "NCCL, one GPU per process" if args.device == "cuda" else "gloo on CPU"
-    print(f"Data-parallel scaling of `divgen train` ({backend}; torch {torch.__version__}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end).")
+    print(environment())
+    print(f"Data-parallel scaling of `divgen train` ({backend}; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the end).")
     print(f"Model: MLP generator and critic, width {args.width}, depth {args.depth}; {args.divergence} on {args.data}; "
           f"global batch {args.batch_size}, {args.critic_steps} critic step(s) per generator step; "
           f"{args.steps} steps, the first {args.log_every} not timed.")
@@ -95,11 +100,9 @@ def main() -> None:
         print(f"CPU threads are held at {args.threads} in total (OMP_NUM_THREADS = {args.threads} / processes): "
               f"1 process × {args.threads} threads against K processes × {args.threads}/K threads.")
     print()
-    print("| processes | threads per process | batch per process | steps/s | samples/s | vs 1 process |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['procs']} | {r['threads'] if args.device == 'cpu' else '—'} | {args.batch_size // r['procs']} | "
-              f"{r['steps_per_s']:.1f} | {r['samples_per_s']:,.0f} | {r['steps_per_s'] / base:.2f}× |")
+    print(markdown(["processes", "threads per process", "batch per process", "steps/s", "samples/s", "vs 1 process"],
+                   [[r["procs"], r["threads"] if args.device == "cpu" else "—", args.batch_size // r["procs"], f"{r['steps_per_s']:.1f}",
+                     f"{r['samples_per_s']:,.0f}", f"{r['steps_per_s'] / base:.2f}×"] for r in results], "rrrrrr"))
     print()
     if len(results) > len(procs):
         print("The last row (1 process × 1 thread) is a reference: what one core does alone.")

@@ -53,7 +53,7 @@ def build(root: Path) -> None:
         _files(np.random.default_rng(0))
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             for out, extra in (("run", []), ("run32", ["--width", "32"]), ("run-mine", ["--data", "mine.npy"]),
-                               ("run-cd", ["--data", "cd.npy"])):
+                               ("run-cd", ["--data", "cd.npy"]), ("run-cgan", ["--data", "labelled.npz", "--model", "cgan"])):
                 argv = ["train", "--data", "mog1d", *TINY, *extra, "--out", out]
                 assert cli.main(argv) == 0, argv
         _variants()
@@ -69,6 +69,12 @@ def _files(rng) -> None:
     np.save("small.npy", rng.normal(size=(10, 2)))
     np.save("mine.npy", x)
     np.save("cd.npy", x)
+    np.savez("labelled.npz", x=x, y=np.arange(300) % 3)
+    np.savez("images.npz", x=rng.integers(0, 256, size=(40, 8, 8)).astype(np.uint8), y=np.arange(40) % 2)
+    np.save("channels-last.npy", rng.random((10, 8, 8, 3)))
+    np.save("tiny-images.npy", rng.random((10, 2, 2)))
+    np.savez("const-images.npz", x=np.full((10, 8, 8), 200, dtype=np.uint8))
+    np.save("outside.npy", x * 5)
     np.save("const.npy", np.ones((300, 2)))
     Path("const.csv").write_text("a,b\n" + "1.5,2\n" * 50)
     np.savez("const.npz", x=np.full((50, 3), 7.0))
@@ -155,7 +161,7 @@ def _variants() -> None:
 def _numeric_cases() -> list[tuple[str, list[str]]]:
     """Out-of-range, non-finite and malformed values for every number a command takes."""
     from divgen.config import Config, flag_name
-    from divgen.limits import AT_LEAST_1, PROBABILITY, SEED
+    from divgen.limits import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, SEED
 
     def bad(kind, bounds) -> list[str]:
         values = ["x", "", "nan", "inf"] + (["-inf", "1e999"] if kind is float else ["1.5", "1e3"])
@@ -183,6 +189,7 @@ def _numeric_cases() -> list[tuple[str, list[str]]]:
         ("evaluate", "--seed"): (["evaluate", "run"], int, SEED),
         ("compare", "--seed"): (["compare", "--data", "mog1d", "--methods", "mle", "--out", "new"], int, SEED),
         ("compare", "--steps"): (["compare", "--data", "mog1d", "--methods", "mle", "--out", "new"], int, AT_LEAST_1),
+        ("sample", "--label"): (["sample", "run-cgan", "-o", "s.npy"], int, NON_NEGATIVE),
     }
     for (command, flag), (argv, kind, bounds) in others.items():
         cases += [(f"{command} {flag}={v}", [*argv, f"{flag}={v}"]) for v in bad(kind, bounds)]
@@ -193,7 +200,7 @@ def _train(*flags, data="mog1d", out="new"):
     return ["train", "--data", data, *TINY, "--out", out, *flags]
 
 
-DATA_FILES = ["nothing.npy", "folder.npy", "userdir", "data.txt", "const.npy", "const.csv", "const.npz", "nan.npy",
+DATA_FILES = ["channels-last.npy", "tiny-images.npy", "const-images.npz", "nothing.npy", "folder.npy", "userdir", "data.txt", "const.npy", "const.csv", "const.npz", "nan.npy",
               "inf.npy", "nan.csv", "inf.csv", "big.npy", "big.csv", "words.csv", "comments.csv", "empty.csv",
               "blank.csv", "header.csv", "ragged.csv", "binary.csv", "onerow.npy", "zerorows.npy", "zerocols.npy",
               "fived.npy", "strings.npy", "complex.npy", "object.npy", "corrupt.npy", "corrupt.npz", "truncated.npy",
@@ -289,6 +296,26 @@ CASES: list[tuple[str, list[str]]] = [
     ("sample all corrupt", ["sample", "run-corrupt", "-n", "10", "-o", "s.npy"]),
     ("sample malicious", ["sample", "run-evil", "-n", "10", "-o", "s.npy"]),
     ("sample unknown model", ["sample", "run-model", "-n", "10", "-o", "s.npy"]),
+    ("sample --label of an unconditional model", ["sample", "run", "-n", "10", "--label", "1", "-o", "s.npy"]),
+    ("sample --label the model never saw", ["sample", "run-cgan", "-n", "10", "--label", "7", "-o", "s.npy"]),
+    ("sample --label huge", ["sample", "run-cgan", "-n", "10", "--label", str(10**30), "-o", "s.npy"]),
+    ("sample -n 1e11 with labels", ["sample", "run-cgan", "-n", "100000000000", "-o", "s.npz"]),
+    # ---- families and the data they need
+    ("train conv on vectors", _train("--model", "conv")),
+    ("train cgan without labels", _train("--model", "cgan")),
+    ("train vae by js", _train("--model", "vae", "--divergence", "js")),
+    ("train bernoulli vae outside [0, 1]", _train("--model", "vae", "--likelihood", "bernoulli", data="outside.npy")),
+    ("train conv --batch-size 1e6", _train("--batch-size", "1000000", data="images.npz")),
+    ("train conv --width 1e5", _train("--width", "100000", data="images.npz")),
+    ("train cgan on images --batch-size 1e6", _train("--model", "cgan", "--batch-size", "1000000", data="images.npz")),
+    # ---- encode
+    ("encode a missing run", ["encode", "nowhere", "a.npy", "-o", "codes.npy"]),
+    ("encode with a model without an encoder", ["encode", "run", "a.npy", "-o", "codes.npy"]),
+    ("encode -o not .npy", ["encode", "run", "a.npy", "-o", "codes.csv"]),
+    ("encode -o missing folder", ["encode", "run", "a.npy", "-o", "missing/codes.npy"]),
+    ("encode -o an existing file", ["encode", "run", "a.npy", "-o", "b.npy"]),
+    ("encode constant data", ["encode", "run", "const.npy", "-o", "codes.npy"]),
+    ("encode a missing data file", ["encode", "run", "nothing.npy", "-o", "codes.npy"]),
     # ---- test and estimate
     ("test dimensions differ", ["test", "a.npy", "three.npy"]),
     ("test too few rows", ["test", "a.npy", "small.npy"]),

@@ -155,7 +155,10 @@ BAD_FILES = {
     "one row": ("x.npy", np.ones((1, 3)), "at least 2"),
     "zero rows": ("x.npy", np.ones((0, 3)), "rows"),
     "zero columns": ("x.npy", np.ones((5, 0)), "0 columns"),
-    "3-d array": ("x.npy", np.ones((4, 2, 2)), "2-D"),
+    "tiny images": ("x.npy", np.ones((4, 2, 2)), "too small"),
+    "5-d array": ("x.npy", np.ones((4, 1, 5, 5, 2)), "N×C×H×W"),
+    "channels last": ("x.npy", np.ones((4, 8, 8, 3)), "channels last"),
+    "two channels": ("x.npy", np.ones((4, 2, 8, 8)), "C = 1 or 3"),
     "string array": ("x.npy", np.array([["a", "b"], ["c", "d"]]), "not numeric"),
     "corrupt npy": ("x.npy", b"this is not a numpy file at all", "could not be read"),
     "corrupt npz": ("x.npz", b"PK\x03\x04 broken zip", "could not be read"),
@@ -187,3 +190,45 @@ def test_directory_named_like_a_data_file(tmp_path):
     (tmp_path / "x.npy").mkdir()
     with pytest.raises(InputError, match="is a directory"):
         data.read_array(tmp_path / "x.npy")
+
+
+# -------------------------------------------------------------- images, labels ---
+@pytest.mark.parametrize("shape, event", [((6, 8, 8), (8, 8)), ((6, 1, 28, 28), (1, 28, 28)), ((6, 3, 10, 12), (3, 10, 12))])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_image_npz_keeps_its_shape_and_scales_uint8(tmp_path, shape, event, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=shape).astype(dtype)
+    y = np.arange(shape[0]) % 3
+    np.savez(tmp_path / "img.npz", x=x, y=y)
+    flat, labels, got = data.read_file(tmp_path / "img.npz")
+    assert got == event and flat.shape == (shape[0], int(np.prod(event)))
+    expected = x.reshape(shape[0], -1).astype(np.float32) / (255 if dtype == "uint8" else 1)
+    np.testing.assert_allclose(flat, expected, rtol=1e-6)
+    np.testing.assert_array_equal(labels, y)
+    ds = data.load(str(tmp_path / "img.npz"), holdout=0.0)
+    assert ds.spec == data.Spec(event, 3) and ds.spec.image
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.array([0, 1, 2]), "one integer per row"),            # 3 labels for 4 rows
+    (np.array([0.5, 1.0, 2.0, 1.0]), "integers"),
+    (np.array([[0, 1], [1, 0], [0, 0], [1, 1]]), "one integer per row"),
+    (np.array([0, -1, 2, 1]), "≥ 0"),
+    (np.array(["a", "b", "c", "d"]), "integers"),
+])
+def test_bad_labels_are_refused_with_one_line(tmp_path, labels, words):
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((4, 8, 8)), y=labels)
+    with pytest.raises(InputError, match=words) as info:
+        data.read_file(tmp_path / "d.npz")
+    assert "\n" not in str(info.value)
+
+
+def test_integral_float_labels_are_accepted(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.arange(8.0).reshape(4, 2), y=np.array([0.0, 1.0, 2.0, 1.0]))
+    _, y, _ = data.read_file(tmp_path / "d.npz")
+    assert y.dtype == np.int64 and y.tolist() == [0, 1, 2, 1]
+
+
+def test_fixed_data_split_does_not_depend_on_the_run_seed(tmp_path):
+    a, b = data.load("digits", seed=0), data.load("digits", seed=5)
+    assert torch.equal(a.holdout, b.holdout) and torch.equal(a.train_labels, b.train_labels)

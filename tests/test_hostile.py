@@ -9,6 +9,7 @@ whole bad-input table (tests/fuzz.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,6 +27,7 @@ import pytest
 import torch
 
 from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot
+import divgen
 from divgen import cli, config, data, demo, evaluate, families, jsonout, limits, recipes, runs
 from divgen.config import Config
 
@@ -95,22 +97,62 @@ def test_requests_too_large_are_refused_before_any_allocation(divgen, files, tra
     assert snapshot(files) == before
 
 
-def test_the_estimate_counts_the_networks_the_families_build():
-    """limits.network_sizes is the exact parameter count of the generator and critic that train builds."""
-    for width, depth, noise, dim in ((16, 1, 3, 1), (32, 3, 8, 5), (7, 4, 2, 2)):
-        cfg = config.resolve(Config(data="mog1d", width=width, depth=depth, noise_dim=noise))
-        x = torch.randn(50, dim)
-        nets = families.FAMILIES["mlp"].networks(cfg, data.Spec((dim,)), x, recipes.build(cfg, x), 0)
-        assert sum(limits.network_sizes(cfg, dim).values()) == sum(p.numel() for p in nets.parameters())
+def _measured(family: str, spec, width: int):
+    """(estimated, built) parameters and (estimated, measured) activation values per sample of a family."""
+    kind = "kl" if families.FAMILIES[family].recipe == "elbo" else None
+    cfg = config.resolve(Config(data="mog1d", model=family, width=width, divergence=kind))
+    if cfg.likelihood == "auto":
+        cfg = dataclasses.replace(cfg, likelihood="bernoulli")
+    x = torch.rand(64, spec.dim)
+    y = torch.arange(64) % spec.n_classes if spec.n_classes else None
+    recipe, fam = recipes.build(cfg, x), families.FAMILIES[family]
+    nets = fam.networks(cfg, spec, x, y, recipe, 0)
+    count = families.network_count(fam, recipe)
+    assert count == len(nets)
+    built = sum(p.numel() for p in nets.parameters())
+    values = []  # every leaf layer's output: what a training step keeps for its backward pass
+    for m in nets.modules():
+        if not list(m.children()):
+            m.register_forward_hook(lambda m, i, o: values.append(o.numel() if torch.is_tensor(o) else 0))
+    b = 16
+    y_b = None if y is None else y[:b]
+    with torch.no_grad():
+        fake = fam.view.fake(nets, torch.randn(b, nets["generator"].noise_dim), y_b)
+        real = fam.view.real(nets, data.Batch(x[:b], y_b))
+        if "critic" in nets:
+            nets["critic"](*fake), nets["critic"](*real)
+        elif "encoder" in nets:
+            nets["encoder"](x[:b]) if y_b is None else nets["encoder"](x[:b], y_b)
+    estimate = sum(limits.network_sizes(cfg, spec.event_shape, count).values())
+    units = sum(limits.activation_units(cfg, spec.event_shape, count).values())
+    return estimate / built, units / (sum(values) / b)
+
+
+SHAPES = {"vector": ((5,), ["mlp", "gaussian", "cgan", "bigan", "vae", "cvae"]),
+          "8x8": ((8, 8), ["conv", "cgan", "bigan", "vae", "cvae"]),
+          "1x28x28": ((1, 28, 28), ["conv", "cgan", "bigan", "vae", "cvae"]),
+          "3x32x32": ((3, 32, 32), ["conv", "cgan", "bigan", "vae"])}
+
+
+@pytest.mark.parametrize("case", [f"{fam} {shape}" for shape, (_, fams) in SHAPES.items() for fam in fams])
+def test_the_estimate_follows_the_networks_each_family_builds(case):
+    """limits.py sizes the networks of every family (parameters, and the activations of a forward pass
+    measured layer by layer) within a factor of 2.5, from the flags alone, before they are built."""
+    family, shape = case.split()
+    event_shape, _ = SHAPES[shape]
+    spec = data.Spec(event_shape, 3 if family in ("cgan", "cvae") else 0)
+    params, activations = _measured(family, spec, width=32 if shape == "vector" else 128)
+    assert 0.6 < params < 2.5, params
+    assert 0.6 < activations < 2.5, activations
 
 
 def test_the_estimate_grows_with_each_flag_and_refuses_only_above_what_is_available():
     base = config.resolve(Config(data="mog1d"))
-    total = sum(b for _, b in limits.training_memory(base, 2, 10_000))
+    total = sum(b for _, b in limits.training_memory(base, (2,), 10_000))
     assert 1e6 < total < 1e9  # a default run: megabytes, not gigabytes
     for flag, factor in (("batch_size", 1.5), ("width", 1.5), ("depth", 1.5), ("noise_dim", 1.01)):
         bigger = config.resolve(Config(data="mog1d", **{flag: 10 * getattr(base, flag)}))
-        assert sum(b for _, b in limits.training_memory(bigger, 2, 10_000)) > factor * total, flag
+        assert sum(b for _, b in limits.training_memory(bigger, (2,), 10_000)) > factor * total, flag
     limits.require([("--x 1", 100)], have=100)  # exactly enough: accepted
     with pytest.raises(limits.InputError, match="--x 1: needs about 101 B of memory"):
         limits.require([("--x 1", 100), ("--y 2", 1)], have=100)
@@ -139,7 +181,8 @@ def _train_twice(divgen, tmp_path, overwrite: bool):
 
 def _compare_twice(divgen, tmp_path, overwrite: bool):
     out = tmp_path / "cmp"
-    argv = ["compare", "--data", "mog1d", "--methods", "mle,adversarial:js", "--steps", "10", "--out", out]
+    # adversarial:mmd: its two starts are told apart by an MMD statistic, not by training critics
+    argv = ["compare", "--data", "mog1d", "--methods", "mle,adversarial:mmd", "--steps", "10", "--out", out]
     assert divgen(*argv).code == 0
     return out, lambda: divgen(*argv, *(["--overwrite"] if overwrite else []))
 
@@ -153,7 +196,7 @@ def _demo_twice(divgen, tmp_path, overwrite: bool, monkeypatch=None):
 # every folder each command writes in
 FOLDERS = {
     "train": (_train_twice, [".", "checkpoints", "tensorboard"]),
-    "compare": (_compare_twice, [".", "adversarial-js", "adversarial-js/init-std-1", "adversarial-js/init-std-1/checkpoints"]),
+    "compare": (_compare_twice, [".", "adversarial-mmd", "adversarial-mmd/init-std-1", "adversarial-mmd/init-std-1/checkpoints"]),
     "demo": (_demo_twice, [".", "kl", "kl/checkpoints", "ring8-js"]),
 }
 
@@ -406,11 +449,8 @@ def test_every_json_divgen_writes_is_strict(divgen, tmp_path, monkeypatch):
         for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
             _strict_loads(line)
 
-    original = evaluate.critic_estimates
-
-    def non_finite(*args, **kwargs):
-        return [evaluate.Estimate(e.divergence, -math.inf, math.nan, math.nan, e.method, e.n_a, e.n_b)
-                for e in original(*args, **kwargs)]
+    def non_finite(real, fake, names, seed=0, **kwargs):  # what a degenerate estimate would give, without training
+        return [evaluate.Estimate(name, -math.inf, math.nan, math.nan, "critic", len(real), len(fake)) for name in names]
 
     monkeypatch.setattr(evaluate, "critic_estimates", non_finite)
     result = divgen("evaluate", run, "--json")
@@ -530,7 +570,7 @@ def test_an_interrupted_sample_leaves_the_old_file_and_no_partial_one(divgen, tr
     before = snapshot(tmp_path)
 
     def chunks(*args, **kwargs):
-        yield torch.zeros(8192, 2)
+        yield torch.zeros(8192, 2), None
         raise KeyboardInterrupt
 
     monkeypatch.setattr(families, "draw_chunks", chunks)
@@ -565,7 +605,7 @@ print("HEAVY", heavy)
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env1(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "HEAVY []" in proc.stdout and "divgen 0.1.0" in proc.stdout
+    assert "HEAVY []" in proc.stdout and f"divgen {divgen.__version__}" in proc.stdout
 
 
 def test_generator_loss_help_follows_the_order_of_its_choices(capsys):

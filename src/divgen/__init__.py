@@ -1,26 +1,44 @@
 """divgen: train and evaluate generative models as divergence minimization.
 
-The package imports nothing heavy: torch is loaded by the first use of a name
-below (PEP 562), so that `divgen --help` is fast and an early Ctrl-C is clean.
+    import divgen
+    from divgen.train import train
+    divgen.exact_divergence(p, q, "kl")                       # two known densities
+    divgen.two_sample_test(a, b, "mmd")                       # two sample arrays
+    result = train(divgen.Config(data="ring8"), "runs/a")    # a TrainResult
+
+Names are imported on first use, so `import divgen` (and `divgen --help`) stays fast.
 """
 
-from divgen.errors import InputError
+from __future__ import annotations
 
-__all__ = ["Divergence", "ExactResult", "InputError", "exact_divergence", "get_divergence"]
-__version__ = "0.1.0"
+import importlib
 
-_LAZY = {
+__version__ = "0.2.0"
+
+# public name -> (module, attribute)
+_EXPORTS = {
+    "Config": ("divgen.config", "Config"),
+    "load_run": ("divgen.runs", "load_run"),
     "Divergence": ("divgen.divergences", "Divergence"),
     "get_divergence": ("divgen.divergences", "get"),
     "ExactResult": ("divgen.densities", "ExactResult"),
     "exact_divergence": ("divgen.densities", "exact_divergence"),
+    "two_sample_test": ("divgen.evaluate", "two_sample_test"),
+    "estimate": ("divgen.evaluate", "estimate"),
+    "evaluate_run": ("divgen.evaluate", "evaluate_run"),
+    "InputError": ("divgen.errors", "InputError"),
 }
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'divgen' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'divgen' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from divgen import __version__, jsonout
+from divgen import __version__, jsonout, limits
 from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line
 from divgen.limits import AT_LEAST_1, PROBABILITY, SEED, number
 from divgen.progress import announce
@@ -104,10 +104,26 @@ def cmd_sample(args) -> int:
 
     out = sample_files.check_output(args.output, args.overwrite)
     trained = runs.load_run(Path(args.run))
-    sample_files.write(out, trained.nets, args.n, args.seed, trained.spec.event_shape, quiet=args.json)
+    sample_files.write(out, trained.nets, args.n, args.seed, trained.spec.event_shape, label=args.label, quiet=args.json)
     dim = trained.spec.dim
     _emit(args, {"output": str(out), "n": args.n, "dim": dim, "format": out.suffix.lower().lstrip(".")},
           f"wrote {args.n} samples of dimension {dim} to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ encode ---
+def cmd_encode(args) -> int:
+    import numpy as np
+
+    from divgen import data, runs, sample_files
+
+    out = sample_files.check_output(args.output, args.overwrite, formats=(".npy",))
+    trained = runs.load_run(Path(args.run))
+    x, y, shape = data.read_file(args.data)
+    codes = runs.encode(trained, x, y, shape)
+    runs.atomic_write(out, lambda fh: np.save(fh, codes.numpy()))
+    _emit(args, {"output": str(out), "n": codes.shape[0], "dim": codes.shape[1]},
+          f"wrote {codes.shape[0]} codes of dimension {codes.shape[1]} to {out}")
     return 0
 
 
@@ -115,7 +131,7 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from divgen import demo
 
-    result = demo.run(Path(args.out) if args.out else None, quiet=args.json, overwrite=args.overwrite)
+    result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick, overwrite=args.overwrite)
     _emit(args, result, demo.summary(result))
     return 0
 
@@ -178,6 +194,7 @@ def cmd_evaluate(args) -> int:
 # ------------------------------------------------------------------ parser ---
 def _demo_args(p):
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
+    p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
 
 
@@ -201,9 +218,18 @@ def _sample_args(p):
     p.add_argument("-n", type=number(int, "-n", AT_LEAST_1), default=10_000,
                    help="number of samples, written in chunks: a large -n needs disk space, not memory (default: 10000)")
     p.add_argument("-o", "--output", required=True,
-                   help="output file: .npy (float32, one sample per row), .npz (key x), .csv (no header), "
-                        "or .png (a grid of images, for image data)")
+                   help="output file: .npy (float32, one sample per row), .npz (key x, and y for a conditional model), "
+                        ".csv (no header), or .png (a grid of images, for image data)")
     _seed(p, "noise seed")
+    p.add_argument("--label", type=number(int, "--label", limits.NON_NEGATIVE),
+                   help="a conditional model (cgan, cvae): draw this class only")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+
+
+def _encode_args(p):
+    p.add_argument("run", help="run directory of a bigan, vae or cvae")
+    p.add_argument("data", help="samples to encode: .npy/.npz/.csv (a cvae needs their labels: a .npz with 'y')")
+    p.add_argument("-o", "--output", required=True, help="output .npy file, one code per row")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
@@ -257,6 +283,8 @@ COMMANDS = {
     "train": (cmd_train, "train a generator by minimizing a divergence", _train_args, ("divgen.train", "divgen.plots")),
     "sample": (cmd_sample, "draw samples from a trained run", _sample_args,
                ("divgen.train", "divgen.sample_files", "divgen.plots")),
+    "encode": (cmd_encode, "latent codes of samples, from a model with an encoder (bigan: E(x); vae, cvae: the posterior mean)",
+               _encode_args, ("divgen.train", "divgen.sample_files")),
     "compare": (cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side",
                 _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.evaluate")),
     "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.evaluate",)),

@@ -36,9 +36,9 @@ class Config:
 
     data: str = option("ring8", f"built-in data set ({', '.join(datasets.BUILTIN)}; digits' pixels are rescaled from "
                        "0–16 to [0, 1]) or a .npy/.npz/.csv file, one sample per row (a 1-D .npy is N×1; a CSV may have "
-                       "a header row and # comment lines); recorded as an absolute path")
-    model: str = option("mlp", "model family: " + "; ".join(f"{f.name}: {f.help}" for f in families.FAMILIES.values()),
-                        families.NAMES)
+                       "a header row and # comment lines; images: N×H×W or N×C×H×W in a .npz); recorded as an absolute path")
+    model: str = option("auto", "model family: auto (conv for image data, mlp otherwise); "
+                        + "; ".join(f"{f.name}: {f.help}" for f in families.FAMILIES.values()), ("auto", *families.NAMES))
     divergence: str | None = option(None, f"divergence to minimize: {', '.join(recipes.NAMES)}", kind=str)
     generator_loss: str = option(
         "auto", "f-GAN generator loss: auto is minimax for density models (gaussian) and nonsaturating for neural "
@@ -55,7 +55,10 @@ class Config:
     width: int | None = option(None, "units per hidden layer, generator and critic", kind=int, bounds=AT_LEAST_1)
     depth: int | None = option(None, "hidden layers, generator and critic", kind=int, bounds=AT_LEAST_1)
     init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's", bounds=POSITIVE)
-    noise_dim: int = option(8, "dimension of the generator's Gaussian noise z (gaussian: the data dimension)", bounds=AT_LEAST_1)
+    noise_dim: int | None = option(None, "dimension of the noise z ~ N(0, I) (the latent code of bigan, vae, cvae; "
+                                   "gaussian: the data dimension)", kind=int, bounds=AT_LEAST_1)
+    likelihood: str = option("auto", "vae, cvae: the decoder's p(x | z): bernoulli (data in [0, 1]) or gaussian with a "
+                             "learned variance; auto: bernoulli when every value lies in [0, 1]", ("auto", "bernoulli", "gaussian"))
     gp_weight: float = option(10.0, "gradient-penalty weight for --lipschitz gp", bounds=NON_NEGATIVE)
     clip: float = option(0.01, "weight-clipping bound for --lipschitz clip", bounds=NON_NEGATIVE)
     n_data: int = option(10_000, "training samples drawn from a built-in toy density", bounds=limits.Bounds(2))
@@ -90,7 +93,8 @@ class Config:
 
 
 # Values every family shares unless its row says otherwise.
-GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2)
+GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2,
+              noise_dim=8)
 # Keys that may change when a run is resumed; any other differing key is a conflict.
 RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16"}
 
@@ -117,24 +121,43 @@ def family_default(name: str, family: str):
 
 
 def default_text(name: str) -> str:
-    """The default of a field for --help: one value, or one per family where they differ."""
+    """The default of a field for --help: one value, or the families that differ from the most common one."""
     values = {fam: family_default(name, fam) for fam in families.NAMES}
-    if len(set(map(repr, values.values()))) == 1:
-        return f"{next(iter(values.values()))}"
-    return ", ".join(f"{v} for {fam}" for fam, v in values.items())
+    texts = [repr(v) if isinstance(v, str) else str(v) for v in values.values()]
+    common = max(set(texts), key=texts.count)
+    others = [f"{t} for {fam}" for fam, t in zip(values, texts) if t != common]
+    return common.strip("'") + (f"; {', '.join(others)}" if others else "")
 
 
-def resolve(cfg: Config) -> Config:
-    """A new Config with every per-family default filled in and `auto` made concrete; validated."""
-    if cfg.model not in families.FAMILIES:
-        raise InputError(f"--model {cfg.model!r} is not one of {', '.join(families.NAMES)}")
-    family = families.FAMILIES[cfg.model]
-    filled = {f.name: family_default(f.name, cfg.model) for f in fields(Config) if getattr(cfg, f.name) is None}
-    out = replace(cfg, **filled)
+def resolve(cfg: Config, data=None) -> Config:
+    """A new Config with every per-family default filled in and every `auto` made concrete; validated.
+
+    `data`, the loaded Dataset, decides `--model auto` (conv for images, mlp
+    otherwise) and `--likelihood auto`, and is checked against the family (labels,
+    images). Without it, `auto` model means mlp; a resolved config.json needs none.
+    """
+    model = cfg.model
+    if model == "auto":
+        model = "conv" if data is not None and data.spec.image else "mlp"
+    if model not in families.FAMILIES:
+        raise InputError(f"--model {cfg.model!r} is not one of auto, {', '.join(families.NAMES)}")
+    family = families.FAMILIES[model]
+    filled = {f.name: family_default(f.name, model) for f in fields(Config) if getattr(cfg, f.name) is None}
+    out = replace(cfg, model=model, **filled)
     if out.generator_loss == "auto":
         out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
     if out.data not in datasets.BUILTIN:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
+    if out.likelihood == "auto" and data is not None and family.recipe == "elbo":
+        inside = bool(((data.train >= 0) & (data.train <= 1)).all())
+        out = replace(out, likelihood="bernoulli" if inside else "gaussian")
+    if family.divergences is not None and out.divergence not in family.divergences:
+        raise InputError(f"--model {model} trains by {family.recipe or 'its own objective'} "
+                         f"(divergence {' or '.join(family.divergences)}), not {out.divergence!r}")
+    if data is not None:
+        family.check(data.spec)
+        if out.likelihood == "bernoulli" and not bool(((data.train >= 0) & (data.train <= 1)).all()):
+            raise InputError("--likelihood bernoulli needs data in [0, 1]; use --likelihood gaussian")
     return validate(out)
 
 

@@ -41,6 +41,12 @@ class Spec:
     def dim(self) -> int:
         return math.prod(self.event_shape)
 
+    @property
+    def image(self) -> bool:
+        """(H, W) or (C, H, W) with C ∈ {1, 3}: convolutional networks, pictures in figures."""
+        s = self.event_shape
+        return len(s) == 2 or (len(s) == 3 and s[0] in (1, 3))
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -150,11 +156,16 @@ def sample_toy(name: str, n: int, seed: int) -> torch.Tensor:
         return toy_density(name).sample((n,)).float()
 
 
+SPLIT_SEED = 0  # the held-out rows of a fixed data set do not depend on a run's --seed
+
+
 def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dataset:
     """A built-in data set (n training samples) or a user file (`name` is its path).
 
-    The held-out split is drawn independently for toy sets and is a seeded
-    random `holdout` fraction of the rows for files.
+    Toy densities: n training samples drawn with `seed` and an independent
+    held-out sample. Fixed data (digits, mnist1d, files): a fixed split, the
+    same for every run: a random `holdout` fraction of the rows, chosen by a
+    permutation with seed SPLIT_SEED, is held out; labels follow their rows.
     """
     if name in TOYS:
         toy = TOYS[name]
@@ -179,9 +190,8 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
     elif name == "mnist1d":
         (x, y), shape = _mnist1d(), (40,)
     else:
-        x, y = read_array(name)
-        shape = (x.shape[1],)
-    perm = np.random.default_rng(seed).permutation(len(x))
+        x, y, shape = read_file(name)
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     n_hold = int(round(len(x) * holdout)) if len(x) >= 10 else 0
     if len(x) - n_hold < 2:
         raise InputError(f"--holdout {holdout:g} keeps {n_hold} of the {len(x)} rows of {name!r} aside and leaves "
@@ -245,8 +255,17 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read and validate a user's sample file: (N, d) float32 and optional labels.
+    """Read and validate a user's sample file: (N, d) float32 (images flattened) and optional labels."""
+    x, y, _ = read_file(path)
+    return x, y
 
+
+def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+    """Read and validate a user's sample file: (N, d) float32, optional labels (N,) int64, and
+    the event shape of one sample: (d,), or an image's (H, W) or (C, H, W).
+
+    Images are N×H×W or N×C×H×W arrays (C = 1 or 3) in a .npz (or .npy);
+    uint8 pixels are scaled to [0, 1], floats are kept as they are.
     Raises InputError with one line for everything DESIGN.md rejects.
     """
     path = Path(path)
@@ -280,7 +299,8 @@ def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return _validate(x, str(path)), _validate_labels(labels, len(x), str(path))
+    x, shape = _validate(x, str(path))
+    return x, _validate_labels(labels, len(x), str(path)), shape
 
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -325,14 +345,23 @@ def _is_float(text: str) -> bool:
         return False
 
 
-def _validate(x, where: str) -> np.ndarray:
+def _validate(x, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise InputError(f"data {where!r}: array of type {x.dtype} is not numeric")
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim != 2:
-        raise InputError(f"data {where!r}: expected a 2-D array (samples × features), got shape {x.shape}")
+    if x.ndim == 4 and x.shape[1] not in (1, 3):
+        hint = "; channels last? transpose to N×C×H×W" if x.shape[3] in (1, 3) else ""
+        raise InputError(f"data {where!r}: images must be N×H×W or N×C×H×W with C = 1 or 3, got shape {x.shape}{hint}")
+    if x.ndim not in (2, 3, 4):
+        raise InputError(f"data {where!r}: expected samples × features (2-D) or images N×H×W / N×C×H×W, got shape {x.shape}")
+    shape = tuple(int(s) for s in x.shape[1:])
+    if x.ndim > 2:
+        if min(shape[-2:]) < 4:
+            raise InputError(f"data {where!r}: images of {shape[-2]}×{shape[-1]} pixels are too small (at least 4×4)")
+        x = x.astype(np.float32) / 255 if x.dtype == np.uint8 else x
+        x = x.reshape(len(x), -1)
     if x.shape[1] == 0:
         raise InputError(f"data {where!r} has 0 columns")
     if x.shape[0] < 2:
@@ -350,7 +379,7 @@ def _validate(x, where: str) -> np.ndarray:
         raise InputError(f"data {where!r} has values too large for float32 (|x| > 3.4e38; {int(big.sum())} cells, "
                          f"first at row {row}, column {col}, counting from 0)")
     check_varies(x, where)
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x), shape
 
 
 def check_varies(x, where: str) -> None:
@@ -378,7 +407,13 @@ def duplicate_rows(x, y=None) -> int:
 def _validate_labels(y, n: int, where: str) -> np.ndarray | None:
     if y is None:
         return None
-    y = np.asarray(y).reshape(-1)
-    if y.shape[0] != n or y.dtype.kind not in "biu":
-        raise InputError(f"data {where!r}: labels 'y' must be {n} integers")
-    return y.astype(np.int64)
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise InputError(f"data {where!r}: labels 'y' must be one integer per row ({n}), got shape {y.shape}")
+    integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y))))
+    if not integral:
+        raise InputError(f"data {where!r}: labels 'y' must be integers, got {y.dtype} values such as {y.flat[0]!r}")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise InputError(f"data {where!r}: labels 'y' must be ≥ 0, found {int(y.min())}")
+    return y

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,17 @@ def _fresh_dir(base: str = "divgen-demo") -> Path:
     return path
 
 
-def run(out: Path | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
-    """Train the three demo runs under `out` and draw one figure; returns a summary."""
+def run(out: Path | None = None, quiet: bool = False, quick: bool = False, overwrite: bool = False) -> dict:
+    """Train the three demo runs under `out` and draw one figure; returns a summary.
+
+    `quick`: 20 steps per run, to check that everything runs (the fits are then meaningless).
+    """
     out = runs.prepare(out or _fresh_dir(), overwrite, files=DEMO_FILES, folders=())
+    configs = {name: replace(cfg, steps=20, checkpoint_every=20) if quick else cfg for name, cfg in RUNS.items()}
     results = {}
-    for i, (name, cfg) in enumerate(RUNS.items(), 1):
+    for i, (name, cfg) in enumerate(configs.items(), 1):
         if not quiet:
-            print(f"demo: run {i}/{len(RUNS)}: {name} ({cfg.model} on {cfg.data}) in {out / name}", file=sys.stderr, flush=True)
+            print(f"demo: run {i}/{len(configs)}: {name} ({cfg.model} on {cfg.data}) in {out / name}", file=sys.stderr, flush=True)
         results[name] = train(cfg, out / name, quiet=quiet, overwrite=overwrite)
     fits = {name: families.density_model(r.nets).params() for name, r in results.items() if families.density_model(r.nets)}
     mle = fit_mle(datasets.load("mog2d", n=RUNS["kl"].n_data, seed=RUNS["kl"].seed).train)

@@ -25,7 +25,7 @@ from torch import nn
 
 from divgen import divergences, objectives, recipes
 from divgen.errors import InputError
-from divgen.models import Critic, Standardize, critic_pair
+from divgen.models import MLPCritic, Standardize, critic_pair
 
 TESTS = ("c2st", "mmd")
 ESTIMATORS = ("critic", "knn")
@@ -97,7 +97,7 @@ def _halves(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2], perm[n // 2 :]
 
 
-def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU) -> Critic:
+def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation: type[nn.Module] = nn.SiLU) -> MLPCritic:
     """A fresh critic for samples like a and b (standardized by their pooled statistics), initialized from `seed`.
 
     SiLU, not ReLU, by default: log-density ratios are smooth (quadratic between
@@ -106,7 +106,7 @@ def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation:
     """
     with torch.random.fork_rng(devices=[]):  # global RNG untouched
         torch.manual_seed(seed)
-        return Critic(Standardize.of(a, b), width, depth, activation=activation)
+        return MLPCritic(Standardize.of(a, b), width, depth, activation=activation)
 
 
 @contextmanager
@@ -329,17 +329,22 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     return Estimate(name, value, lo, hi, "knn", len(a), len(b))
 
 
+# Ties the k-NN estimator tolerates: independent float32 samples of a continuous distribution
+# repeat a few values by rounding alone (2 in 10,000 draws of a 1-D normal); ties beyond this
+# fraction bias it (every row twice: KL 0.43 instead of 0; the same file twice: a negative KL).
+KNN_MAX_TIES = 0.01
+
+
 def _distinct_points(a: torch.Tensor, b: torch.Tensor) -> None:
-    """InputError if the k-NN estimator's distances would tie: a repeated row within A or B, or a row of A
-    that is also in B. Independent samples of continuous distributions have neither; with them the
-    estimate is biased (the same file twice gives a negative KL)."""
+    """InputError if the k-NN estimator's distances would tie for more than KNN_MAX_TIES of the rows:
+    rows repeated within A or B, or rows of A that are also in B."""
     from divgen.data import duplicate_rows
 
     for name, x in (("A", a), ("B", b)):
-        if k := duplicate_rows(x.numpy()):
+        if (k := duplicate_rows(x.numpy())) > KNN_MAX_TIES * len(x):
             raise InputError(f"--method knn: samples {name} repeat {k} of their {len(x)} rows; k-NN distances need "
                              "distinct points (a continuous distribution): remove duplicates or use --method critic")
-    if k := duplicate_rows(a.numpy(), b.numpy()):
+    if (k := duplicate_rows(a.numpy(), b.numpy())) > KNN_MAX_TIES * len(a):
         raise InputError(f"--method knn: {k} rows of A also occur in B; the k-NN estimator needs two independent "
                          "samples (the same file twice gives a biased estimate): use --method critic or another sample")
 
@@ -545,8 +550,22 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     if ds.modes is not None and ds.mode_std is not None:
         samples = families.draw(nets, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
         result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std))
+    result.update(_model_metrics(ds, nets, families.FAMILIES[cfg.model], seed, quiet))
     runs.write_json(run / "eval.json", result)
     return result
+
+
+def _model_metrics(ds, nets, family, seed: int, quiet: bool) -> dict:
+    """Labelled data: the data set's classifier's metrics. Latent-variable likelihood models: ELBO and IWAE."""
+    from divgen import metrics
+
+    out = {"classifier_metrics": None, "likelihood": None}
+    if ds.n_classes and len(ds.holdout) >= MIN_SAMPLES:
+        out["classifier_metrics"] = metrics.image_metrics(ds, nets, seed=seed, quiet=quiet)
+    if family.recipe == "elbo":
+        y = ds.holdout_labels if family.conditional else None
+        out["likelihood"] = asdict(metrics.likelihood_bounds(nets, ds.holdout, y, seed=seed))
+    return out
 
 
 def report(result: dict) -> str:
@@ -566,4 +585,21 @@ def report(result: dict) -> str:
     if m:
         parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram"],
                               [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%", f"{m['reverse_kl']:.4f}"]], "rrr"))
+    c = result.get("classifier_metrics")
+    if c:
+        f, p, pt, k = c["frechet"], c["prdc"], c["prdc_train_vs_test"], c["classes"]
+        rows = [["Fréchet distance to the test split", f"{f['model_vs_test']:.3f}", f"{f['train_vs_test']:.3f}"],
+                *[[name, f"{p[name]:.3f}", f"{pt[name]:.3f}"] for name in ("precision", "recall", "density", "coverage")],
+                ["classes covered", f"{k['covered']} / {k['n_classes']}", ""],
+                ["KL(generated labels ‖ training labels)", f"{k['kl']:.4f}", ""]]
+        if c["conditional_accuracy"] is not None:
+            rows.append(["conditional accuracy", f"{100 * c['conditional_accuracy']:.1f}%", ""])
+        parts.append(f"in the feature space of a classifier trained on the training split (held-out accuracy "
+                     f"{100 * c['classifier']['test_accuracy']:.1f}%), {f['n']} samples each:\n"
+                     + markdown(["classifier metric", "model", "real train vs test"], rows))
+    lb = result.get("likelihood")
+    if lb:
+        parts.append(markdown(["held-out bound", "nats per sample", "bits per dimension"],
+                              [["ELBO", f"{lb['elbo']:.3f}", f"{lb['elbo_bits_per_dim']:.4f}"],
+                               [f"IWAE, k = {lb['k']}", f"{lb['iwae']:.3f}", f"{lb['iwae_bits_per_dim']:.4f}"]]))
     return "\n\n".join(parts)

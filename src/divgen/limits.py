@@ -163,35 +163,71 @@ BYTES_PER_PARAMETER = 6 * FLOAT32
 ACTIVATION_COPIES = 6
 
 
-def network_sizes(cfg, dim: int) -> dict[str, int]:
-    """Parameters of the generator and the critic as MLPs (families.py), by the flags that set them."""
+def _chw(event_shape) -> tuple[int, int, int] | None:
+    """(C, H, W) of image data ((H, W) or (C, H, W) with C ∈ {1, 3}), None for vectors."""
+    shape = tuple(event_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return shape
+    return None
+
+
+def network_sizes(cfg, event_shape, networks: int = 2) -> dict[str, int]:
+    """Parameters of a family's `networks` (the generator first, then the critic and/or an encoder),
+    by the flags that set them, as models.py builds them: MLPs of `--width` × `--depth` for vectors,
+    the conv nets of max(4, width/4) channels (three conv layers each) for images."""
     w, depth, z = cfg.width, cfg.depth, cfg.noise_dim
+    others = networks - 1
+    chw = _chw(event_shape)
+    if chw is None:
+        (d,) = (math.prod(event_shape),)
+        return {
+            f"--noise-dim {z}": z * w + w + others * (w * z + z),  # the generator's input, an encoder's output
+            f"--width {w} --depth {depth}": networks * (depth - 1) * (w * w + w),  # hidden layers
+            f"--width {w}": (w * d + d) + others * (d * w + 2 * w + 1),  # data-sized layers, critic output
+        }
+    c_in, h, wd = chw
+    c = max(4, w // 4)
+    grid = 2 * c * math.ceil(h / 4) * math.ceil(wd / 4)  # the coarsest feature map: the generator's start
     return {
-        f"--noise-dim {z}": z * w + w,  # the generator's input layer
-        f"--width {w} --depth {depth}": 2 * (depth - 1) * (w * w + w),  # hidden layers, generator and critic
-        f"--width {w}": 2 * w * dim + dim + 2 * w + 1,  # the generator's output layer, the critic's input and output
+        f"--noise-dim {z}": (z + 1) * grid + others * (grid + 1) * 2 * z,
+        f"--width {w}": (27 * c * c + 9 * c * c_in) + others * (9 * c_in * c + 96 * c * c + grid + 1),
     }
 
 
-def training_memory(cfg, dim: int, n_rows: int) -> list[tuple[str, float]]:
-    """Memory of a training run (bytes by flag): networks and optimizer state, a batch's activations
-    (the critic sees real and generated samples), the noise drawn ahead, the data."""
-    b, z, w, depth = cfg.batch_size, cfg.noise_dim, cfg.width, cfg.depth
-    terms = [(flag, n * BYTES_PER_PARAMETER) for flag, n in network_sizes(cfg, dim).items()]
-    act = ACTIVATION_COPIES * FLOAT32 * b  # per unit: the generator's on b samples, the critic's on 2b
-    terms += [(f"--batch-size {b} --width {w} --depth {depth}", act * 3 * depth * w),
-              (f"--batch-size {b} --noise-dim {z}", act * z + FLOAT32 * b * z + (8 << 20)),  # + Stream's draws ahead
-              (f"--batch-size {b}", act * (3 * dim + 2))]
-    terms.append((f"--n-data {n_rows}", FLOAT32 * n_rows * dim))
+def activation_units(cfg, event_shape, networks: int = 2) -> dict[str, int]:
+    """Values one sample leaves in the networks' layers (kept for the backward pass), by flag; every
+    network but the generator sees twice the batch (the critic: real and generated samples)."""
+    w, depth, z = cfg.width, cfg.depth, cfg.noise_dim
+    weight = 1 + 2 * (networks - 1)
+    chw = _chw(event_shape)
+    if chw is None:
+        d = math.prod(event_shape)
+        return {f"--width {w} --depth {depth}": 2 * weight * depth * w, f"--noise-dim {z}": z, "": weight * (d + 1)}
+    c_in, h, wd = chw
+    c = max(4, w // 4)
+    return {f"--width {w}": h * wd * (8 * c + (weight - 1) * 4 * c), f"--noise-dim {z}": z, "": weight * h * wd * c_in}
+
+
+def training_memory(cfg, event_shape, n_rows: int, networks: int = 2) -> list[tuple[str, float]]:
+    """Memory of a training run (bytes by flag): networks and optimizer state, a batch's activations,
+    the noise drawn ahead, the data."""
+    b, z = cfg.batch_size, cfg.noise_dim
+    terms = [(flag, n * BYTES_PER_PARAMETER) for flag, n in network_sizes(cfg, event_shape, networks).items()]
+    act = ACTIVATION_COPIES * FLOAT32 * b
+    terms += [(f"--batch-size {b} {flag}".strip(), act * n) for flag, n in activation_units(cfg, event_shape, networks).items()]
+    terms.append((f"--batch-size {b} --noise-dim {z}", FLOAT32 * b * z + (8 << 20)))  # Stream's noise drawn ahead
+    terms.append((f"--n-data {n_rows}", FLOAT32 * n_rows * math.prod(event_shape)))
     return terms
 
 
-def training_disk(cfg, dim: int) -> list[tuple[str, float]]:
+def training_disk(cfg, event_shape, networks: int = 2) -> list[tuple[str, float]]:
     """Disk space of a run directory: checkpoints (networks and Adam state, one more while one is
     written) and samples.npy."""
-    params = sum(network_sizes(cfg, dim).values())
+    params = sum(network_sizes(cfg, event_shape, networks).values())
     return [(f"--keep-checkpoints {cfg.keep_checkpoints}", (cfg.keep_checkpoints + 1) * 3 * FLOAT32 * params),
-            (f"--n-samples {cfg.n_samples}", FLOAT32 * cfg.n_samples * dim)]
+            (f"--n-samples {cfg.n_samples}", FLOAT32 * cfg.n_samples * math.prod(event_shape))]
 
 
 def mmd_test_memory(n: int, m: int, permutations: int) -> list[tuple[str, float]]:

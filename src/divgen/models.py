@@ -1,8 +1,18 @@
-"""Networks and parametric models: nn.Modules that map tensors to tensors."""
+"""Networks and parametric models: nn.Modules that map tensors to tensors.
+
+Samples are flat everywhere outside this file, (B, d) with d = prod(event
+shape); the convolutional networks reshape to (B, C, H, W) inside. Labels are
+int64 (B,), latent codes float (B, k). Every network sees its data through the
+data's own statistics (Standardize on the way in, an Affine or Squash map on
+the way out), so data of any scale trains with the same learning rates.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import MultivariateNormal
 
@@ -15,11 +25,37 @@ def mlp(in_dim: int, out_dim: int, width: int, depth: int, spectral_norm: bool =
     for a, b in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(a, b), activation()]
     layers.append(nn.Linear(dims[-1], out_dim))
-    if spectral_norm:
-        layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Linear) else m for m in layers]
-    return nn.Sequential(*layers)
+    return _spectral(nn.Sequential(*layers), spectral_norm)
 
 
+def _spectral(module: nn.Module, on: bool) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) of every linear, conv and embedding layer, if `on`."""
+    if on:
+        for name, child in list(module.named_children()):
+            if isinstance(child, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
+            else:
+                _spectral(child, True)
+    return module
+
+
+def floored_std(x: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """Per-coordinate sd of x (N, d), with 1 where it is below `floor` (or undefined)."""
+    std = x.std(0) if len(x) > 1 else torch.ones(x.shape[1], dtype=x.dtype)
+    return torch.where(std > floor, std, torch.ones_like(std))
+
+
+def image_chw(event_shape) -> tuple[int, int, int]:
+    """(C, H, W) of an image event shape (H, W) or (C, H, W)."""
+    shape = tuple(event_shape)
+    return (1, *shape) if len(shape) == 2 else shape
+
+
+def one_hot(y: torch.Tensor, n_classes: int, dtype=torch.float32) -> torch.Tensor:
+    return F.one_hot(y, n_classes).to(dtype)
+
+
+# ------------------------------------------------------------------ maps ---
 class Standardize(nn.Module):
     """x ↦ (x − mean)/std with the data's statistics, kept as buffers."""
 
@@ -32,9 +68,15 @@ class Standardize(nn.Module):
         self.register_buffer("shift", -mean / std)
 
     @classmethod
-    def of(cls, *samples: torch.Tensor) -> "Standardize":
-        """The scaler of the pooled samples (N, d); a constant coordinate gets sd 1, not 0."""
+    def of(cls, *samples: torch.Tensor, pooled: bool = False) -> "Standardize":
+        """The scaler of the pooled samples (N, d); a constant coordinate gets sd 1, not 0.
+
+        `pooled`: one mean and one sd for all coordinates (images: every pixel alike).
+        """
         x = torch.cat(samples)
+        if pooled:
+            flat = x.reshape(-1, 1)
+            return cls(flat.mean(0).expand(x.shape[1]).clone(), floored_std(flat).expand(x.shape[1]).clone())
         return cls(x.mean(0), floored_std(x))
 
     def forward(self, x):  # (x − mean)/std as one fused multiply-add
@@ -44,23 +86,106 @@ class Standardize(nn.Module):
         return torch.addcmul(self.mean, x, self.std)
 
 
-def floored_std(x: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
-    """Per-coordinate sd of x (N, d), with 1 where it is below `floor` (or undefined)."""
-    std = x.std(0) if len(x) > 1 else torch.ones(x.shape[1], dtype=x.dtype)
-    return torch.where(std > floor, std, torch.ones_like(std))
+class Unstandardize(nn.Module):
+    """h ↦ h·std + mean: a network's output in the data's units."""
 
-
-class MLPGenerator(nn.Module):
-    """x = G(z), z ~ N(0, I_noise_dim); the network works in standardized units."""
-
-    def __init__(self, noise_dim: int, scaler: Standardize, width: int, depth: int):
+    def __init__(self, scaler: Standardize):
         super().__init__()
-        self.noise_dim = noise_dim
-        self.net = mlp(noise_dim, scaler.mean.shape[0], width, depth)
         self.scaler = scaler
 
-    def forward(self, z, y=None):  # (B, noise_dim) -> (B, d)
-        return self.scaler.inverse(self.net(z))
+    def forward(self, h):
+        return self.scaler.inverse(h)
+
+
+class Squash(nn.Module):
+    """h ↦ lo + (hi − lo)·σ(h): outputs inside the data's range (images: [0, 1] pixels)."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.register_buffer("lo", torch.tensor(float(lo)))
+        self.register_buffer("span", torch.tensor(float(hi - lo)))
+
+    def forward(self, h):
+        return torch.addcmul(self.lo, torch.sigmoid(h), self.span)
+
+
+# ----------------------------------------------------------------- bodies ---
+class ConvUp(nn.Module):
+    """(B, k) -> (B, C·H·W): a linear map to a (2w, ⌈H/4⌉, ⌈W/4⌉) grid, two ×2 upsampling
+    3×3 conv blocks, a 3×3 conv to C channels, cropped to (H, W). No normalization
+    layers: samples do not depend on the batch, nor on train/eval mode."""
+
+    def __init__(self, in_dim: int, event_shape, width: int):
+        super().__init__()
+        self.chw = image_chw(event_shape)
+        c, h, w = self.chw
+        self.grid = (2 * width, math.ceil(h / 4), math.ceil(w / 4))
+        self.fc = nn.Linear(in_dim, math.prod(self.grid))
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(2 * width, width, 3, padding=1),
+            nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(width, c, 3, padding=1),
+        )
+
+    def forward(self, z):  # (B, k) -> (B, C·H·W)
+        c, h, w = self.chw
+        out = self.body(self.fc(z).view(-1, *self.grid))  # (B, C, 4⌈H/4⌉, 4⌈W/4⌉)
+        return out[:, :, :h, :w].reshape(len(z), -1)
+
+
+class ConvDown(nn.Module):
+    """(B, C·H·W) -> (B, F): a 3×3 conv, then two 4×4 stride-2 convs, LeakyReLU(0.2); the features."""
+
+    def __init__(self, event_shape, width: int):
+        super().__init__()
+        self.chw = image_chw(event_shape)
+        c = self.chw[0]
+        self.body = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            self.features = self.body(torch.zeros(1, *self.chw)).shape[1]
+
+    def forward(self, x):  # (B, C·H·W) -> (B, F)
+        return self.body(x.view(-1, *self.chw))
+
+
+# -------------------------------------------------------------- generators ---
+class Generator(nn.Module):
+    """x = out(body([z, one-hot y])): noise z ~ N(0, I) (and a label, for a conditional model) to samples (B, d).
+
+    A conditional generator keeps the training labels' frequencies in
+    `class_probs`, from which it draws labels when none are given.
+    """
+
+    def __init__(self, body: nn.Module, out: nn.Module, noise_dim: int, n_classes: int = 0,
+                 class_probs: torch.Tensor | None = None):
+        super().__init__()
+        self.body, self.out, self.noise_dim, self.n_classes = body, out, noise_dim, n_classes
+        if n_classes:
+            probs = class_probs if class_probs is not None else torch.full((n_classes,), 1.0 / n_classes)
+            self.register_buffer("class_probs", probs.clone().float())
+
+    def forward(self, z, y=None):  # (B, noise_dim), (B,) -> (B, d)
+        if self.n_classes:
+            z = torch.cat([z, one_hot(y, self.n_classes, z.dtype)], dim=1)
+        return self.out(self.body(z))
+
+
+def MLPGenerator(noise_dim: int, scaler: Standardize, width: int, depth: int, n_classes: int = 0,
+                 class_probs: torch.Tensor | None = None) -> Generator:
+    """An MLP generator in the data's units (the network works in standardized units)."""
+    return Generator(mlp(noise_dim + n_classes, scaler.mean.shape[0], width, depth), Unstandardize(scaler),
+                     noise_dim, n_classes, class_probs)
+
+
+def ConvGenerator(noise_dim: int, event_shape, width: int, lo: float, hi: float, n_classes: int = 0,
+                  class_probs: torch.Tensor | None = None) -> Generator:
+    """A convolutional image generator whose pixels stay inside the data's range [lo, hi]."""
+    return Generator(ConvUp(noise_dim + n_classes, event_shape, width), Squash(lo, hi), noise_dim, n_classes, class_probs)
 
 
 class GaussianModel(nn.Module):
@@ -74,6 +199,7 @@ class GaussianModel(nn.Module):
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.noise_dim = mean.shape[0]
+        self.n_classes = 0
         self.mean = nn.Parameter(mean.clone())
         self.tril = nn.Parameter(torch.zeros(self.noise_dim, self.noise_dim))
         # softplus(raw) = std on the diagonal at the start
@@ -98,26 +224,158 @@ class GaussianModel(nn.Module):
         return {"mean": self.mean.detach().tolist(), "cov": (L @ L.T).tolist()}
 
 
-class Critic(nn.Module):
+# ----------------------------------------------------------------- critics ---
+class MLPCritic(nn.Module):
     """The raw critic output V(x) or V(x, c) ∈ ℝ, shape (B,).
 
-    `cond_dim` > 0: the critic also sees a condition c (B, cond_dim), concatenated
-    to the standardized x: one-hot labels (conditional GAN) or latent codes (BiGAN).
+    The condition c is concatenated to the standardized x: one-hot labels
+    (`n_classes`, a conditional GAN) or latent codes (`latent_dim`, BiGAN).
     """
 
     def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False,
-                 activation: type[nn.Module] = nn.ReLU, cond_dim: int = 0):
+                 activation: type[nn.Module] = nn.ReLU, n_classes: int = 0, latent_dim: int = 0):
         super().__init__()
-        self.scaler = scaler
-        self.net = mlp(scaler.mean.shape[0] + cond_dim, 1, width, depth, spectral_norm, activation)
+        self.scaler, self.n_classes = scaler, n_classes
+        self.net = mlp(scaler.mean.shape[0] + n_classes + latent_dim, 1, width, depth, spectral_norm, activation)
 
-    def forward(self, x, c=None):  # (B, d), (B, cond_dim) -> (B,), float32 even under bf16 autocast
+    def forward(self, x, c=None):  # (B, d), (B,) or (B, k) -> (B,), float32 even under bf16 autocast
         h = self.scaler(x)
         if c is not None:
-            h = torch.cat([h, c.to(h.dtype)], dim=1)
+            c = one_hot(c, self.n_classes, h.dtype) if self.n_classes else c.to(h.dtype)
+            h = torch.cat([h, c], dim=1)
         return self.net(h).squeeze(-1).float()
 
 
+class ConvCritic(nn.Module):
+    """V(x), V(x, y) or V(x, z) for images, shape (B,).
+
+    Labels enter by projection (Miyato & Koyama 2018): V = ψ(φ(x)) + ⟨e_y, φ(x)⟩
+    with φ the conv features and e_y a learned class embedding. Latent codes
+    (BiGAN) are concatenated to φ(x) before a small MLP head.
+    """
+
+    def __init__(self, scaler: Standardize, event_shape, width: int, spectral_norm: bool = False,
+                 n_classes: int = 0, latent_dim: int = 0):
+        super().__init__()
+        self.scaler, self.n_classes, self.latent_dim = scaler, n_classes, latent_dim
+        self.features = ConvDown(event_shape, width)
+        f = self.features.features
+        self.head = mlp(f + latent_dim, 1, 2 * width, 1, activation=nn.LeakyReLU) if latent_dim else nn.Linear(f, 1)
+        if n_classes:
+            self.embed = nn.Embedding(n_classes, f)
+            nn.init.normal_(self.embed.weight, std=0.02)
+        _spectral(self, spectral_norm)
+
+    def forward(self, x, c=None):  # (B, d) -> (B,)
+        phi = self.features(self.scaler(x))  # (B, F)
+        if self.latent_dim:
+            return self.head(torch.cat([phi, c.to(phi.dtype)], dim=1)).squeeze(-1).float()
+        out = self.head(phi).squeeze(-1)
+        if self.n_classes:
+            out = out + (self.embed(c) * phi).sum(1)
+        return out.float()
+
+
+# ---------------------------------------------------------------- encoders ---
+class Encoder(nn.Module):
+    """Codes of samples: E(x) (BiGAN) or the parameters of q(z | x[, y]) (VAE).
+
+    `body` maps standardized x (B, d) to features (B, F); labels (CVAE) are
+    concatenated to the features; a linear head gives the code (B, k), or
+    (mean, log-variance) of a diagonal Gaussian when `gaussian`.
+    """
+
+    def __init__(self, scaler: Standardize, body: nn.Module, features: int, latent_dim: int, n_classes: int = 0,
+                 gaussian: bool = False):
+        super().__init__()
+        self.scaler, self.body, self.n_classes, self.gaussian = scaler, body, n_classes, gaussian
+        self.latent_dim = latent_dim
+        self.head = nn.Linear(features + n_classes, latent_dim * (2 if gaussian else 1))
+
+    def forward(self, x, y=None):  # (B, d) -> (B, k), or ((B, k), (B, k))
+        h = self.body(self.scaler(x))
+        if self.n_classes:
+            h = torch.cat([h, one_hot(y, self.n_classes, h.dtype)], dim=1)
+        out = self.head(h)
+        if not self.gaussian:
+            return out
+        mean, log_var = out.chunk(2, dim=1)
+        return mean, log_var.clamp(-12.0, 8.0)  # σ between e^-6 and e^4: no overflow in exp
+
+    def code(self, x, y=None):
+        """The code of each sample: E(x), or the posterior mean of a Gaussian encoder."""
+        out = self(x, y)
+        return out[0] if self.gaussian else out
+
+
+def mlp_encoder(scaler: Standardize, width: int, depth: int, latent_dim: int, n_classes: int = 0,
+                gaussian: bool = False) -> Encoder:
+    body = nn.Sequential(mlp(scaler.mean.shape[0], width, width, depth - 1), nn.ReLU())
+    return Encoder(scaler, body, width, latent_dim, n_classes, gaussian)
+
+
+def conv_encoder(scaler: Standardize, event_shape, width: int, latent_dim: int, n_classes: int = 0,
+                 gaussian: bool = False) -> Encoder:
+    body = ConvDown(event_shape, width)
+    return Encoder(scaler, body, body.features, latent_dim, n_classes, gaussian)
+
+
+# ---------------------------------------------------------------- decoders ---
+class Decoder(nn.Module):
+    """p(x | z[, y]) of a VAE, and its sampler.
+
+    `bernoulli`: p(x | z) = Π Bernoulli(x_i; σ(h_i)), for data in [0, 1]
+    (grey levels are used as soft targets); samples are the means σ(h).
+    `gaussian`: p(x | z) = N(x; μ(z), diag σ²) with μ in the data's units and a
+    learned σ per coordinate; samples are μ + σ·ε, the extra noise ε taking the
+    last d coordinates of the generator's noise, so `noise_dim` = latent + d.
+    """
+
+    def __init__(self, body: nn.Module, latent_dim: int, likelihood: str, scaler: Standardize, n_classes: int = 0,
+                 class_probs: torch.Tensor | None = None):
+        super().__init__()
+        self.body, self.latent_dim, self.likelihood, self.n_classes = body, latent_dim, likelihood, n_classes
+        self.scaler = scaler
+        d = scaler.mean.shape[0]
+        self.noise_dim = latent_dim + (d if likelihood == "gaussian" else 0)
+        if likelihood == "gaussian":
+            # start at a tenth of the data's spread; never below 1e-3 of it
+            self.log_sigma = nn.Parameter(torch.log(scaler.std * 0.1))
+            self.register_buffer("log_sigma_min", torch.log(scaler.std * 1e-3))
+        if n_classes:
+            probs = class_probs if class_probs is not None else torch.full((n_classes,), 1.0 / n_classes)
+            self.register_buffer("class_probs", probs.clone().float())
+
+    def _h(self, z, y):
+        if self.n_classes:
+            z = torch.cat([z, one_hot(y, self.n_classes, z.dtype)], dim=1)
+        return self.body(z)
+
+    def sigma(self) -> torch.Tensor:
+        return torch.maximum(self.log_sigma, self.log_sigma_min).exp()
+
+    def log_likelihood(self, x, z, y=None) -> torch.Tensor:
+        """log p(x | z, y) summed over coordinates, (B,); z (B, latent) or (S, B, latent) with x broadcast."""
+        h = self._h(z.reshape(-1, z.shape[-1]), None if y is None else y.expand(*z.shape[:-1]).reshape(-1))
+        h = h.reshape(*z.shape[:-1], -1)
+        if self.likelihood == "bernoulli":
+            # log σ(h) for x = 1 and log σ(−h) for x = 0, as −BCE with logits (stable for any h)
+            return -F.binary_cross_entropy_with_logits(h, x.expand_as(h), reduction="none").sum(-1)
+        mean, log_sigma = self.scaler.inverse(h), torch.maximum(self.log_sigma, self.log_sigma_min)
+        return (-0.5 * ((x - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def forward(self, z, y=None):  # samples (B, d) from noise (B, noise_dim)
+        h = self._h(z[:, : self.latent_dim], y)
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(h)
+        return torch.addcmul(self.scaler.inverse(h), z[:, self.latent_dim :], self.sigma())
+
+
+def mlp_decoder_body(latent_dim: int, n_classes: int, d: int, width: int, depth: int) -> nn.Module:
+    return mlp(latent_dim + n_classes, d, width, depth)
+
+
+# ------------------------------------------------------------------ utils ---
 Views = tuple[torch.Tensor, ...]  # what a critic sees of one batch: (x,), (x, labels) or (x, z)
 
 

@@ -109,6 +109,11 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d.median().clamp(min=1e-6) if len(d) else torch.tensor(1.0)
 
 
+def gaussian_kl_to_standard(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²) per row, (B,)."""
+    return 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(-1)
+
+
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: torch.Tensor | float) -> torch.Tensor:
     """k(a, b) = exp(−‖a − b‖² / (2h²)) for every pair of rows of x (N, d) and y (M, d): (N, M)."""
     gamma = 1.0 / (2 * torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device) ** 2)

@@ -82,8 +82,9 @@ def draw_samples(ax, data: torch.Tensor, samples: torch.Tensor, density=None, cr
 
 def is_image(event_shape) -> bool:
     """(H, W) or (C, H, W) with C ∈ {1, 3}: shown as pictures."""
-    shape = tuple(event_shape)
-    return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
+    from divgen.data import Spec
+
+    return bool(tuple(event_shape)) and Spec(tuple(event_shape)).image
 
 
 def mosaic(images: np.ndarray, event_shape, rows: int, cols: int) -> np.ndarray:
@@ -125,11 +126,30 @@ def image_panels(axes, panels: list[tuple[str, np.ndarray]], event_shape, rows: 
         ax.axis("off")
 
 
+def by_class(x: torch.Tensor, labels: torch.Tensor, classes: list[int], per: int) -> np.ndarray:
+    """`per` rows of x for each class in turn (fewer if a class has fewer), as one (len(classes)·per, d) array."""
+    out = np.zeros((len(classes) * per, x.shape[1]), dtype=np.float32)
+    for i, k in enumerate(classes):
+        rows = x[labels == k][:per].numpy()
+        out[i * per : i * per + len(rows)] = rows
+    return out
+
+
 def samples_figure(path: Path, data: torch.Tensor, samples: torch.Tensor, density=None, critic=None, title: str = "",
-                   event_shape=()) -> None:
-    """samples.png: scatter/histogram, image grids (e.g. 8×8 digits), or signals for long vectors."""
+                   event_shape=(), data_labels=None, samples_by_class: dict | None = None) -> None:
+    """samples.png: scatter/histogram, image grids (e.g. 8×8 digits), or signals for long vectors.
+
+    A conditional image model (`samples_by_class`: class -> samples) gets one class per row,
+    beside the data's own rows of the same classes.
+    """
     d = data.shape[1]
-    if is_image(event_shape):
+    if is_image(event_shape) and samples_by_class:
+        classes, per = sorted(samples_by_class), 8
+        fig, axes = subplots(1, 2, 9, 0.6 * len(classes) + 1.2)
+        model = np.concatenate([samples_by_class[k][:per].numpy() for k in classes])
+        image_panels(axes[0], [("data, one class per row", by_class(data, data_labels, classes, per)),
+                               ("model, one class per row", model)], event_shape, rows=len(classes), cols=per)
+    elif is_image(event_shape):
         fig, axes = subplots(1, 2, 9, 4.8)
         image_panels(axes[0], [("data", data[:64].numpy()), ("model", samples[:64].numpy())], event_shape)
     elif d >= 16:  # long vectors: draw them as signals

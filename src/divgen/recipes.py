@@ -61,8 +61,8 @@ class Recipe:
     # with a critic: pure functions of critic outputs V, (B,) each
     critic_loss: Callable[[Tensor, Tensor], Tensor] | None = None  # (v_real, v_fake) -> loss; estimate = −loss
     generator_loss: Callable[[Tensor | None, Tensor], Tensor] | None = None  # (v_real or None, v_fake) -> loss
-    # without a critic: a loss of the samples themselves, which is also the estimate
-    sample_loss: Callable[[Tensor, Tensor], Tensor] | None = None  # (x_real, x_fake) -> loss
+    # without a critic: a loss of the data batch and the model, which is also the estimate
+    sample_loss: Callable | None = None  # (nets, view, real: Batch, z: noise) -> loss
     critic_t: Callable[[Tensor], Tensor] | None = None  # T as a function of the raw output V (figures)
     penalty: Penalty | None = None
     constrain: Callable[[nn.Module], None] | None = None  # applied to the critic after each of its steps
@@ -124,8 +124,24 @@ def _mmd(name: str, cfg, x_train: Tensor) -> Recipe:
     return Recipe(
         name=name, kind="mmd",
         estimate="unbiased MMD²(P, Q) of the batch, Gaussian kernel with the median-heuristic bandwidth",
-        sample_loss=lambda x_real, x_fake: objectives.mmd2_unbiased(x_real, x_fake, h),
+        sample_loss=lambda nets, view, real, z: objectives.mmd2_unbiased(real.x, view.fake(nets, z, real.y)[0], h),
     )
+
+
+def _elbo(name: str, cfg, x_train: Tensor) -> Recipe:
+    """The VAE's objective (Kingma & Welling 2014): maximize the evidence lower bound
+    E_q[log p(x | z)] − KL(q(z | x) ‖ N(0, I)) ≤ log p(x), i.e. approximate maximum
+    likelihood, which minimizes KL(P‖Q). The reparametrized z = μ + σ·ε takes its ε
+    from the loop's noise stream, so runs reproduce and resume bit for bit."""
+
+    def loss(nets, view, real, z):
+        mean, log_var = nets["encoder"](real.x, real.y)
+        eps = z[:, : mean.shape[1]]
+        code = torch.addcmul(mean, torch.exp(0.5 * log_var), eps)
+        log_px = nets["generator"].log_likelihood(real.x, code, real.y)
+        return (objectives.gaussian_kl_to_standard(mean, log_var) - log_px).mean()
+
+    return Recipe(name=name, kind="elbo", estimate="−ELBO of the batch, nats per sample (≥ −log q(x))", sample_loss=loss)
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,8 @@ TABLE: dict[str, Row] = {
     "mmd": Row(_mmd, None),
 }
 NAMES = divergences.F_DIVERGENCES + tuple(TABLE)
+# Objectives that a model family names itself (families.Family.recipe), whatever the divergence.
+BY_FAMILY: dict[str, Row] = {"elbo": Row(_elbo, "classifier")}
 # Every run is evaluated by these besides its own divergence (evaluate.py).
 EVALUATED = ("js", "wasserstein")
 
@@ -164,5 +182,8 @@ def check_name(name: str) -> str:
 
 
 def build(cfg, x_train: Tensor) -> Recipe:
-    """The recipe of cfg.divergence with the run's settings (a resolved Config)."""
-    return row(cfg.divergence).make(cfg.divergence, cfg, x_train)
+    """The recipe of the run (a resolved Config): its family's own objective, or cfg.divergence's."""
+    from divgen.families import FAMILIES
+
+    own = FAMILIES[cfg.model].recipe
+    return (BY_FAMILY[own] if own else row(cfg.divergence)).make(cfg.divergence, cfg, x_train)

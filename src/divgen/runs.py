@@ -101,8 +101,9 @@ def read_run_config(run: Path):
     from divgen.config import Config, resolve
 
     where = str(Path(run) / CONFIG)
+    raw = read_config(run)
     try:
-        return resolve(Config.from_dict(read_config(run), where))
+        return resolve(Config.from_dict(raw, where))
     except InputError as e:
         raise InputError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
@@ -137,12 +138,16 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(exist_ok=True)
-    path = folder / f"step-{step:08d}.pt"
-    state = {"step": step, **state}
-    atomic_write(path, lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
+    path = save_checkpoint_file(folder / f"step-{step:08d}.pt", {"step": step, **state})
     for old in checkpoints(run)[:-keep]:
         old.unlink()
     return path
+
+
+def save_checkpoint_file(path: Path, state: dict) -> Path:
+    """Write `state` (a dict with a "step") atomically with its SHA-256 digest; load_checkpoint reads it."""
+    atomic_write(Path(path), lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
+    return Path(path)
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -150,8 +155,9 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted((Path(run) / CHECKPOINTS).glob("step-*.pt"))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged or unsafe."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged or unsafe,
+    or if it lacks any of `keys`."""
     try:
         with warnings.catch_warnings():  # torch warns about unusual pickles; the outcome is reported below
             warnings.simplefilter("ignore")
@@ -163,7 +169,7 @@ def load_checkpoint(path: Path) -> dict:
         else:
             reason = one_line(next((line for line in text.splitlines() if line.strip()), type(e).__name__), 160)
         raise InputError(f"checkpoint {str(path)!r} is corrupt or unsafe: {reason}") from None
-    if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= set(state) or not isinstance(state["nets"], dict):
+    if not isinstance(state, dict) or not {"step", "sha256", *keys} <= set(state):
         raise InputError(f"checkpoint {str(path)!r} is not a divgen checkpoint")
     digest = state.pop("sha256")
     if digest != _digest(state):
@@ -185,7 +191,9 @@ def latest_checkpoint(run: Path, set_aside: bool = False, warn_damaged: bool = T
     damaged = []
     for path in reversed(found):
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, CHECKPOINT_KEYS)
+            if not isinstance(state["nets"], dict):
+                raise InputError(f"checkpoint {str(path)!r} is not a divgen checkpoint")
         except InputError as e:
             damaged.append((path, e))
             continue
@@ -413,7 +421,7 @@ def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
     """samples.npy (streamed), the figures, and params.json for a density model."""
     from divgen import families, sample_files
 
-    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, (ds.dim,), quiet, flag="--n-samples")
+    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, (ds.dim,), quiet=quiet, flag="--n-samples")
     samples = families.draw(nets, min(cfg.n_samples, 2000), cfg.seed + 1)  # the first rows of samples.npy, for the figures
     model = families.density_model(nets)
     if model is not None:
@@ -430,9 +438,37 @@ def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
     from divgen import plots
 
     title = f"{cfg.divergence} · {cfg.model} on {Path(cfg.data).name}"
+    per_class = None
+    if nets["generator"].n_classes and ds.spec.image:
+        present = sorted(set(ds.train_labels.tolist()))
+        per_class = {k: families.draw(nets, 8, cfg.seed + 2 + k, label=k) for k in present}
     plots.samples_figure(out / "samples.png", ds.train, samples, density=ds.density, critic=critic_t, title=title,
-                         event_shape=ds.event_shape)
+                         event_shape=ds.event_shape, data_labels=ds.train_labels, samples_by_class=per_class)
     plots.losses_figure(out / "losses.png", read_metrics(out), title=f"{cfg.divergence} on {Path(cfg.data).name}")
+
+
+def encode(trained, x, y, event_shape) -> torch.Tensor:
+    """Codes (N, k) of samples x (N, d) by a trained model's encoder: E(x) for a BiGAN, the
+    posterior mean for a VAE; a conditional encoder needs the labels y."""
+    nets, cfg = trained.nets, trained.config
+    if "encoder" not in nets:
+        raise InputError(f"run {str(trained.run)!r} ({cfg.model}) has no encoder; train --model bigan, vae or cvae")
+    state = latest_checkpoint(trained.run)
+    expected = tuple(state["data"]["event_shape"])
+    if tuple(event_shape) != expected:
+        raise InputError(f"samples of shape {tuple(event_shape)}, but the model was trained on {expected}")
+    encoder = nets["encoder"]
+    labels = None
+    if encoder.n_classes:
+        if y is None:
+            raise InputError(f"--model {cfg.model} encodes (x, y): give a .npz with the labels 'y'")
+        if int(y.max()) >= encoder.n_classes:
+            raise InputError(f"labels up to {int(y.max())}, but the model knows {encoder.n_classes} classes")
+        labels = torch.as_tensor(y)
+    x = torch.as_tensor(x)
+    with torch.no_grad():
+        return torch.cat([encoder.code(x[i : i + 4096], None if labels is None else labels[i : i + 4096])
+                          for i in range(0, len(x), 4096)])
 
 
 def load_run(run: Path):
@@ -446,10 +482,12 @@ def load_run(run: Path):
     cfg = read_run_config(run)
     state = latest_checkpoint(run)
     spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
-    sizes = limits.network_sizes(cfg, spec.dim)  # the networks and the checkpoint's copy, before either is built
+    x = torch.zeros(2, spec.dim)  # the networks' statistics and class frequencies come from the checkpoint
+    family, recipe = families.FAMILIES[cfg.model], recipes.build(cfg, x)
+    # the networks and the checkpoint's copy of them, before either is built
+    sizes = limits.network_sizes(cfg, spec.event_shape, families.network_count(family, recipe))
     limits.require([(flag, 2 * limits.FLOAT32 * n) for flag, n in sizes.items()], limits.memory_available())
-    x = torch.zeros(2, spec.dim)
-    nets = families.FAMILIES[cfg.model].networks(cfg, spec, x, recipes.build(cfg, x), cfg.seed)
+    nets = family.networks(cfg, spec, x, None, recipe, cfg.seed)
     load_networks(nets, state, run)
     rows = read_metrics(run)
     return TrainResult(run, cfg, rows[-1] if rows else {}, nets.eval(), spec)

@@ -62,14 +62,16 @@ def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = 
         raise InputError("--resume continues a run and --overwrite replaces it; pass one of them")
     out = Path(out)
     saved = runs.read_run_config(out) if resume else None  # its own errors name config.json, not a flag
-    cfg = configs.resolve(cfg)
+    configs.resolve(cfg)  # every setting checked before the data are read
+    ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)  # refuses a toy set too large to draw
+    cfg = configs.resolve(cfg, ds)
     if resume:
         cfg = replace(cfg, data_sha256=cfg.data_sha256 or saved.data_sha256)  # the file the run was trained on
         configs.check_resume(saved, cfg, str(out))
     world, device = parallel.setup(resolve_device(cfg.device))
     try:
         with _process_settings():
-            return _train(cfg, out, world, device, resume, overwrite, quiet)
+            return _train(cfg, ds, out, world, device, resume, overwrite, quiet)
     finally:
         parallel.teardown(world)
 
@@ -232,17 +234,19 @@ def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, world:
 
 
 # --------------------------------------------------------------- the run ---
-def _train(cfg: Config, out: Path, world: parallel.World, device, resume: bool, overwrite: bool, quiet: bool) -> TrainResult:
+def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, device, resume: bool, overwrite: bool,
+           quiet: bool) -> TrainResult:
     if cfg.batch_size % world.size:
         raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
-    ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)  # refuses a toy set too large to draw
     cfg = replace(cfg, data_sha256=datasets.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
-    limits.require(limits.training_memory(cfg, ds.dim, len(ds.train) + len(ds.holdout)), limits.memory_available(device))
-    limits.require_disk(limits.training_disk(cfg, ds.dim), out / runs.CONFIG)
-    start = _resume_point(cfg, out) if resume else None
     recipe = recipes.build(cfg, ds.train)
     family = families.FAMILIES[cfg.model]
-    nets = family.networks(cfg, ds.spec, ds.train, recipe, cfg.seed).to(device)
+    count = families.network_count(family, recipe)
+    limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count),
+                   limits.memory_available(device))
+    limits.require_disk(limits.training_disk(cfg, ds.spec.event_shape, count), out / runs.CONFIG)
+    start = _resume_point(cfg, out) if resume else None
+    nets = family.networks(cfg, ds.spec, ds.train, ds.train_labels, recipe, cfg.seed).to(device)
     sides = {"generator": families.generator_side(nets), "critic": list(nets[CRITIC].parameters()) if recipe.uses_critic else []}
     lrs = {"generator": cfg.lr_generator, "critic": cfg.lr_critic}
     # fused: one kernel per optimizer step instead of several per parameter tensor
@@ -321,8 +325,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
         # generator step: gradients reach the generator side only
         with amp:
             if critic is None:
-                real = stream.batch()
-                loss_g = recipe.sample_loss(real.x, view.fake(nets, stream.noise(), real.y)[0])
+                loss_g = recipe.sample_loss(nets, view, stream.batch(), stream.noise())
                 bound = -loss_g.detach()
             else:
                 v_real = critic(*real_v) if view.real_trains_generator else None

@@ -1,0 +1,41 @@
+"""Smoke tests: `divgen demo` and every benchmark script run end to end with --quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from divgen import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["figure"]).is_file()
+    assert set(result["fits"]) == {"mle", "kl", "reverse-kl"}
+    for name in ("kl", "reverse-kl", "ring8-js"):
+        assert (tmp_path / "demo" / name / "samples.npy").is_file()
+
+
+def test_every_benchmark_is_smoke_tested():
+    assert set(BENCHMARKS) >= {"throughput.py", "exact_vs_adversarial.py", "evaluation.py", "scaling.py"}
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_benchmark_quick(script, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = ["--out", str(tmp_path / "figure.png")] if script == "point_mass.py" else []
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *extra], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("torch ") for line in lines), "no environment line"
+    assert any(line.startswith("| ") for line in lines), "no markdown table"
