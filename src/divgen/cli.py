@@ -139,6 +139,13 @@ def cmd_encode(args) -> int:
 def cmd_demo(args) -> int:
     from divgen import demo
 
+    if args.figure:
+        from divgen import runs
+
+        out = runs.prepare(Path(args.out) if args.out else demo._fresh_dir(f"divgen-{args.figure}"))
+        result = getattr(demo, args.figure)(out, quick=args.quick)
+        _emit(args, result, "\n".join(f"{k}: {v}" for k, v in result.items()))
+        return 0
     result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick)
     _emit(args, result, demo.summary(result))
     return 0
@@ -212,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)")
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
     p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
+    p.add_argument("--figure", choices=("disjoint", "film"),
+                   help="instead, one of the lecture's pictures: disjoint (a saturated GAN discriminator gives no gradient "
+                   "across disjoint supports, a WGAN critic does) or film (a 1-D GAN's training as a GIF and a strip)")
 
     p = command("divergences", cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)")
     p.add_argument("names", nargs="*", help="divergences to show, e.g. alpha:0.3 (default: all, with example parameters)")

@@ -396,9 +396,9 @@ def encode(trained, x, y, event_shape) -> torch.Tensor:
                           for i in range(0, len(x), 4096)])
 
 
-def load_run(run: Path):
+def load_run(run: Path, checkpoint: Path | None = None):
     """A finished or running run directory as a TrainResult: its config, last metrics, and networks
-    from its newest good checkpoint, on the CPU in eval mode."""
+    from its newest good checkpoint (or from `checkpoint`), on the CPU in eval mode."""
     from divgen import families, recipes
     from divgen.config import Config, resolve
     from divgen.data import Spec
@@ -406,7 +406,7 @@ def load_run(run: Path):
 
     run = Path(run)
     cfg = resolve(Config.from_dict(read_config(run), str(run / CONFIG)))
-    state = latest_checkpoint(run)
+    state = latest_checkpoint(run) if checkpoint is None else load_checkpoint(checkpoint)
     spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
     x = torch.zeros(2, spec.dim)  # the networks' statistics and class frequencies come from the checkpoint
     nets = families.FAMILIES[cfg.model].networks(cfg, spec, x, None, recipes.build(cfg, x), cfg.seed)
