@@ -9,7 +9,7 @@ import torch
 from divgen import data
 from divgen.errors import InputError
 
-TOY_DIMS = {"mog1d": 1, "mog2d": 2, "ring8": 2, "grid25": 2, "swissroll": 2, "moons": 2}
+TOY_DIMS = {"mog1d": 1, "mog2d": 2, "ring8": 2, "ring8-pacgan": 2, "grid25": 2, "swissroll": 2, "moons": 2}
 
 
 # ------------------------------------------------------------------ built-ins ---

@@ -107,7 +107,7 @@ def _measured(family: str, spec, width: int):
     y = torch.arange(64) % spec.n_classes if spec.n_classes else None
     recipe, fam = recipes.build(cfg, x), families.FAMILIES[family]
     nets = fam.networks(cfg, spec, x, y, recipe, 0)
-    count = families.network_count(fam, recipe)
+    count = families.network_count(cfg, fam, recipe)
     assert count == len(nets)
     built = sum(p.numel() for p in nets.parameters())
     values = []  # every leaf layer's output: what a training step keeps for its backward pass
@@ -290,7 +290,7 @@ TRACEBACKS = {
     "--clip nan": (["train", "--data", "mog1d", "--lipschitz", "clip", "--divergence", "wasserstein", "--clip", "nan",
                     "--out", "{tmp}/x"], "--clip"),
     "--clip -0.01": (["train", "--data", "mog1d", "--clip=-0.01", "--out", "{tmp}/x"], "--clip"),
-    "--gp-weight -1": (["train", "--data", "mog1d", "--gp-weight=-1", "--out", "{tmp}/x"], "--gp-weight"),
+    "--penalty-weight -1": (["train", "--data", "mog1d", "--penalty-weight=-1", "--out", "{tmp}/x"], "--penalty-weight"),
     "--lr-generator 0": (["train", "--data", "mog1d", "--lr-generator", "0", "--out", "{tmp}/x"], "--lr-generator"),
     "--critic-steps x": (["train", "--data", "mog1d", "--critic-steps", "x", "--out", "{tmp}/x"], "--critic-steps"),
     "a directory as --data": (["train", "--data", "{tmp}", "--out", "{tmp}/x"], "is a directory"),

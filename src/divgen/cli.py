@@ -131,6 +131,14 @@ def cmd_encode(args) -> int:
 def cmd_demo(args) -> int:
     from divgen import demo
 
+    if args.figure:
+        from divgen import runs
+
+        out = runs.prepare(Path(args.out) if args.out else demo._fresh_dir(f"divgen-{args.figure}"), args.overwrite,
+                           files=demo.FIGURE_FILES, folders=())
+        result = getattr(demo, args.figure)(out, quick=args.quick)
+        _emit(args, result, "\n".join(f"{k}: {v}" for k, v in result.items()))
+        return 0
     result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick, overwrite=args.overwrite)
     _emit(args, result, demo.summary(result))
     return 0
@@ -196,6 +204,9 @@ def _demo_args(p):
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
     p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
+    p.add_argument("--figure", choices=("disjoint", "film"),
+                   help="instead, one of the lecture's pictures: disjoint (a saturated GAN discriminator gives no gradient "
+                   "across disjoint supports, a WGAN critic does) or film (a 1-D GAN's training as a GIF and a strip)")
 
 
 def _divergences_args(p):

@@ -45,8 +45,20 @@ class Config:
         "generators; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
         "fixed point Q = P and avoids early saturation; minimax minimizes the bound itself, whose gradient at the "
         "optimal critic is the gradient of the named divergence", recipes.GENERATOR_LOSSES)
-    lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: clipping, gradient penalty, spectral norm",
+    lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: weight clipping (--clip), the "
+                            "gradient penalty (--critic-penalty gp), spectral normalization (--spectral-norm)",
                             recipes.LIPSCHITZ)
+    critic_penalty: str | None = option(None, "a penalty added to the critic's loss: gp, the gradient penalty "
+                                        "E[(‖∇V(x̂)‖ − 1)²] at random interpolates of real and generated samples "
+                                        "(Gulrajani et al. 2017); r1, ½E_P[‖∇V(x)‖²] on real data (Mescheder et al. "
+                                        "2018); none", recipes.PENALTIES, kind=str)
+    penalty_weight: float | None = option(None, "weight of --critic-penalty (default: 10 for gp)", kind=float,
+                                          bounds=NON_NEGATIVE)
+    spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018)", kind=bool)
+    pack: int = option(1, "PacGAN (Lin et al. 2018): the critic sees PACK samples at a time, real with real and "
+                       "generated with generated; --batch-size must be a multiple", bounds=AT_LEAST_1)
+    ema: float | None = option(None, "decay of an exponential moving average of the generator's weights, which draws "
+                               "every sample (samples.npy, sample, evaluate); 0: off", kind=float, bounds=FRACTION)
     steps: int | None = option(None, "generator steps", kind=int, bounds=AT_LEAST_1)
     critic_steps: int | None = option(None, "critic steps per generator step", kind=int, bounds=AT_LEAST_1)
     batch_size: int | None = option(None, "samples per batch, real and generated", kind=int, bounds=AT_LEAST_1)
@@ -59,7 +71,6 @@ class Config:
                                    "gaussian: the data dimension)", kind=int, bounds=AT_LEAST_1)
     likelihood: str = option("auto", "vae, cvae: the decoder's p(x | z): bernoulli (data in [0, 1]) or gaussian with a "
                              "learned variance; auto: bernoulli when every value lies in [0, 1]", ("auto", "bernoulli", "gaussian"))
-    gp_weight: float = option(10.0, "gradient-penalty weight for --lipschitz gp", bounds=NON_NEGATIVE)
     clip: float = option(0.01, "weight-clipping bound for --lipschitz clip", bounds=NON_NEGATIVE)
     n_data: int = option(10_000, "training samples drawn from a built-in toy density", bounds=limits.Bounds(2))
     holdout: float = option(0.2, "fraction of the data kept aside, never trained on, for `divgen evaluate`", bounds=FRACTION)
@@ -94,7 +105,9 @@ class Config:
 
 # Values every family shares unless its row says otherwise.
 GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2,
-              noise_dim=8)
+              noise_dim=8, critic_penalty="none", penalty_weight=None, spectral_norm=False, ema=0.0)
+# --penalty-weight when not given, by penalty
+PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 1.0}
 # Keys that may change when a run is resumed; any other differing key is a conflict.
 RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16"}
 
@@ -142,8 +155,19 @@ def resolve(cfg: Config, data=None) -> Config:
     if model not in families.FAMILIES:
         raise InputError(f"--model {cfg.model!r} is not one of auto, {', '.join(families.NAMES)}")
     family = families.FAMILIES[model]
-    filled = {f.name: family_default(f.name, model) for f in fields(Config) if getattr(cfg, f.name) is None}
-    out = replace(cfg, model=model, **filled)
+    out = replace(cfg, model=model)
+    if out.divergence is None:
+        out = replace(out, divergence=family_default("divergence", model))
+    # wasserstein's Lipschitz method decides the penalty and the normalization it leaves unset
+    if recipes.row(out.divergence).estimator == "lipschitz":
+        if out.critic_penalty is None and out.lipschitz == "gp":
+            out = replace(out, critic_penalty="gp")
+        if out.spectral_norm is None and out.lipschitz == "sn":
+            out = replace(out, spectral_norm=True)
+    filled = {f.name: family_default(f.name, model) for f in fields(Config) if getattr(out, f.name) is None}
+    out = replace(out, **filled)
+    if out.penalty_weight is None:
+        out = replace(out, penalty_weight=PENALTY_WEIGHTS.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
         out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
     if out.data not in datasets.BUILTIN:  # a file: the run must find it again from any directory
@@ -175,6 +199,8 @@ def validate(cfg: Config) -> Config:
         if f.metadata["bounds"] is not None:
             f.metadata["bounds"].check(flag, value)
     recipes.check_name(cfg.divergence)
+    if cfg.batch_size % cfg.pack:
+        raise InputError(f"--pack {cfg.pack}: must divide --batch-size {cfg.batch_size}")
     return cfg
 
 

@@ -103,9 +103,9 @@ class Toy:
         return dist.mixture_distribution.probs if self.modes else None
 
 
-def _ring8():
+def _ring8(radius: float = 2.0):
     angles = torch.arange(8) * (2 * math.pi / 8)
-    return 2.0 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 def _grid25():
@@ -136,6 +136,10 @@ TOYS: dict[str, Toy] = {
     # two well separated 2-D modes: the seeds' forward vs reverse KL picture
     "mog2d": Toy(lambda: gaussian_mixture(_MOG2D_MEANS, [0.5, 0.5]), lambda: torch.tensor(_MOG2D_MEANS), 0.5),
     "ring8": Toy(lambda: gaussian_mixture(_ring8(), [0.05]), _ring8, 0.05),
+    # PacGAN's ring (Lin et al. 2018, after VEEGAN): radius 1, sd 0.01, so sharp that a sample
+    # counts as high quality only within 0.03 of a mode
+    "ring8-pacgan": Toy(lambda: gaussian_mixture(_ring8(1.0), [0.01]), lambda: _ring8(1.0), 0.01),
+    # 25 modes on {−4, −2, 0, 2, 4}², sd 0.05: also PacGAN's grid
     "grid25": Toy(lambda: gaussian_mixture(_grid25(), [0.05]), _grid25, 0.05),
     "swissroll": Toy(lambda: CurveMixture([_swissroll], sigma=0.1)),
     "moons": Toy(lambda: CurveMixture([_moon_upper, _moon_lower], sigma=0.1)),

@@ -16,6 +16,7 @@ The latent and conditional families use convolutional networks for image data
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -28,6 +29,7 @@ from divgen.models import (ConvCritic, ConvGenerator, ConvUp, Decoder, GaussianM
                            Standardize, Views, conv_encoder, mlp, mlp_encoder)
 
 CRITIC = "critic"  # the name of the critic-side network in every family's ModuleDict
+EMA = "generator_ema"  # the moving average of the generator's weights, when --ema is on
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Family:
             nets = self.build(cfg, spec, x, y, torch.Generator().manual_seed(seed))
             if recipe.uses_critic:
                 nets[CRITIC] = _critic(cfg, spec, x, recipe.spectral_norm, self.view, nets)
+        if cfg.ema:  # the averaged generator: no gradients, updated by the loop, saved with the networks
+            nets[EMA] = copy.deepcopy(nets["generator"]).requires_grad_(False)
         return nets
 
 
@@ -110,8 +114,9 @@ def _critic(cfg, spec: Spec, x, spectral_norm: bool, view: View, nets) -> nn.Mod
     n_classes = spec.n_classes if view is CONDITIONAL else 0
     latent = cfg.noise_dim if view is BIDIRECTIONAL else 0
     if spec.image:
-        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent)
-    return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, spectral_norm, n_classes=n_classes, latent_dim=latent)
+        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent, cfg.pack)
+    return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, spectral_norm, n_classes=n_classes, latent_dim=latent,
+                     pack=cfg.pack)
 
 
 def _encoder(cfg, spec: Spec, x, latent: int, n_classes: int = 0, gaussian: bool = False) -> nn.Module:
@@ -179,26 +184,31 @@ FAMILIES: dict[str, Family] = {
 NAMES = tuple(FAMILIES)
 
 
-def network_count(family: Family, recipe) -> int:
-    """How many networks `family` trains with `recipe`: the generator, an encoder (BiGAN, VAE), a critic
-    (limits.py sizes them before they are built)."""
-    return 1 + int(family.view is BIDIRECTIONAL or family.recipe == "elbo") + int(recipe.uses_critic)
+def network_count(cfg, family: Family, recipe) -> int:
+    """How many networks `family` trains with `recipe`: the generator, an encoder (BiGAN, VAE), a critic,
+    the generator's moving average (--ema); limits.py sizes them before they are built."""
+    return 1 + int(family.view is BIDIRECTIONAL or family.recipe == "elbo") + int(recipe.uses_critic) + int(cfg.ema > 0)
 
 
 def generator_side(nets: nn.ModuleDict) -> list[nn.Parameter]:
-    """Parameters of every network but the critic (generator, encoder, ...)."""
-    return [p for name, net in nets.items() if name != CRITIC for p in net.parameters()]
+    """Trained parameters of every network but the critic (generator, encoder, ...)."""
+    return [p for name, net in nets.items() if name not in (CRITIC, EMA) for p in net.parameters()]
+
+
+def sampler(nets: nn.ModuleDict) -> nn.Module:
+    """The network that draws samples: the generator's moving average when there is one, else the generator."""
+    return nets[EMA] if EMA in nets else nets["generator"]
 
 
 def density_model(nets: nn.ModuleDict) -> GaussianModel | None:
-    """The generator when it has an explicit density (exact divergences, params.json), else None."""
-    g = nets["generator"]
+    """The sampler when it has an explicit density (exact divergences, params.json), else None."""
+    g = sampler(nets)
     return g if isinstance(g, GaussianModel) else None
 
 
 def labels_for(nets: nn.ModuleDict, n: int, label: int | None, rng: torch.Generator) -> torch.Tensor | None:
     """Labels for n samples of a conditional generator: all `label`, or drawn from its class frequencies."""
-    g = nets["generator"]
+    g = sampler(nets)
     if not g.n_classes:
         if label is not None:
             raise InputError("--label: this model is not conditional (train it with --model cgan or cvae)")
@@ -230,7 +240,7 @@ def draw_chunks(nets: nn.ModuleDict, n: int, seed: int, label: int | None = None
     a large n is streamed, never held (only the n labels of a conditional model are, 8 bytes each).
     Reproducible from `seed`, the same numbers whatever `chunk`. A conditional model draws class
     `label`, or classes in their training frequencies."""
-    generator = nets["generator"]
+    generator = sampler(nets)
     device = next(generator.parameters()).device
     rng = torch.Generator().manual_seed(seed)
     y = labels_for(nets, n, label, rng)

@@ -471,21 +471,21 @@ def encode(trained, x, y, event_shape) -> torch.Tensor:
                           for i in range(0, len(x), 4096)])
 
 
-def load_run(run: Path):
+def load_run(run: Path, checkpoint: Path | None = None):
     """A finished or running run directory as a TrainResult: its config, last metrics, and networks
-    from its newest good checkpoint, on the CPU in eval mode."""
+    from its newest good checkpoint (or from `checkpoint`), on the CPU in eval mode."""
     from divgen import families, recipes
     from divgen.data import Spec
     from divgen.train import TrainResult
 
     run = Path(run)
     cfg = read_run_config(run)
-    state = latest_checkpoint(run)
+    state = latest_checkpoint(run) if checkpoint is None else load_checkpoint(checkpoint, CHECKPOINT_KEYS)
     spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
     x = torch.zeros(2, spec.dim)  # the networks' statistics and class frequencies come from the checkpoint
     family, recipe = families.FAMILIES[cfg.model], recipes.build(cfg, x)
     # the networks and the checkpoint's copy of them, before either is built
-    sizes = limits.network_sizes(cfg, spec.event_shape, families.network_count(family, recipe))
+    sizes = limits.network_sizes(cfg, spec.event_shape, families.network_count(cfg, family, recipe))
     limits.require([(flag, 2 * limits.FLOAT32 * n) for flag, n in sizes.items()], limits.memory_available())
     nets = family.networks(cfg, spec, x, None, recipe, cfg.seed)
     load_networks(nets, state, run)

@@ -219,6 +219,23 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
+class Average:
+    """The exponential moving average of the generator's weights (Yazıcı et al. 2019).
+
+    The decay ramps up as min(decay, (1 + t)/(10 + t)), so that the first
+    steps' random weights do not linger in the average of a short run.
+    """
+
+    def __init__(self, nets: nn.ModuleDict, decay: float):
+        self.average = list(nets[families.EMA].parameters())
+        self.live = list(nets["generator"].parameters())
+        self.decay = decay
+
+    def update(self, step: int) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.average, self.live, 1 - min(self.decay, (1 + step) / (10 + step)))
+
+
 def _detached(views: tuple) -> tuple:
     return tuple(t.detach() for t in views)
 
@@ -241,7 +258,7 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
     cfg = replace(cfg, data_sha256=datasets.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
     recipe = recipes.build(cfg, ds.train)
     family = families.FAMILIES[cfg.model]
-    count = families.network_count(family, recipe)
+    count = families.network_count(cfg, family, recipe)
     limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count),
                    limits.memory_available(device))
     limits.require_disk(limits.training_disk(cfg, ds.spec.event_shape, count), out / runs.CONFIG)
@@ -303,6 +320,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
     n_critic = cfg.critic_steps if critic is not None else 0
     amp = torch.autocast("cuda", torch.bfloat16) if cfg.bf16 and stream.device.type == "cuda" else contextlib.nullcontext()
     faults, rollbacks = Faults(), 0
+    ema = Average(nets, cfg.ema) if cfg.ema else None
     zero = torch.zeros((), device=stream.device)
     while step < cfg.steps:
         step += 1
@@ -331,6 +349,8 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
                 v_real = critic(*real_v) if view.real_trains_generator else None
                 loss_g = recipe.generator_loss(v_real, critic(*fake))
         _update(opts["generator"], loss_g, sides["generator"], world, only=True)
+        if ema is not None:
+            ema.update(step)
 
         faults.record(step, loss_c, loss_g)
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
