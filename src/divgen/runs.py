@@ -236,6 +236,7 @@ def _digest(obj) -> str:
 
 
 def atomic_write(path: Path, write) -> None:
+    """`write(fh)` into a temporary file beside `path`, fsync, rename: `path` is either whole or untouched."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
