@@ -146,6 +146,28 @@ def test_the_estimate_follows_the_networks_each_family_builds(case):
     assert 0.6 < activations < 2.5, activations
 
 
+def test_the_memory_estimate_is_above_and_near_what_a_run_uses(tmp_path):
+    """The peak memory a training run adds for a larger batch, measured in a real process, lies below the
+    estimate for it, and not far below: a request is refused only when it would not fit."""
+    code = ("import resource, sys\nfrom divgen import cli\nassert cli.main(sys.argv[1:]) == 0\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+    def peak(batch: int) -> int:  # bytes
+        argv = ["train", "--data", "ring8", "--divergence", "wasserstein", "--steps", "2", "--batch-size", str(batch),
+                "--n-data", "1000", "--n-samples", "100", "--no-figures", "--checkpoint-every", "2",
+                "--out", str(tmp_path / f"b{batch}"), "--json"]
+        proc = subprocess.run([sys.executable, "-c", code, *argv], env=env1(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return int(proc.stdout.splitlines()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+    def estimate(batch: int) -> float:
+        cfg = config.resolve(Config(data="ring8", divergence="wasserstein", batch_size=batch, n_data=1000))
+        return sum(b for _, b in limits.training_memory(cfg, (2,), 1200, 2))
+
+    used, estimated = peak(100_000) - peak(1_000), estimate(100_000) - estimate(1_000)
+    assert used < estimated < 3 * used, (used, estimated)
+
+
 def test_the_estimate_grows_with_each_flag_and_refuses_only_above_what_is_available():
     base = config.resolve(Config(data="mog1d"))
     total = sum(b for _, b in limits.training_memory(base, (2,), 10_000))

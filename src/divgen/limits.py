@@ -158,9 +158,11 @@ def require_disk(terms: list[tuple[str, float]], path: Path | str) -> None:
 # Bytes per network parameter while training: the parameter, its gradient, Adam's two
 # moments, and a checkpoint being written or read (torch.save, the SHA-256 pass).
 BYTES_PER_PARAMETER = 6 * FLOAT32
-# Activations kept per unit per sample: forward output, ReLU, their gradients, and the
-# double backward of a gradient penalty.
-ACTIVATION_COPIES = 6
+# Bytes of activations per unit counted by activation_units, per sample and float: autograd keeps
+# about one value per layer output for the backward pass, which frees them as it goes. Measured
+# peak memory of a step (ring8, --batch-size 200000: 1.0 GB with js, 1.25 GB with a gradient
+# penalty; conv on digits, 8192: 1.0 GB) is 0.55–0.8 of this estimate (tests/test_hostile.py).
+ACTIVATION_COPIES = 1.5
 
 
 def _chw(event_shape) -> tuple[int, int, int] | None:
