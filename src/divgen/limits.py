@@ -183,7 +183,7 @@ def network_sizes(cfg, event_shape, networks: int = 2) -> dict[str, int]:
     others = networks - 1
     chw = _chw(event_shape)
     if chw is None:
-        (d,) = (math.prod(event_shape),)
+        d = math.prod(event_shape)
         return {
             f"--noise-dim {z}": z * w + w + others * (w * z + z),  # the generator's input, an encoder's output
             f"--width {w} --depth {depth}": networks * (depth - 1) * (w * w + w),  # hidden layers
