@@ -7,6 +7,7 @@ exactly what a user sees (exit code, no traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -49,8 +50,8 @@ def test_train_help_lists_every_config_field(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
-    for field in train.Config.__dataclass_fields__:
-        assert "--" + field.replace("_", "-") in out
+    for field in dataclasses.fields(train.Config):
+        assert ("--" + field.name.replace("_", "-") in out) == field.metadata["flag"]
 
 
 # --------------------------------------------------------------- divergences ---
@@ -295,7 +296,8 @@ def test_existing_out_is_left_alone(divgen, tmp_path):
     before = snapshot(tmp_path)
     result = divgen(*_train(out=out))
     assert_clean_failure(result)
-    assert "--resume" in result.err and "--overwrite" in result.err
+    # not a run: the message offers --overwrite (which keeps notes.txt) and another --out, not --resume
+    assert "--overwrite" in result.err and "--out" in result.err and "--resume" not in result.err
     assert snapshot(tmp_path) == before
 
 

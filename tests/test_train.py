@@ -42,7 +42,8 @@ def _finite_run(result: train.TrainResult):
     dict(divergence="nope"), dict(divergence="alpha:1"), dict(model="flow"), dict(generator_loss="saturating"),
     dict(lipschitz="none"), dict(steps=0), dict(batch_size=0), dict(width=0), dict(n_samples=0),
     dict(critic_steps=-1), dict(lr_critic=0.0), dict(lr_generator=-1e-3), dict(holdout=1.0), dict(device="tpu"),
-    dict(lr_critic=math.inf), dict(clip=math.nan), dict(clip=-0.01), dict(gp_weight=-1.0), dict(steps="many"),
+    dict(lr_critic=math.inf), dict(clip=math.nan), dict(clip=-0.01), dict(penalty_weight=-1.0), dict(steps="many"),
+    dict(pack=0), dict(pack=3), dict(ema=1.0), dict(ema=-0.1), dict(critic_penalty="l2"),
 ])
 def test_config_rejects_bad_values(bad, tmp_path):
     with pytest.raises(InputError):
@@ -61,7 +62,8 @@ def test_unset_fields_take_the_family_defaults(family):
         assert getattr(cfg, name) == value, name
     for name, value in config.GLOBAL.items():
         if name not in row.defaults:
-            assert getattr(cfg, name) == value, name
+            expected = config.PENALTY_WEIGHTS[cfg.critic_penalty] if name == "penalty_weight" else value
+            assert getattr(cfg, name) == expected, name
     # a value the user sets wins over the family's
     assert config.resolve(Config(model=family, lr_critic=0.123, steps=7)).lr_critic == 0.123
     # resolving is idempotent and leaves nothing unset
@@ -147,7 +149,7 @@ def test_mmd_recipe_has_no_critic_and_its_loss_is_the_unbiased_mmd():
 
 def test_wasserstein_lipschitz_methods():
     x = torch.randn(64, 2)
-    gp = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="gp", gp_weight=3.0)), x)
+    gp = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="gp", penalty_weight=3.0)), x)
     assert gp.penalty is not None and gp.constrain is None and not gp.spectral_norm
     # a linear critic V(x) = w·x has gradient norm ‖w‖ everywhere: penalty = weight · (‖w‖ − 1)²
     w = torch.tensor([3.0, 4.0])
@@ -285,6 +287,12 @@ def test_resume_rejects_other_dimension(tmp_path):
     # the same path now holds 3-D data
     np.save(tmp_path / "a.npy", np.load(tmp_path / "b.npy"))
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    # config.json holds the file's SHA-256: the change itself is refused
+    with pytest.raises(InputError, match="changed since the run was trained"):
+        train.train(tiny(data=str(tmp_path / "a.npy"), steps=20), run, resume=True, quiet=True)
+    # a run without one (written before divgen recorded it) meets the checkpoint's dimension check
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "data_sha256": ""}))
     with pytest.raises(InputError, match="dimension"):
         train.train(tiny(data=str(tmp_path / "a.npy"), steps=20), run, resume=True, quiet=True)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
@@ -337,3 +345,106 @@ def test_importing_divgen_does_not_touch_matplotlib():
             "divgen.fit, divgen.demo; import sys; assert matplotlib.get_backend() == b; "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={"MPLBACKEND": "svg", "PATH": ""})
+
+
+# -------------------------------------------------------------- stabilizers ---
+def test_gradient_penalty_draws_one_mixing_weight_per_example():
+    seen = {}
+
+    def critic(x):
+        seen["x"] = x.detach().clone()
+        return x.sum(1)
+
+    real, fake = torch.zeros(6, 3), torch.ones(6, 3)
+    objectives.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(0))
+    x = seen["x"]  # x̂ = ε·real + (1 − ε)·fake = 1 − ε, one ε per row
+    assert torch.equal(x, x[:, :1].expand_as(x)), "one weight per example, shared by its coordinates"
+    assert len(torch.unique(x[:, 0])) == 6 and bool(((x > 0) & (x < 1)).all())
+    # a critic of slope 1 in every coordinate: ‖∇V‖ = √3, penalty (√3 − 1)²
+    value = objectives.gradient_penalty(lambda x: x.sum(1), real, fake)
+    assert float(value) == pytest.approx((math.sqrt(3) - 1) ** 2)
+
+
+def test_r1_penalty_of_a_linear_critic_is_half_its_squared_slope():
+    w = torch.tensor([3.0, -4.0, 12.0])
+    x = torch.randn(10, 3)
+    assert float(objectives.r1_penalty(lambda x: x @ w, x)) == pytest.approx(0.5 * 169.0)
+    # labels are held fixed: only the float inputs are differentiated
+    critic = lambda x, y: x @ w + y.float()  # noqa: E731
+    assert float(objectives.r1_penalty(critic, (x, torch.arange(10)))) == pytest.approx(0.5 * 169.0)
+    recipe = recipes.build(config.resolve(Config(critic_penalty="r1", penalty_weight=0.2)), x)
+    assert float(recipe.penalty(critic, (x, torch.arange(10)), None, None)) == pytest.approx(0.2 * 0.5 * 169.0)
+
+
+def test_packed_critic_sees_pack_times_d_features_and_never_mixes_real_with_fake():
+    from divgen.models import MLPCritic
+
+    critic = MLPCritic(Standardize(torch.zeros(2), torch.ones(2)), 8, 1, pack=4)
+    assert critic.in_features == 8 and critic.net[0].in_features == 8
+    seen = {}
+    critic.net.register_forward_pre_hook(lambda m, args: seen.update(h=args[0].detach().clone()))
+    real, fake = torch.arange(16.0).reshape(8, 2), -torch.arange(1.0, 17.0).reshape(8, 2)
+    v_real, v_fake = critic_pair(critic, real, fake)
+    assert v_real.shape == v_fake.shape == (2,)
+    h = seen["h"]  # (4 packs, 4·2 features): the first two packs hold real rows only, the last two fake rows
+    assert h.shape == (4, 8)
+    torch.testing.assert_close(h[:2], real.reshape(2, 8))
+    torch.testing.assert_close(h[2:], fake.reshape(2, 8))
+
+
+def test_moving_average_of_constant_weights_is_those_weights_and_follows_the_recurrence():
+    nets = torch.nn.ModuleDict({"generator": torch.nn.Linear(3, 2)})
+    nets[families.EMA] = torch.nn.Linear(3, 2).requires_grad_(False)
+    with torch.no_grad():
+        nets[families.EMA].load_state_dict(nets["generator"].state_dict())
+    avg = train.Average(nets, 0.9)
+    before = {k: v.clone() for k, v in nets[families.EMA].state_dict().items()}
+    for step in range(1, 20):
+        avg.update(step)
+    for k, v in nets[families.EMA].state_dict().items():
+        torch.testing.assert_close(v, before[k])  # the average of a constant is that constant
+    w0 = nets[families.EMA].weight.clone()
+    with torch.no_grad():
+        nets["generator"].weight.add_(1.0)
+    avg.update(100)  # decay min(0.9, 101/110) = 0.9
+    torch.testing.assert_close(nets[families.EMA].weight, w0 + 0.1)
+
+
+def test_ema_run_samples_from_the_average_and_resumes(tmp_path):
+    result = train.train(tiny(steps=10, ema=0.9, checkpoint_every=5), tmp_path / "run", quiet=True)
+    nets = result.nets
+    assert families.EMA in nets and families.sampler(nets) is nets[families.EMA]
+    assert not any(p.requires_grad for p in nets[families.EMA].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(nets[families.EMA].parameters(), nets["generator"].parameters()))
+    samples = np.load(result.run / "samples.npy")
+    np.testing.assert_array_equal(samples, families.draw(nets, len(samples), result.config.seed + 1).numpy())
+    assert any(k.startswith(families.EMA + ".") for k in runs.latest_checkpoint(result.run)["nets"])
+
+
+def test_weight_clipped_critic_stays_in_range(tmp_path):
+    result = train.train(tiny(divergence="wasserstein", lipschitz="clip", clip=0.02, steps=10), tmp_path / "run", quiet=True)
+    assert result.config.critic_penalty == "none" and not result.config.spectral_norm
+    assert max(float(p.detach().abs().max()) for p in result.nets["critic"].parameters()) <= 0.02 + 1e-7
+
+
+@pytest.mark.parametrize("family, data_name", [("mlp", "mog2d"), ("conv", "digits")])
+def test_spectrally_normalized_critic_layers_have_largest_singular_value_one(family, data_name, tmp_path):
+    result = train.train(tiny(data=data_name, model=family, spectral_norm=True, steps=20, batch_size=32), tmp_path / "r", quiet=True)
+    critic = result.nets["critic"].train()
+    with torch.no_grad():
+        for _ in range(30):  # power iterations refine u, v; the weights are fixed
+            critic(torch.randn(4, data.load(data_name, n=20).dim))
+    layers = [m for m in critic.modules() if hasattr(m, "parametrizations")]
+    assert layers
+    for m in layers:
+        w = m.weight.detach().reshape(m.weight.shape[0], -1)
+        assert float(torch.linalg.matrix_norm(w, ord=2)) == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("penalty", ["gp", "r1"])
+@pytest.mark.parametrize("name", ["js", "kl", "reverse-kl", "hellinger", "wasserstein"])
+def test_stabilizers_compose_with_divergences(name, penalty, tmp_path):
+    cfg = tiny(divergence=name, critic_penalty=penalty, spectral_norm=True, pack=4, ema=0.99, steps=6)
+    result = train.train(cfg, tmp_path / "run", quiet=True)
+    _finite_run(result)
+    assert result.config.critic_penalty == penalty and result.config.pack == 4

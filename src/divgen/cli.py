@@ -1,18 +1,28 @@
 """Argument parsing and nothing else: every command calls into the library.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal failure.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal
+failure, 130 interrupted. Only the chosen command's arguments are built, and
+each command imports what it needs (torch, numpy, matplotlib) when it runs, so
+`divgen --help` and `divgen COMMAND --help` stay fast (`train --help` reads
+the model families' defaults, which imports torch).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from divgen.errors import InputError
+from divgen import __version__, jsonout, limits
+from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line
+from divgen.limits import AT_LEAST_1, PROBABILITY, SEED, number
+from divgen.progress import announce
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,8 +33,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _emit(args, obj: dict, text: str) -> None:
+    """The command's result on stdout: one strict JSON object with --json (non-finite numbers as null), else text."""
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        print(json.dumps(obj) if args.json else text)
+        print(jsonout.dumps(obj) if args.json else text)
 
 
 # ------------------------------------------------------------- divergences ---
@@ -34,7 +45,7 @@ def cmd_divergences(args) -> int:
 
     rows = divergences.table(args.names or divergences.EXAMPLES)
     if args.json:
-        print(json.dumps({"divergences": rows, "names": list(recipes.NAMES)}))
+        print(jsonout.dumps({"divergences": rows, "names": list(recipes.NAMES)}))
         return 0
     cols = ["name", "f", "f*", "dom f*", "g_f", "f'(1)"]
     print(markdown(cols, [[r[c] for c in cols] for r in rows], "lllllr"))
@@ -48,7 +59,7 @@ def cmd_train(args) -> int:
     from divgen import runs, train
     from divgen.config import Config
 
-    given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if f.metadata["flag"] and getattr(args, f.name, None) is not None}
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise InputError("--resume DIR continues DIR; do not pass a different --out")
@@ -62,7 +73,7 @@ def cmd_train(args) -> int:
     result = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.json)
     run = result.run
     _emit(args, {"run": str(run), "config": result.config.to_dict(), "final": result.metrics},
-          f"run directory: {run}\nfinal: {json.dumps(result.metrics)}\nsamples: {run / 'samples.png'}  losses: {run / 'losses.png'}")
+          f"run directory: {run}\nfinal: {jsonout.dumps(result.metrics)}\nsamples: {run / 'samples.png'}  losses: {run / 'losses.png'}")
     return 0
 
 
@@ -71,47 +82,32 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
     for f in fields(config.Config):
         meta = f.metadata
-        flag = "--" + f.name.replace("_", "-")
+        if not meta["flag"]:
+            continue
+        flag = config.flag_name(f.name)
         if meta["kind"] is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{meta['help']} (default: {'yes' if f.default else 'no'})")
             continue
         p.add_argument(
             flag,
-            type=_typed(meta["kind"], f.name),
+            type=number(meta["kind"], flag, meta["bounds"]) if meta["kind"] in (int, float) else meta["kind"],
             default=None,  # None = not given; the Config and the model family hold the real default
             metavar=f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
             help=f"{meta['help']} (default: {config.default_text(f.name)})",
         )
 
 
-def _typed(kind, name):
-    def parse(text):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')}: {text!r} is not a valid {kind.__name__}") from None
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 # ------------------------------------------------------------------ sample ---
 def cmd_sample(args) -> int:
-    import numpy as np
+    from divgen import runs, sample_files
 
-    from divgen import families, runs
-
-    out = Path(args.output)
-    if out.suffix != ".npy":
-        raise InputError(f"-o {args.output!r}: the output must be a .npy file")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{args.output!r} exists; pass --overwrite to replace it")
-    if args.n < 1:
-        raise InputError("-n must be at least 1")
-    samples = families.draw(runs.load_run(Path(args.run)).nets, args.n, args.seed, label=args.label)
-    np.save(out, samples.numpy())
-    _emit(args, {"output": str(out), "n": args.n, "dim": samples.shape[1]}, f"wrote {args.n} samples of dimension {samples.shape[1]} to {out}")
+    out = sample_files.check_output(args.output, args.overwrite)
+    trained = runs.load_run(Path(args.run))
+    sample_files.write(out, trained.nets, args.n, args.seed, trained.spec.event_shape, label=args.label, quiet=args.json)
+    dim = trained.spec.dim
+    _emit(args, {"output": str(out), "n": args.n, "dim": dim, "format": out.suffix.lower().lstrip(".")},
+          f"wrote {args.n} samples of dimension {dim} to {out}")
     return 0
 
 
@@ -119,17 +115,13 @@ def cmd_sample(args) -> int:
 def cmd_encode(args) -> int:
     import numpy as np
 
-    from divgen import data, runs
+    from divgen import data, runs, sample_files
 
-    out = Path(args.output)
-    if out.suffix != ".npy":
-        raise InputError(f"-o {args.output!r}: the output must be a .npy file")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{args.output!r} exists; pass --overwrite to replace it")
+    out = sample_files.check_output(args.output, args.overwrite, formats=(".npy",))
     trained = runs.load_run(Path(args.run))
     x, y, shape = data.read_file(args.data)
     codes = runs.encode(trained, x, y, shape)
-    np.save(out, codes.numpy())
+    runs.atomic_write(out, lambda fh: np.save(fh, codes.numpy()))
     _emit(args, {"output": str(out), "n": codes.shape[0], "dim": codes.shape[1]},
           f"wrote {codes.shape[0]} codes of dimension {codes.shape[1]} to {out}")
     return 0
@@ -139,7 +131,15 @@ def cmd_encode(args) -> int:
 def cmd_demo(args) -> int:
     from divgen import demo
 
-    result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick)
+    if args.figure:
+        from divgen import runs
+
+        out = runs.prepare(Path(args.out) if args.out else demo._fresh_dir(f"divgen-{args.figure}"), args.overwrite,
+                           files=demo.FIGURE_FILES, folders=())
+        result = getattr(demo, args.figure)(out, quick=args.quick)
+        _emit(args, result, "\n".join(f"{k}: {v}" for k, v in result.items()))
+        return 0
+    result = demo.run(Path(args.out) if args.out else None, quiet=args.json, quick=args.quick, overwrite=args.overwrite)
     _emit(args, result, demo.summary(result))
     return 0
 
@@ -178,12 +178,10 @@ TESTS = {
 def cmd_test(args) -> int:
     from divgen import evaluate
 
-    if not 0 < args.alpha < 1:
-        raise InputError("--alpha must lie strictly between 0 and 1")
-    if args.permutations < 1:
-        raise InputError("--permutations must be at least 1")
     a, b = _read_pair(args)
-    result = evaluate.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
+    work = "training a classifier" if args.method == "c2st" else f"{args.permutations} permutations"  # c2st-logit: both
+    with announce(f"test: {work} …", quiet=args.json):
+        result = evaluate.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
     reject = result.p_value <= args.alpha
     what = TESTS[result.method].split(",")[0]
     verdict = "reject" if reject else "do not reject"
@@ -197,7 +195,8 @@ def cmd_estimate(args) -> int:
     from divgen import evaluate
 
     a, b = _read_pair(args)
-    e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
+    with announce(f"estimate: {args.method} estimate of {args.divergence} …", quiet=args.json):
+        e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
     bound = (f"\n{e.divergence}(A‖B) ≥ {e.lower_bound:.6g} with {args.confidence:.0%} confidence (certified lower bound)"
              if e.lower_bound is not None else "\nno certified lower bound for this method")
     _emit(args, e.to_dict(),
@@ -215,64 +214,75 @@ def cmd_evaluate(args) -> int:
 
 
 # ------------------------------------------------------------------ parser ---
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="divgen", description="Train and evaluate generative models as divergence minimization.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def command(name, func, help):
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-        p.set_defaults(func=func)
-        return p
-
-    p = command("demo", cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)")
+def _demo_args(p):
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
     p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
+    p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
+    p.add_argument("--figure", choices=("disjoint", "film"),
+                   help="instead, one of the lecture's pictures: disjoint (a saturated GAN discriminator gives no gradient "
+                   "across disjoint supports, a WGAN critic does) or film (a 1-D GAN's training as a GIF and a strip)")
 
-    p = command("divergences", cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)")
+
+def _divergences_args(p):
     p.add_argument("names", nargs="*", help="divergences to show, e.g. alpha:0.3 (default: all, with example parameters)")
 
-    p = command("train", cmd_train, "train a generator by minimizing a divergence")
+
+def _train_args(p):
     p.add_argument("--out", help="new run directory")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
     _add_config_flags(p)
 
-    p = command("sample", cmd_sample, "draw samples from a trained run")
+
+def _seed(p, help):
+    p.add_argument("--seed", type=number(int, "--seed", SEED), default=0, help=f"{help} (default: 0; 0 ≤ seed < 2³²)")
+
+
+def _sample_args(p):
     p.add_argument("run", help="run directory")
-    p.add_argument("-n", type=int, default=10_000, help="number of samples (default: 10000)")
-    p.add_argument("-o", "--output", required=True, help="output .npy file")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument("--label", type=int, help="a conditional model (cgan, cvae): draw this class only")
+    p.add_argument("-n", type=number(int, "-n", AT_LEAST_1), default=10_000,
+                   help="number of samples, written in chunks: a large -n needs disk space, not memory (default: 10000)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .npy (float32, one sample per row), .npz (key x, and y for a conditional model), "
+                        ".csv (no header), or .png (a grid of images, for image data)")
+    _seed(p, "noise seed")
+    p.add_argument("--label", type=number(int, "--label", limits.NON_NEGATIVE),
+                   help="a conditional model (cgan, cvae): draw this class only")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
-    p = command("encode", cmd_encode, "latent codes of samples, from a model with an encoder (bigan: E(x); vae, cvae: the posterior mean)")
+
+def _encode_args(p):
     p.add_argument("run", help="run directory of a bigan, vae or cvae")
     p.add_argument("data", help="samples to encode: .npy/.npz/.csv (a cvae needs their labels: a .npz with 'y')")
     p.add_argument("-o", "--output", required=True, help="output .npy file, one code per row")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
-    p = command("compare", cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side")
+
+def _compare_args(p):
     p.add_argument("--data", required=True, help="built-in data set or a .npy/.npz/.csv file (exact:* needs a built-in one)")
     p.add_argument("--model", default="gaussian", help="model to fit (default: gaussian)")
     p.add_argument("--methods", default="mle,exact:reverse-kl,adversarial:reverse-kl,adversarial:js",
                    help="comma-separated: mle, exact:NAME, adversarial:NAME (default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory: compare.png, compare.md, compare.json, one run per adversarial fit")
-    p.add_argument("--steps", type=int, default=3000, help="generator steps of each adversarial fit (default: 3000)")
-    p.add_argument("--seed", type=int, default=0, help="data sample and training seed (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out")
+    p.add_argument("--steps", type=number(int, "--steps", AT_LEAST_1), default=None,
+                   help="generator steps of each adversarial fit (default: the gaussian family's, 3000)")
+    _seed(p, "data sample and training seed")
+    p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
 
-    p = command("test", cmd_test, "two-sample test of H0: A and B come from the same distribution")
+
+def _test_args(p):
     p.add_argument("a", help="samples A (.npy/.npz/.csv, one sample per row)")
     p.add_argument("b", help="samples B, same dimension")
     p.add_argument("--method", default="mmd-agg", choices=tuple(TESTS), metavar="{" + ",".join(TESTS) + "}",
                    help="; ".join(f"{k}: {v}" for k, v in TESTS.items()) + " (default: mmd-agg)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict (default: 0.05)")
-    p.add_argument("--permutations", type=int, default=500,
+    p.add_argument("--alpha", type=number(float, "--alpha", PROBABILITY), default=0.05,
+                   help="significance level of the verdict, in (0, 1) (default: 0.05)")
+    p.add_argument("--permutations", type=number(int, "--permutations", AT_LEAST_1), default=500,
                    help="relabellings of the permutation tests (all but c2st) (default: 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits, training and permutations (default: 0)")
+    _seed(p, "seed of splits, training and permutations")
 
-    p = command("estimate", cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval")
+
+def _estimate_args(p):
     p.add_argument("a", help="samples A, playing P (the data)")
     p.add_argument("b", help="samples B, playing Q (the model)")
     p.add_argument("--divergence", required=True, help="any f-divergence name (see `divgen divergences`) or wasserstein")
@@ -280,26 +290,86 @@ def build_parser() -> argparse.ArgumentParser:
                    help="critic: cross-fitted classifier plug-in with a certified lower bound (wasserstein: a "
                         "gradient-penalty critic, an estimate only); knn: k-nearest neighbours, kl and "
                         "reverse-kl of continuous data (default: critic)")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the interval (default: 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits and training (default: 0)")
+    p.add_argument("--confidence", type=number(float, "--confidence", PROBABILITY), default=0.95,
+                   help="confidence level of the interval, in (0, 1) (default: 0.95)")
+    _seed(p, "seed of splits and training")
 
-    p = command("evaluate", cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes")
+
+def _evaluate_args(p):
     p.add_argument("run", help="run directory")
-    p.add_argument("--seed", type=int, default=0, help="seed of generated samples, splits and training (default: 0)")
+    _seed(p, "seed of generated samples, splits and training")
+
+
+# name: (function, one-line help, arguments, the modules it runs on, loaded first: see _interrupts_held)
+COMMANDS = {
+    "demo": (cmd_demo, "the main job on embedded data: mode covering vs mode seeking, and a GAN on ring8 (CPU, < 2 min)", _demo_args,
+             ("divgen.demo", "divgen.plots")),
+    "divergences": (cmd_divergences, "the table of f-divergences: f, f*, dom f*, g_f, f'(1)", _divergences_args,
+                    ("divgen.recipes",)),
+    "train": (cmd_train, "train a generator by minimizing a divergence", _train_args, ("divgen.train", "divgen.plots")),
+    "sample": (cmd_sample, "draw samples from a trained run", _sample_args,
+               ("divgen.train", "divgen.sample_files", "divgen.plots")),
+    "encode": (cmd_encode, "latent codes of samples, from a model with an encoder (bigan: E(x); vae, cvae: the posterior mean)",
+               _encode_args, ("divgen.train", "divgen.sample_files")),
+    "compare": (cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side",
+                _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.evaluate")),
+    "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.evaluate",)),
+    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval", _estimate_args,
+                 ("divgen.evaluate",)),
+    "evaluate": (cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes",
+                 _evaluate_args, ("divgen.evaluate", "divgen.train")),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `only`, of that command alone (the others keep their names
+    and help, enough for `divgen --help`)."""
+    parser = _Parser(prog="divgen", description="Train and evaluate generative models as divergence minimization. "
+                     "Every JSON divgen prints or writes is strict JSON: a non-finite number is null.")
+    parser.add_argument("--version", action="version", version=f"divgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (func, help, add_arguments, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        p.set_defaults(func=func)
+        if only is None or only == name:
+            add_arguments(p)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from divgen.train import Interrupted, TrainingDiverged
-
+@contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) while torch and the other compiled libraries load, and raise it as
+    KeyboardInterrupt right after. A KeyboardInterrupt raised inside torch's C++ initialisation
+    cannot be caught: the process aborts ("terminate called after throwing ... KeyboardInterrupt")
+    or dies by the signal, whatever the handler above it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
-        args = build_parser().parse_args(argv)
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        command = next((a for a in argv if not a.startswith("-")), "")
+        with _interrupts_held():
+            args = build_parser(only=command).parse_args(argv)  # --help and usage errors end here, light
+            for module in COMMANDS[args.command][3]:
+                importlib.import_module(module)
         return args.func(args)
     except InputError as e:
-        print(f"divgen: error: {e}", file=sys.stderr)
+        print(f"divgen: error: {one_line(e, 2000)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
-        print(f"divgen: training diverged: {e}", file=sys.stderr)
+        print(f"divgen: training diverged: {one_line(e, 2000)}", file=sys.stderr)
         return 1
     except Interrupted as e:
         print(f"divgen: {e}", file=sys.stderr)
@@ -307,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("divgen: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("divgen: out of memory, although the request's estimate fit; please report this with the command",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,62 +7,86 @@ Config that is saved as config.json; `--help` shows each family's value.
 
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from divgen import data as datasets
-from divgen import families, recipes
+from divgen import families, limits, recipes
 from divgen.errors import InputError
+from divgen.limits import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED
 
 
-def option(default, help: str, choices=None, kind=None):
-    """A Config field whose one-line help becomes its `--help` text; `kind` is its type (int, float, str, bool)."""
+def option(default, help: str, choices=None, kind=None, bounds: limits.Bounds | None = None, flag: bool = True):
+    """A Config field whose one-line help becomes its `--help` text; `kind` is its type (int, float, str, bool),
+    `bounds` the range of a number (validate), `flag` False for a field that the run records but no flag sets."""
     kind = kind or type(default)
-    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
+    if kind in (int, float) and bounds is None:
+        bounds = limits.FINITE
+    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind, "bounds": bounds, "flag": flag})
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a Config field: lr_critic -> --lr-critic."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
 class Config:
     """Everything that defines a training run; saved resolved as config.json."""
 
-    data: str = option("ring8", f"built-in data set ({', '.join(datasets.BUILTIN)}) or a .npy/.npz/.csv file")
+    data: str = option("ring8", f"built-in data set ({', '.join(datasets.BUILTIN)}; digits' pixels are rescaled from "
+                       "0–16 to [0, 1]) or a .npy/.npz/.csv file, one sample per row (a 1-D .npy is N×1; a CSV may have "
+                       "a header row and # comment lines; images: N×H×W or N×C×H×W in a .npz); recorded as an absolute path")
     model: str = option("auto", "model family: auto (conv for image data, mlp otherwise); "
                         + "; ".join(f"{f.name}: {f.help}" for f in families.FAMILIES.values()), ("auto", *families.NAMES))
     divergence: str | None = option(None, f"divergence to minimize: {', '.join(recipes.NAMES)}", kind=str)
     generator_loss: str = option(
-        "auto", "f-GAN generator loss: minimax minimizes the bound itself, whose gradient at the optimal critic is "
-        "the gradient of the named divergence; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), "
-        "which shares only the fixed point Q = P and avoids early saturation; auto: minimax for density models "
-        "(gaussian), nonsaturating for neural generators", recipes.GENERATOR_LOSSES)
-    lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: clipping, gradient penalty, spectral norm",
+        "auto", "f-GAN generator loss: auto is minimax for density models (gaussian) and nonsaturating for neural "
+        "generators; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
+        "fixed point Q = P and avoids early saturation; minimax minimizes the bound itself, whose gradient at the "
+        "optimal critic is the gradient of the named divergence", recipes.GENERATOR_LOSSES)
+    lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: weight clipping (--clip), the "
+                            "gradient penalty (--critic-penalty gp), spectral normalization (--spectral-norm)",
                             recipes.LIPSCHITZ)
-    steps: int | None = option(None, "generator steps", kind=int)
-    critic_steps: int | None = option(None, "critic steps per generator step", kind=int)
-    batch_size: int | None = option(None, "samples per batch, real and generated", kind=int)
-    lr_generator: float | None = option(None, "Adam learning rate of the generator", kind=float)
-    lr_critic: float | None = option(None, "Adam learning rate of the critic", kind=float)
-    width: int | None = option(None, "units per hidden layer, generator and critic", kind=int)
-    depth: int | None = option(None, "hidden layers, generator and critic", kind=int)
-    init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's")
+    critic_penalty: str | None = option(None, "a penalty added to the critic's loss: gp, the gradient penalty "
+                                        "E[(‖∇V(x̂)‖ − 1)²] at random interpolates of real and generated samples "
+                                        "(Gulrajani et al. 2017); r1, ½E_P[‖∇V(x)‖²] on real data (Mescheder et al. "
+                                        "2018); none", recipes.PENALTIES, kind=str)
+    penalty_weight: float | None = option(None, "weight of --critic-penalty (default: 10 for gp)", kind=float,
+                                          bounds=NON_NEGATIVE)
+    spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018)", kind=bool)
+    pack: int = option(1, "PacGAN (Lin et al. 2018): the critic sees PACK samples at a time, real with real and "
+                       "generated with generated; --batch-size must be a multiple", bounds=AT_LEAST_1)
+    ema: float | None = option(None, "decay of an exponential moving average of the generator's weights, which draws "
+                               "every sample (samples.npy, sample, evaluate); 0: off", kind=float, bounds=FRACTION)
+    steps: int | None = option(None, "generator steps", kind=int, bounds=AT_LEAST_1)
+    critic_steps: int | None = option(None, "critic steps per generator step", kind=int, bounds=AT_LEAST_1)
+    batch_size: int | None = option(None, "samples per batch, real and generated", kind=int, bounds=AT_LEAST_1)
+    lr_generator: float | None = option(None, "Adam learning rate of the generator", kind=float, bounds=POSITIVE)
+    lr_critic: float | None = option(None, "Adam learning rate of the critic", kind=float, bounds=POSITIVE)
+    width: int | None = option(None, "units per hidden layer, generator and critic", kind=int, bounds=AT_LEAST_1)
+    depth: int | None = option(None, "hidden layers, generator and critic", kind=int, bounds=AT_LEAST_1)
+    init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's", bounds=POSITIVE)
     noise_dim: int | None = option(None, "dimension of the noise z ~ N(0, I) (the latent code of bigan, vae, cvae; "
-                                   "gaussian: the data dimension)", kind=int)
+                                   "gaussian: the data dimension)", kind=int, bounds=AT_LEAST_1)
     likelihood: str = option("auto", "vae, cvae: the decoder's p(x | z): bernoulli (data in [0, 1]) or gaussian with a "
                              "learned variance; auto: bernoulli when every value lies in [0, 1]", ("auto", "bernoulli", "gaussian"))
-    gp_weight: float = option(10.0, "gradient-penalty weight for --lipschitz gp")
-    clip: float = option(0.01, "weight-clipping bound for --lipschitz clip")
-    n_data: int = option(10_000, "training samples drawn from a built-in toy density")
-    holdout: float = option(0.2, "fraction of the data kept aside, never trained on, for `divgen evaluate`")
-    seed: int = option(0, "random seed: same seed, same numbers on CPU")
+    clip: float = option(0.01, "weight-clipping bound for --lipschitz clip", bounds=NON_NEGATIVE)
+    n_data: int = option(10_000, "training samples drawn from a built-in toy density", bounds=limits.Bounds(2))
+    holdout: float = option(0.2, "fraction of the data kept aside, never trained on, for `divgen evaluate`", bounds=FRACTION)
+    seed: int = option(0, "random seed: same seed, same numbers on CPU", bounds=SEED)
     device: str = option("cpu", "cpu, cuda, mps, or auto (cuda if available)", ("auto", "cpu", "cuda", "mps"))
-    log_every: int = option(50, "steps between lines of metrics.jsonl")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-    keep_checkpoints: int = option(3, "checkpoints kept on disk")
-    n_samples: int = option(10_000, "samples written to samples.npy at the end")
+    log_every: int = option(50, "steps between lines of metrics.jsonl", bounds=AT_LEAST_1)
+    checkpoint_every: int = option(500, "steps between checkpoints", bounds=AT_LEAST_1)
+    keep_checkpoints: int = option(3, "checkpoints kept on disk", bounds=AT_LEAST_1)
+    n_samples: int = option(10_000, "samples written to samples.npy at the end (streamed to disk)", bounds=AT_LEAST_1)
     on_nan: str = option("stop", "on a NaN/inf loss or parameter: stop, or roll back to the last checkpoint with "
                          "halved learning rates (≤ 3 times)", ("stop", "rollback"))
     figures: bool = option(True, "draw samples.png and losses.png at the end of the run")
     tensorboard: bool = option(False, "also write TensorBoard event files to RUN/tensorboard")
     bf16: bool = option(False, "bfloat16 autocast for the networks on CUDA")
+    data_sha256: str = option("", "SHA-256 of the data file's bytes, recorded when the run starts ('' for built-in "
+                              "data); resuming or evaluating the run refuses a changed file", flag=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,11 +105,11 @@ class Config:
 
 # Values every family shares unless its row says otherwise.
 GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2,
-              noise_dim=8)
+              noise_dim=8, critic_penalty="none", penalty_weight=None, spectral_norm=False, ema=0.0)
+# --penalty-weight when not given, by penalty
+PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 1.0}
 # Keys that may change when a run is resumed; any other differing key is a conflict.
 RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16"}
-POSITIVE = ("steps", "critic_steps", "batch_size", "width", "depth", "noise_dim", "n_data", "log_every", "checkpoint_every",
-            "keep_checkpoints", "n_samples")
 
 
 def _typed_value(f, value, where: str):
@@ -131,10 +155,23 @@ def resolve(cfg: Config, data=None) -> Config:
     if model not in families.FAMILIES:
         raise InputError(f"--model {cfg.model!r} is not one of auto, {', '.join(families.NAMES)}")
     family = families.FAMILIES[model]
-    filled = {f.name: family_default(f.name, model) for f in fields(Config) if getattr(cfg, f.name) is None}
-    out = replace(cfg, model=model, **filled)
+    out = replace(cfg, model=model)
+    if out.divergence is None:
+        out = replace(out, divergence=family_default("divergence", model))
+    # wasserstein's Lipschitz method decides the penalty and the normalization it leaves unset
+    if recipes.row(out.divergence).estimator == "lipschitz":
+        if out.critic_penalty is None and out.lipschitz == "gp":
+            out = replace(out, critic_penalty="gp")
+        if out.spectral_norm is None and out.lipschitz == "sn":
+            out = replace(out, spectral_norm=True)
+    filled = {f.name: family_default(f.name, model) for f in fields(Config) if getattr(out, f.name) is None}
+    out = replace(out, **filled)
+    if out.penalty_weight is None:
+        out = replace(out, penalty_weight=PENALTY_WEIGHTS.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
         out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
+    if out.data not in datasets.BUILTIN:  # a file: the run must find it again from any directory
+        out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
     if out.likelihood == "auto" and data is not None and family.recipe == "elbo":
         inside = bool(((data.train >= 0) & (data.train <= 1)).all())
         out = replace(out, likelihood="bernoulli" if inside else "gaussian")
@@ -149,30 +186,21 @@ def resolve(cfg: Config, data=None) -> Config:
 
 
 def validate(cfg: Config) -> Config:
-    """Check every field of a resolved Config; InputError names the flag."""
+    """Check every field of a resolved Config: type, choices, range (its `bounds`); InputError names the flag."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         if value is None:
             raise InputError(f"{flag} is not set (resolve the config first)")
         _typed_value(f, value, flag)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise InputError(f"{flag} {value!r} is not one of {', '.join(choices)}")
-        if f.metadata["kind"] is float and not math.isfinite(value):
-            raise InputError(f"{flag} must be a finite number, got {value}")
+        if f.metadata["bounds"] is not None:
+            f.metadata["bounds"].check(flag, value)
     recipes.check_name(cfg.divergence)
-    for name in POSITIVE:
-        if getattr(cfg, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("lr_critic", "lr_generator", "init_std"):
-        if not getattr(cfg, name) > 0:
-            raise InputError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("gp_weight", "clip"):
-        if getattr(cfg, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be ≥ 0")
-    if not 0 <= cfg.holdout < 1:
-        raise InputError("--holdout must lie in [0, 1)")
+    if cfg.batch_size % cfg.pack:
+        raise InputError(f"--pack {cfg.pack}: must divide --batch-size {cfg.batch_size}")
     return cfg
 
 

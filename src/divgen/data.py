@@ -7,6 +7,7 @@ path to the user's own `.npy`, `.npz` or `.csv` file.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zipfile
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
+from divgen import limits
 from divgen.densities import CurveMixture, gaussian_mixture
-from divgen.errors import InputError
+from divgen.errors import InputError, warn
 
 
 class Batch(NamedTuple):
@@ -101,9 +103,9 @@ class Toy:
         return dist.mixture_distribution.probs if self.modes else None
 
 
-def _ring8():
+def _ring8(radius: float = 2.0):
     angles = torch.arange(8) * (2 * math.pi / 8)
-    return 2.0 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 def _grid25():
@@ -134,6 +136,10 @@ TOYS: dict[str, Toy] = {
     # two well separated 2-D modes: the seeds' forward vs reverse KL picture
     "mog2d": Toy(lambda: gaussian_mixture(_MOG2D_MEANS, [0.5, 0.5]), lambda: torch.tensor(_MOG2D_MEANS), 0.5),
     "ring8": Toy(lambda: gaussian_mixture(_ring8(), [0.05]), _ring8, 0.05),
+    # PacGAN's ring (Lin et al. 2018, after VEEGAN): radius 1, sd 0.01, so sharp that a sample
+    # counts as high quality only within 0.03 of a mode
+    "ring8-pacgan": Toy(lambda: gaussian_mixture(_ring8(1.0), [0.01]), lambda: _ring8(1.0), 0.01),
+    # 25 modes on {−4, −2, 0, 2, 4}², sd 0.05: also PacGAN's grid
     "grid25": Toy(lambda: gaussian_mixture(_grid25(), [0.05]), _grid25, 0.05),
     "swissroll": Toy(lambda: CurveMixture([_swissroll], sigma=0.1)),
     "moons": Toy(lambda: CurveMixture([_moon_upper, _moon_lower], sigma=0.1)),
@@ -167,6 +173,7 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
     """
     if name in TOYS:
         toy = TOYS[name]
+        limits.require([(f"--n-data {n}", _toy_bytes(name, n, holdout))], limits.memory_available())
         x = sample_toy(name, n, seed)
         return Dataset(
             name=name,
@@ -190,6 +197,9 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
         x, y, shape = read_file(name)
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     n_hold = int(round(len(x) * holdout)) if len(x) >= 10 else 0
+    if len(x) - n_hold < 2:
+        raise InputError(f"--holdout {holdout:g} keeps {n_hold} of the {len(x)} rows of {name!r} aside and leaves "
+                         f"{len(x) - n_hold} to train on; at least 2 are needed")
     hold, keep = perm[:n_hold], perm[n_hold:]
     labels = (None, None) if y is None else (torch.from_numpy(y[keep]), torch.from_numpy(y[hold]))
     return Dataset(
@@ -200,6 +210,33 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
         train_labels=labels[0],
         holdout_labels=labels[1],
     )
+
+
+def _toy_bytes(name: str, n: int, holdout: float) -> int:
+    """Memory to draw n + n·holdout samples of a toy set: a Gaussian mixture draws every component
+    for every sample (K, d) before it picks one."""
+    toy = TOYS[name]
+    dim = toy.density().event_shape[0]
+    per_sample = (len(toy.modes()) if toy.modes else 4) + 2
+    return 2 * limits.FLOAT32 * int(n * (1 + holdout) + 2) * dim * per_sample
+
+
+def fingerprint(name: str, expected: str = "") -> str:
+    """SHA-256 of a data file's bytes ("" for a built-in set). InputError if it differs from
+    `expected` (a run's config.json): the file changed since the run was trained."""
+    if name in BUILTIN:
+        return ""
+    h = hashlib.sha256()
+    try:
+        with open(name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise InputError(f"data file {name!r} cannot be read: {e.strerror or e}") from None
+    if expected and h.hexdigest() != expected:
+        raise InputError(f"data file {name!r} has changed since the run was trained (its SHA-256 is not the one in "
+                         "config.json); restore the original file, or train a new run on this one")
+    return h.hexdigest()
 
 
 def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
@@ -237,6 +274,8 @@ def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
     """
     path = Path(path)
     ext = path.suffix.lower()
+    if path.is_dir():
+        raise InputError(f"data {str(path)!r} is a directory; give a .npy, .npz or .csv file")
     if ext not in FILE_TYPES:
         raise InputError(
             f"data {str(path)!r}: not a built-in data set ({', '.join(BUILTIN)}) "
@@ -249,7 +288,7 @@ def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
         if ext == ".npy":
             x = np.load(path, allow_pickle=False)
         elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh: closed even when the zip is bad
                 keys = list(z.keys())
                 if "x" in z:
                     x = z["x"]
@@ -269,10 +308,14 @@ def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
 
 
 def _read_csv(path: Path) -> np.ndarray:
+    """Numbers, one sample per row. Blank lines and lines starting with # are skipped; a first row
+    that is not numeric is a header. A header whose first name is empty or `Unnamed: 0` marks a
+    row index (pandas' `to_csv`): that column is dropped, with a warning."""
     import csv
 
     with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        kept = [(i, line) for i, line in enumerate(fh, 1) if line.strip() and not line.lstrip().startswith("#")]
+    rows = [(i, cells) for i, cells in ((i, next(csv.reader([line]))) for i, line in kept) if any(c.strip() for c in cells)]
     if not rows:
         raise InputError(f"data file {str(path)!r} is empty")
 
@@ -283,12 +326,19 @@ def _read_csv(path: Path) -> np.ndarray:
             bad = next(c for c in row if not _is_float(c))
             raise InputError(f"data file {str(path)!r}, line {line}: non-numeric value {bad.strip()!r}") from None
 
-    start = 0 if all(_is_float(c) for c in rows[0]) else 1  # optional header row
-    values = [parse(r, i + 1) for i, r in enumerate(rows) if i >= start]
+    header = None if all(_is_float(c) for c in rows[0][1]) else rows.pop(0)[1]  # optional header row
+    if not rows:
+        raise InputError(f"data file {str(path)!r} has a header but no rows")
+    drop = 0
+    if header is not None and len(header) > 1 and header[0].strip() in ("", "Unnamed: 0"):
+        drop = 1
+        warn(f"data file {str(path)!r}: the first column has no name in the header, the mark of a row index "
+             "(pandas' to_csv); it is not used as a feature")
+    values = [parse(r[drop:], line) for line, r in rows]
     widths = {len(r) for r in values}
     if len(widths) > 1:
         raise InputError(f"data file {str(path)!r}: rows have different numbers of columns {sorted(widths)}")
-    return np.array(values, dtype=np.float64).reshape(len(values), len(rows[-1]))
+    return np.array(values, dtype=np.float64).reshape(len(values), len(values[-1]))
 
 
 def _is_float(text: str) -> bool:
@@ -320,12 +370,42 @@ def _validate(x, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
         raise InputError(f"data {where!r} has 0 columns")
     if x.shape[0] < 2:
         raise InputError(f"data {where!r} has {x.shape[0]} rows; at least 2 are needed")
-    x = x.astype(np.float32)
-    bad = ~np.isfinite(x)
+    bad = ~np.isfinite(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise InputError(f"data {where!r} contains NaN or infinite values ({int(bad.sum())} cells, first at row {row}, column {col})")
+        raise InputError(f"data {where!r} contains NaN or infinite values ({int(bad.sum())} cells, first at row {row}, "
+                         f"column {col}, counting from 0)")
+    with np.errstate(over="ignore"):  # beyond float32's range: refused below, not warned about
+        x = x.astype(np.float32)
+    big = ~np.isfinite(x)
+    if big.any():
+        row, col = np.argwhere(big)[0]
+        raise InputError(f"data {where!r} has values too large for float32 (|x| > 3.4e38; {int(big.sum())} cells, "
+                         f"first at row {row}, column {col}, counting from 0)")
+    check_varies(x, where)
     return np.ascontiguousarray(x), shape
+
+
+def check_varies(x, where: str) -> None:
+    """InputError if every row of x (N, d) is the same point: a constant sample is no distribution
+    that a model can be fitted to or compared with (its variance is 0)."""
+    if len(x) and (x == x[:1]).all():
+        raise InputError(f"data {where!r} is constant: all {len(x)} rows are the same point, so there is no "
+                         "distribution to fit or compare (zero variance)")
+
+
+def duplicate_rows(x, y=None) -> int:
+    """Rows of x (N, d) that repeat an earlier row of x, or, with y (M, d), rows of x that also occur in y."""
+    x = np.asarray(x)
+    if y is None:
+        return len(x) - len(np.unique(x, axis=0))
+    y = np.unique(np.asarray(y), axis=0)
+    both = np.concatenate([np.unique(x, axis=0), y])
+    shared = len(both) - len(np.unique(both, axis=0))  # distinct rows of x that are rows of y
+    if not shared:
+        return 0
+    in_y = {row.tobytes() for row in y}
+    return sum(row.tobytes() in in_y for row in x)
 
 
 def _validate_labels(y, n: int, where: str) -> np.ndarray | None:

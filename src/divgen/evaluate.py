@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,10 +66,10 @@ class Estimate:
     estimate: float
     ci_low: float
     ci_high: float
-    lower_bound: float | None
     method: str  # "critic" or "knn"
     n_a: int
     n_b: int
+    lower_bound: float | None = None
 
     def to_dict(self) -> dict:
         """The record as strict JSON: NaN and ±inf become null."""
@@ -109,6 +108,8 @@ def as_samples(a, b) -> tuple[torch.Tensor, torch.Tensor]:
         out.append(x.contiguous())
     if out[0].shape[1] != out[1].shape[1]:
         raise InputError(f"A has dimension {out[0].shape[1]} but B has dimension {out[1].shape[1]}")
+    if (out[0] == out[0][:1]).all() and (out[1] == out[0][:1]).all():
+        raise InputError("samples A and B are one and the same point repeated: there is nothing to test or estimate")
     return out[0], out[1]
 
 
@@ -504,7 +505,7 @@ def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int
         if bound > value:  # the truth is at least the bound's mean, so the plug-in was too low
             value, se = bound, bound_spread
     z = float(stats.norm.ppf(0.5 + confidence / 2))
-    return Estimate(name, value, value - z * se, value + z * se, lower, "critic", n_a, n_b)
+    return Estimate(name, value, value - z * se, value + z * se, "critic", n_a, n_b, lower)
 
 
 @dataclass(frozen=True)
@@ -561,8 +562,9 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     distance from a_i to its k-th nearest neighbour among the other a's and
     ν_k(i) to its k-th nearest neighbour among the m b's. `reverse-kl` swaps
     A and B. The estimator assumes continuous densities: samples with many
-    repeated rows (more than 1%: rounded or discrete data) or a k-th neighbour at
-    distance 0, which make log ρ = −∞ or spuriously small, are refused with an InputError.
+    repeated rows (more than KNN_MAX_TIES: rounded or discrete data, the same file
+    twice) or a k-th neighbour at distance 0, which make log ρ = −∞ or spuriously
+    small, are refused with an InputError.
 
     The interval is normal theory on the n terms: it covers the estimator's mean
     at this sample size, not its bias, which at n in the thousands is of the
@@ -574,26 +576,44 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     if name not in KNN_DIVERGENCES:
         raise InputError(f"--method knn estimates {' and '.join(KNN_DIVERGENCES)} only, not {name!r}")
     a, b = as_samples(a, b)
+    _distinct_points(a, b)
     p, q = (a, b) if name == "kl" else (b, a)
     p, q = p.double().numpy(), q.double().numpy()
     n, d = p.shape
     m = len(q)
     if k >= n:
         raise InputError(f"k-NN with k = {k} needs more than {k} rows in each sample")
-    pool = np.concatenate([p, q])
-    repeats = int((cKDTree(pool).query(pool, k=2)[0][:, 1] == 0).sum())
     rho = cKDTree(p).query(p, k=k + 1)[0][:, k]  # k + 1: the nearest is the point itself
     nu = cKDTree(q).query(p, k=k)[0]
     nu = nu[:, k - 1] if nu.ndim == 2 else nu
-    # Rounded or discrete data: a k-th neighbour at distance 0 makes log ρ = −∞, and many ties
-    # make ρ spuriously small. Continuous float32 data repeat a row only by chance (in 1-D
-    # about 1 in 2,500 at n = 10,000), hence the 1% allowance.
-    if repeats > 0.01 * len(pool) or (rho == 0).any() or (nu == 0).any():
-        raise InputError(f"the samples repeat rows ({repeats} of {len(pool)} rows have an exact copy in A or B): "
-                         "the k-NN estimator needs continuous data; use --method critic")
+    # within the 1% of ties _distinct_points allows, k copies of one point would still make
+    # a k-th neighbour distance 0 and log ρ = −∞
+    if (rho == 0).any() or (nu == 0).any():
+        raise InputError(f"--method knn: some points have {k} or more exact copies (a k-th neighbour at distance 0); "
+                         "k-NN distances need distinct points: remove duplicates or use --method critic")
     terms = d * (np.log(nu) - np.log(rho)) + math.log(m / (n - 1))
     value, lo, hi = _normal_ci(torch.from_numpy(terms), torch.zeros(2, dtype=torch.float64), confidence)
-    return Estimate(name, value, lo, hi, None, "knn", len(a), len(b))
+    return Estimate(name, value, lo, hi, "knn", len(a), len(b))
+
+
+# Ties the k-NN estimator tolerates: independent float32 samples of a continuous distribution
+# repeat a few values by rounding alone (2 in 10,000 draws of a 1-D normal); ties beyond this
+# fraction bias it (every row twice: KL 0.43 instead of 0; the same file twice: a negative KL).
+KNN_MAX_TIES = 0.01
+
+
+def _distinct_points(a: torch.Tensor, b: torch.Tensor) -> None:
+    """InputError if the k-NN estimator's distances would tie for more than KNN_MAX_TIES of the rows:
+    rows repeated within A or B, or rows of A that are also in B."""
+    from divgen.data import duplicate_rows
+
+    for name, x in (("A", a), ("B", b)):
+        if (k := duplicate_rows(x.numpy())) > KNN_MAX_TIES * len(x):
+            raise InputError(f"--method knn: samples {name} repeat {k} of their {len(x)} rows; k-NN distances need "
+                             "distinct points (a continuous distribution): remove duplicates or use --method critic")
+    if (k := duplicate_rows(a.numpy(), b.numpy())) > KNN_MAX_TIES * len(a):
+        raise InputError(f"--method knn: {k} rows of A also occur in B; the k-NN estimator needs two independent "
+                         "samples (the same file twice gives a biased estimate): use --method critic or another sample")
 
 
 def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence: float = 0.95) -> Estimate:
@@ -830,12 +850,17 @@ TEST_METHODS: dict[str, Callable[..., TestResult]] = {
 }
 TESTS = tuple(TEST_METHODS)
 DEFAULT_TEST = "mmd-agg"
+KERNEL_TESTS = ("mmd-agg", "energy", "mmd")
 
 
 def two_sample_test(a, b, method: str = DEFAULT_TEST, seed: int = 0, permutations: int = 500) -> TestResult:
     """Test H0: A and B have the same distribution, by any method of TESTS."""
     if method not in TEST_METHODS:
         raise InputError(f"unknown test method {method!r}; valid: {', '.join(TESTS)}")
+    if method in KERNEL_TESTS:  # the (N, P + 1) relabelling matrices must fit
+        from divgen import limits
+
+        limits.require(limits.mmd_test_memory(len(a), len(b), permutations), limits.memory_available())
     return TEST_METHODS[method](a, b, seed, permutations)
 
 
@@ -950,15 +975,15 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     mode statistics for the toy mixtures. Non-finite numbers are written as null
     (an infinite exact divergence also says `"infinite": true`).
     """
-    from tqdm import tqdm
-
     from divgen import data as datasets
     from divgen import families, runs
+    from divgen.progress import Progress
 
     run = Path(run)
     trained = runs.load_run(run)
     cfg, nets = trained.config, trained.nets
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
+    datasets.fingerprint(cfg.data, cfg.data_sha256)  # the held-out rows are those of the file the run split
     real = ds.holdout
     if len(real) < MIN_SAMPLES:
         raise InputError(f"run {str(run)!r} kept {len(real)} held-out samples; at least {MIN_SAMPLES} are needed "
@@ -967,15 +992,16 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     fake = families.draw(nets, len(real), seed=cfg.seed + 1_000_003 + seed)
     names = [n for n in dict.fromkeys([cfg.divergence, *recipes.EVALUATED]) if recipes.row(n).estimator]
     jobs = [("critics", names)] + [("test", t) for t in EVALUATE_TESTS]
-    bar = tqdm(jobs, disable=quiet or not sys.stderr.isatty(), desc="evaluate", unit="job")
+    progress = Progress(len(jobs), "evaluate", quiet, unit="jobs")
     estimates, tests = [], []
-    for kind, name in bar:
-        bar.set_postfix_str("critics" if kind == "critics" else name)
+    for kind, name in jobs:
+        progress.begin(f"independent critics ({', '.join(name)})" if kind == "critics" else f"{name} test")
         if kind == "critics":  # one classifier serves every f-divergence
             estimates += [asdict(e) for e in critic_estimates(real, fake, name, seed=seed)]
         else:
             tests.append(asdict(two_sample_test(real, fake, name, seed=seed)))
-    bar.close()
+        progress.update()
+    progress.close()
     result = {
         "run": str(run),
         "data": cfg.data,

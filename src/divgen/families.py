@@ -16,8 +16,9 @@ The latent and conditional families use convolutional networks for image data
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from divgen.models import (ConvCritic, ConvGenerator, ConvUp, Decoder, GaussianM
                            Standardize, Views, conv_encoder, mlp, mlp_encoder)
 
 CRITIC = "critic"  # the name of the critic-side network in every family's ModuleDict
+EMA = "generator_ema"  # the moving average of the generator's weights, when --ema is on
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Family:
             nets = self.build(cfg, spec, x, y, torch.Generator().manual_seed(seed))
             if recipe.uses_critic:
                 nets[CRITIC] = _critic(cfg, spec, x, recipe.spectral_norm, self.view, nets)
+        if cfg.ema:  # the averaged generator: no gradients, updated by the loop, saved with the networks
+            nets[EMA] = copy.deepcopy(nets["generator"]).requires_grad_(False)
         return nets
 
 
@@ -110,8 +114,9 @@ def _critic(cfg, spec: Spec, x, spectral_norm: bool, view: View, nets) -> nn.Mod
     n_classes = spec.n_classes if view is CONDITIONAL else 0
     latent = cfg.noise_dim if view is BIDIRECTIONAL else 0
     if spec.image:
-        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent)
-    return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, spectral_norm, n_classes=n_classes, latent_dim=latent)
+        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent, cfg.pack)
+    return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, spectral_norm, n_classes=n_classes, latent_dim=latent,
+                     pack=cfg.pack)
 
 
 def _encoder(cfg, spec: Spec, x, latent: int, n_classes: int = 0, gaussian: bool = False) -> nn.Module:
@@ -179,20 +184,31 @@ FAMILIES: dict[str, Family] = {
 NAMES = tuple(FAMILIES)
 
 
+def network_count(cfg, family: Family, recipe) -> int:
+    """How many networks `family` trains with `recipe`: the generator, an encoder (BiGAN, VAE), a critic,
+    the generator's moving average (--ema); limits.py sizes them before they are built."""
+    return 1 + int(family.view is BIDIRECTIONAL or family.recipe == "elbo") + int(recipe.uses_critic) + int(cfg.ema > 0)
+
+
 def generator_side(nets: nn.ModuleDict) -> list[nn.Parameter]:
-    """Parameters of every network but the critic (generator, encoder, ...)."""
-    return [p for name, net in nets.items() if name != CRITIC for p in net.parameters()]
+    """Trained parameters of every network but the critic (generator, encoder, ...)."""
+    return [p for name, net in nets.items() if name not in (CRITIC, EMA) for p in net.parameters()]
+
+
+def sampler(nets: nn.ModuleDict) -> nn.Module:
+    """The network that draws samples: the generator's moving average when there is one, else the generator."""
+    return nets[EMA] if EMA in nets else nets["generator"]
 
 
 def density_model(nets: nn.ModuleDict) -> GaussianModel | None:
-    """The generator when it has an explicit density (exact divergences, params.json), else None."""
-    g = nets["generator"]
+    """The sampler when it has an explicit density (exact divergences, params.json), else None."""
+    g = sampler(nets)
     return g if isinstance(g, GaussianModel) else None
 
 
 def labels_for(nets: nn.ModuleDict, n: int, label: int | None, rng: torch.Generator) -> torch.Tensor | None:
     """Labels for n samples of a conditional generator: all `label`, or drawn from its class frequencies."""
-    g = nets["generator"]
+    g = sampler(nets)
     if not g.n_classes:
         if label is not None:
             raise InputError("--label: this model is not conditional (train it with --model cgan or cvae)")
@@ -206,22 +222,32 @@ def labels_for(nets: nn.ModuleDict, n: int, label: int | None, rng: torch.Genera
 
 
 def draw(nets: nn.ModuleDict, n: int, seed: int, label: int | None = None, chunk: int = 8192) -> torch.Tensor:
-    """n samples (n, d) from the generator, reproducible from `seed`; see draw_labelled."""
+    """n samples (n, d) from the generator, reproducible from `seed`; see draw_chunks."""
     return draw_labelled(nets, n, seed, label, chunk)[0]
 
 
 def draw_labelled(nets: nn.ModuleDict, n: int, seed: int, label: int | None = None,
                   chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n samples (n, d) from the generator and their labels (None for an unconditional model),
-    reproducible from `seed` (the same numbers whatever `chunk`); on the CPU. A conditional model
-    draws class `label`, or classes in their training frequencies."""
-    generator = nets["generator"]
+    """n samples (n, d) and their labels (None for an unconditional model); see draw_chunks."""
+    parts = list(draw_chunks(nets, n, seed, label, chunk))
+    y = None if parts[0][1] is None else torch.cat([part_y for _, part_y in parts])
+    return torch.cat([part_x for part_x, _ in parts]), y
+
+
+def draw_chunks(nets: nn.ModuleDict, n: int, seed: int, label: int | None = None,
+                chunk: int = 8192) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The samples of `draw` and their labels, `chunk` rows at a time ((≤ chunk, d), (≤ chunk,)) on the CPU:
+    a large n is streamed, never held (only the n labels of a conditional model are, 8 bytes each).
+    Reproducible from `seed`, the same numbers whatever `chunk`. A conditional model draws class
+    `label`, or classes in their training frequencies."""
+    generator = sampler(nets)
     device = next(generator.parameters()).device
     rng = torch.Generator().manual_seed(seed)
     y = labels_for(nets, n, label, rng)
     rng = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        parts = [generator(torch.randn(min(chunk, n - i), generator.noise_dim, generator=rng, device=device),
-                           None if y is None else y[i : i + chunk].to(device))
-                 for i in range(0, n, chunk)]
-    return torch.cat(parts).cpu(), y
+    for i in range(0, n, chunk):
+        part_y = None if y is None else y[i : i + chunk]
+        with torch.no_grad():
+            x = generator(torch.randn(min(chunk, n - i), generator.noise_dim, generator=rng, device=device),
+                          None if part_y is None else part_y.to(device))
+        yield x.cpu(), part_y

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,8 +227,11 @@ def fit_adversarial(data: str, name: str, out: Path, seed: int = 0, overwrite: b
     from divgen import families, train
 
     best, selection = None, []
-    for s in starts:
+    for i, s in enumerate(starts, 1):
         cfg = adversarial_config(data, name, seed, init_std=s, **overrides)
+        if not quiet:
+            print(f"adversarial:{name}, start {i}/{len(starts)} (initial std {s:g} × the data's): "
+                  f"{Path(out) / f'init-std-{s:g}'}", file=sys.stderr, flush=True)
         result = train.train(cfg, Path(out) / f"init-std-{s:g}", overwrite=overwrite, quiet=quiet)
         samples = torch.from_numpy(np.load(result.run / "samples.npy"))
         candidate = (str(result.run), families.density_model(result.nets).params(), samples)
@@ -246,6 +250,11 @@ def fit_adversarial(data: str, name: str, out: Path, seed: int = 0, overwrite: b
 
 
 # ------------------------------------------------------------------ compare ---
+# What compare writes in its --out (each adversarial fit is a run directory of its own);
+# --overwrite removes these and nothing else.
+COMPARE_FILES = ("compare.png", "compare.md", "compare.json")
+
+
 def score(fit: Fit, density: Distribution | None) -> Fit:
     """The fit with its exact forward KL, reverse KL and JS against the data density (if known)."""
     if density is None:
@@ -275,6 +284,8 @@ def compare(
     `exact:*` without a known data density, an existing `out` without
     `overwrite` all raise InputError.
     """
+    from divgen.config import resolve
+
     items = parse_methods(methods)
     if model not in MODELS:
         raise InputError(f"--model {model!r}: compare fits one of {', '.join(MODELS)}")
@@ -285,10 +296,19 @@ def compare(
     if exact and ds.density is None:
         raise InputError(f"{exact[0]} needs the data density, and none is known for --data {data!r} "
                          f"(only the built-in {', '.join(datasets.TOYS)} have one); use mle or adversarial:NAME")
-    out = runs.prepare(Path(out), overwrite)
+    constant = (ds.train.std(0) == 0).nonzero().flatten().tolist()
+    if constant:
+        raise InputError(f"--data {data!r}: column {constant[0] + 1} (of {ds.dim}) is constant; a Gaussian fit needs every "
+                         "column to vary (its covariance would be singular, with no density): drop the column")
+    for m in items:  # the adversarial fits' settings, before anything is written
+        if m.startswith("adversarial:"):
+            resolve(adversarial_config(data, m.partition(":")[2], seed, steps=steps))
+    out = runs.prepare(Path(out), overwrite, files=COMPARE_FILES, folders=())
 
     fits = []
-    for m in items:
+    for i, m in enumerate(items, 1):
+        if not quiet:
+            print(f"compare: fit {i}/{len(items)}: {m}", file=sys.stderr, flush=True)
         kind, _, name = m.partition(":")
         if kind == "mle":
             fit = fit_mle(ds.train)

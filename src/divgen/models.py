@@ -226,29 +226,33 @@ class GaussianModel(nn.Module):
 
 # ----------------------------------------------------------------- critics ---
 class MLPCritic(nn.Module):
-    """The raw critic output V(x) or V(x, c) ∈ ℝ, shape (B,).
+    """The raw critic output V(x) or V(x, c) ∈ ℝ, shape (B / pack,).
 
     The condition c is concatenated to the standardized x: one-hot labels
     (`n_classes`, a conditional GAN) or latent codes (`latent_dim`, BiGAN).
+    `pack` (PacGAN, Lin et al. 2018): rows i·pack … (i + 1)·pack − 1 of a batch
+    are judged together, as one input of pack·(d + condition) features.
     """
 
     def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False,
-                 activation: type[nn.Module] = nn.ReLU, n_classes: int = 0, latent_dim: int = 0,
+                 activation: type[nn.Module] = nn.ReLU, n_classes: int = 0, latent_dim: int = 0, pack: int = 1,
                  quadratic: bool = False):
         super().__init__()
-        self.scaler, self.n_classes = scaler, n_classes
-        in_dim = scaler.mean.shape[0] + n_classes + latent_dim
-        self.net = mlp(in_dim, 1, width, depth, spectral_norm, activation)
+        self.scaler, self.n_classes, self.pack = scaler, n_classes, pack
+        self.in_features = pack * (scaler.mean.shape[0] + n_classes + latent_dim)
+        self.net = mlp(self.in_features, 1, width, depth, spectral_norm, activation)
         # `quadratic` adds hᵀAh, a quadratic form in the standardized input (A starts at 0, so the
         # critic starts as the MLP alone): log-density ratios of Gaussians are exactly quadratic,
         # which an MLP fits only slowly. The form is linear in A, so its part of the fit is convex.
-        self.quadratic = nn.Parameter(torch.zeros(in_dim, in_dim)) if quadratic else None
+        self.quadratic = nn.Parameter(torch.zeros(self.in_features, self.in_features)) if quadratic else None
 
-    def forward(self, x, c=None):  # (B, d), (B,) or (B, k) -> (B,), float32 even under bf16 autocast
+    def forward(self, x, c=None):  # (B, d), (B,) or (B, k) -> (B/pack,), float32 even under bf16 autocast
         h = self.scaler(x)
         if c is not None:
             c = one_hot(c, self.n_classes, h.dtype) if self.n_classes else c.to(h.dtype)
             h = torch.cat([h, c], dim=1)
+        if self.pack > 1:
+            h = h.reshape(-1, self.in_features)
         v = self.net(h).squeeze(-1)
         if self.quadratic is not None:
             v = v + ((h @ self.quadratic) * h).sum(-1)  # (B, d) @ (d, d) -> (B,)
@@ -264,24 +268,25 @@ class ConvCritic(nn.Module):
     """
 
     def __init__(self, scaler: Standardize, event_shape, width: int, spectral_norm: bool = False,
-                 n_classes: int = 0, latent_dim: int = 0):
+                 n_classes: int = 0, latent_dim: int = 0, pack: int = 1):
         super().__init__()
-        self.scaler, self.n_classes, self.latent_dim = scaler, n_classes, latent_dim
-        self.features = ConvDown(event_shape, width)
+        self.scaler, self.n_classes, self.latent_dim, self.pack = scaler, n_classes, latent_dim, pack
+        c, h, w = image_chw(event_shape)
+        self.features = ConvDown((pack * c, h, w), width)  # a pack of images stacked along the channels
         f = self.features.features
-        self.head = mlp(f + latent_dim, 1, 2 * width, 1, activation=nn.LeakyReLU) if latent_dim else nn.Linear(f, 1)
+        self.head = mlp(f + pack * latent_dim, 1, 2 * width, 1, activation=nn.LeakyReLU) if latent_dim else nn.Linear(f, 1)
         if n_classes:
             self.embed = nn.Embedding(n_classes, f)
             nn.init.normal_(self.embed.weight, std=0.02)
         _spectral(self, spectral_norm)
 
-    def forward(self, x, c=None):  # (B, d) -> (B,)
-        phi = self.features(self.scaler(x))  # (B, F)
+    def forward(self, x, c=None):  # (B, d) -> (B / pack,)
+        phi = self.features(self.scaler(x).reshape(-1, self.pack * x.shape[1]))  # (B/pack, F)
         if self.latent_dim:
-            return self.head(torch.cat([phi, c.to(phi.dtype)], dim=1)).squeeze(-1).float()
+            return self.head(torch.cat([phi, c.to(phi.dtype).reshape(len(phi), -1)], dim=1)).squeeze(-1).float()
         out = self.head(phi).squeeze(-1)
-        if self.n_classes:
-            out = out + (self.embed(c) * phi).sum(1)
+        if self.n_classes:  # a pack's classes enter through the mean of their embeddings
+            out = out + (self.embed(c).reshape(len(phi), self.pack, -1).mean(1) * phi).sum(1)
         return out.float()
 
 
@@ -395,6 +400,9 @@ def critic_pair(critic, a: torch.Tensor | Views, b: torch.Tensor | Views) -> tup
     """
     a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
     if len(a) == 1:  # the common case, without the generality's overhead
-        return critic(torch.cat([a[0], b[0]])).split([len(a[0]), len(b[0])])
-    joint = [torch.cat([u, v]) for u, v in zip(a, b)]
-    return critic(*joint).split([len(a[0]), len(b[0])])
+        v = critic(torch.cat([a[0], b[0]]))
+    else:
+        v = critic(*[torch.cat([u, w]) for u, w in zip(a, b)])
+    # a packed critic gives one output per pack: as many packs on each side as rows allow
+    n_a = len(v) * len(a[0]) // (len(a[0]) + len(b[0]))
+    return v.split([n_a, len(v) - n_a])

@@ -87,25 +87,46 @@ def wasserstein_generator_loss(v_fake: torch.Tensor) -> torch.Tensor:
     return -v_fake.mean()
 
 
-def gradient_penalty(
-    critic: Callable[[torch.Tensor], torch.Tensor],
-    x_real: torch.Tensor,
-    x_fake: torch.Tensor,
-    generator: torch.Generator | None = None,
-    one_sided: bool = False,
-) -> torch.Tensor:
-    """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ (Gulrajani et al. 2017, WGAN-GP).
+def _views(v) -> tuple:
+    return (v,) if torch.is_tensor(v) else tuple(v)
 
+
+def _input_gradient(critic: Callable, views: tuple) -> torch.Tensor:
+    """∇V at `views` with respect to its float inputs (samples, and latent codes of BiGAN), as one
+    (B, D) matrix; integer inputs (labels) are held fixed. The graph is kept, so a penalty of it trains."""
+    inputs = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in views]
+    wrt = [t for t in inputs if t.is_floating_point()]
+    grads = torch.autograd.grad(critic(*inputs).sum(), wrt, create_graph=True)
+    return torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)
+
+
+def gradient_penalty(critic: Callable, real, fake, generator: torch.Generator | None = None,
+                     one_sided: bool = False) -> torch.Tensor:
+    """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ = εx + (1 − ε)x̃, one ε ~ U(0, 1) per
+    example (Gulrajani et al. 2017, WGAN-GP).
+
+    `real`, `fake`: tensors (B, d) or views (x, c): float components are
+    interpolated with the same ε (BiGAN's codes with its samples), labels are
+    the real ones (a conditional model's generated samples carry them too).
     `one_sided`: E[max(0, ‖∇V(x̂)‖ − 1)²], which penalizes only slopes above 1
     (Petzka et al. 2018, WGAN-LP). A critic trained from scratch to estimate
     W1 needs it: the two-sided penalty makes a slope of 0 a barrier, so a
     critic that starts with the wrong sign locks in the wrong direction.
     """
-    eps = torch.rand(x_real.shape[0], 1, generator=generator, device=x_real.device, dtype=x_real.dtype)
-    x_hat = (eps * x_real + (1 - eps) * x_fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    excess = grad.norm(dim=1) - 1
+    real, fake = _views(real), _views(fake)
+    x = real[0]
+    eps = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype)
+    mixed = tuple(torch.lerp(b, a, eps.view(-1, *[1] * (a.dim() - 1))) if a.is_floating_point() else a
+                  for a, b in zip(real, fake))
+    excess = _input_gradient(critic, mixed).norm(dim=1) - 1
     return ((excess.clamp(min=0) if one_sided else excess) ** 2).mean()
+
+
+def r1_penalty(critic: Callable, real) -> torch.Tensor:
+    """½ E_P[‖∇_x V(x)‖²] on real data (Mescheder, Geiger & Nowozin 2018, "Which training methods for
+    GANs do actually converge?"): it pulls the critic flat on the data, which makes the
+    equilibrium locally stable. Times the weight γ it is their (γ/2)·E‖∇V‖²."""
+    return 0.5 * _input_gradient(critic, _views(real)).square().sum(1).mean()
 
 
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

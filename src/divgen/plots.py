@@ -98,6 +98,21 @@ def mosaic(images: np.ndarray, event_shape, rows: int, cols: int) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
+def image_grid(file, images: np.ndarray, event_shape) -> None:
+    """A PNG of images (n, d) in a near-square grid, every tile on one grey (or colour) scale:
+    the 0.5–99.5 percentiles of all the images."""
+    from matplotlib.image import imsave
+
+    cols = int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / cols))
+    grid = mosaic(images, event_shape, rows, cols)
+    lo, hi = (float(v) for v in np.percentile(images, [0.5, 99.5]))
+    if grid.ndim == 3:
+        imsave(file, np.clip((grid - lo) / max(hi - lo, 1e-12), 0, 1), format="png")
+    else:
+        imsave(file, grid, cmap="gray_r", vmin=lo, vmax=hi, format="png")
+
+
 def image_panels(axes, panels: list[tuple[str, np.ndarray]], event_shape, rows: int = 8, cols: int = 8) -> None:
     """Image grids side by side on one grey (or colour) scale, the range of the first panel (the data)."""
     lo, hi = float(np.min(panels[0][1])), float(np.max(panels[0][1]))

@@ -35,20 +35,25 @@ LIPSCHITZ = ("clip", "gp", "sn")
 ESTIMATORS = ("classifier", "lipschitz", None)
 
 
+PENALTIES = ("none", "gp", "r1")
+
+
 @dataclass(frozen=True)
 class Penalty:
     """A term added to the critic's loss: weight · penalty(critic, real views, fake views)."""
 
-    name: str  # "gp"
+    name: str  # "gp" or "r1"
     weight: float
     one_sided: bool = False
 
     def __call__(self, critic, real, fake, rng: torch.Generator) -> Tensor:
-        # interpolate the samples; the conditions of the real views go along (labels are shared)
-        x_real, x_fake = real[0], fake[0]
-        cond = real[1:]
-        return self.weight * objectives.gradient_penalty(
-            lambda x: critic(x, *cond), x_real, x_fake, rng, one_sided=self.one_sided)
+        if self.name == "r1":
+            return self.weight * objectives.r1_penalty(critic, real)
+        return self.weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided)
+
+
+def _penalty(cfg) -> Penalty | None:
+    return None if cfg.critic_penalty == "none" or cfg.penalty_weight == 0 else Penalty(cfg.critic_penalty, cfg.penalty_weight)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ def _fgan(name: str, cfg) -> Recipe:
         critic_loss=lambda v_real, v_fake: objectives.fgan_critic_loss(div, v_real, v_fake),
         generator_loss=generator_loss,
         critic_t=lambda v: div.g(objectives.capped(div, v)),
+        penalty=_penalty(cfg),
+        spectral_norm=cfg.spectral_norm,
     )
 
 
@@ -112,9 +119,9 @@ def _wasserstein(name: str, cfg) -> Recipe:
         critic_loss=objectives.wasserstein_critic_loss,
         generator_loss=generator_loss,
         critic_t=lambda v: v,
-        penalty=Penalty("gp", cfg.gp_weight) if cfg.lipschitz == "gp" else None,
+        penalty=_penalty(cfg),
         constrain=clip if cfg.lipschitz == "clip" else None,
-        spectral_norm=cfg.lipschitz == "sn",
+        spectral_norm=cfg.spectral_norm,
     )
 
 

@@ -10,50 +10,79 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from divgen import parallel
-from divgen.errors import InputError
+from divgen import jsonout, limits, parallel
+from divgen.errors import InputError, one_line, warn
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-# Everything a run writes; `--overwrite` removes these and nothing else.
-RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, "samples.npy", "samples.png", "losses.png", "params.json", "eval.json", "tensorboard")
+TENSORBOARD = "tensorboard"
+# A run's results, written when it finishes; stale (and removed) once it trains further.
+RESULTS = ("samples.npy", "samples.png", "losses.png", "params.json", "eval.json")
+# Every file a run writes, as glob patterns: `--overwrite` removes these and nothing else.
+RUN_FILES = (CONFIG, METRICS, *RESULTS, f"{CHECKPOINTS}/step-*.pt", f"{CHECKPOINTS}/step-*.pt.corrupt",
+             f"{TENSORBOARD}/events.out.tfevents.*")
+# Folders only divgen creates in a run; `--overwrite` removes them once they are empty.
+RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD)
 
 
-def prepare(out: Path, overwrite: bool = False) -> Path:
-    """Create a fresh run directory; refuse to touch an existing one unless asked."""
+def prepare(out: Path, overwrite: bool = False, files: tuple[str, ...] = RUN_FILES,
+            folders: tuple[str, ...] = RUN_FOLDERS, resumable: bool = False) -> Path:
+    """Create a fresh output directory; refuse to touch an existing one unless asked.
+
+    With `overwrite`, the files of an existing directory that match `files`
+    (divgen's own names and patterns, and their temporary files) are removed,
+    then `folders` that are left empty; every other file stays where it is.
+    `resumable`: the command has --resume (train), which the message offers for a run.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"run directory {str(out)!r} already exists; use --resume to continue it or --overwrite to replace it")
-        for name in RUN_FILES:  # only divgen's own files; anything else the user put there stays
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    existing = out.is_dir() and any(out.iterdir())
+    if existing and not overwrite:
+        if resumable and (out / CONFIG).is_file():
+            raise InputError(f"--out {str(out)!r} is an existing run; continue it with --resume {str(out)!r}, "
+                             "or pass --overwrite to replace the files divgen wrote there")
+        raise InputError(f"--out {str(out)!r} already exists and is not empty; choose another --out, or pass "
+                         "--overwrite to replace the files divgen wrote there (other files are kept)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-")
         probe.close()
     except OSError as e:
-        raise InputError(f"cannot write to run directory {str(out)!r}: {e.strerror or e}") from None
+        raise InputError(f"cannot write to {str(out)!r}: {e.strerror or e}") from None
+    if existing:
+        remove(out, files, folders)
     return out
 
 
+def remove(out: Path, files: tuple[str, ...], folders: tuple[str, ...] = ()) -> None:
+    """Delete the files under `out` that match `files` (and their atomic_write temporaries), then the
+    `folders` that are left empty. Nothing else is touched."""
+    out = Path(out)
+    for pattern in files:
+        folder, _, name = pattern.rpartition("/")
+        for p in [*out.glob(pattern), *out.glob(f"{folder + '/' if folder else ''}.{name}.*.tmp")]:
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+    for folder in folders:
+        try:
+            (out / folder).rmdir()
+        except OSError:  # absent, or it holds the user's files
+            pass
+
+
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
-    _atomic_write(Path(path), lambda fh: fh.write(json.dumps(obj, indent=2).encode() + b"\n"))
+    """Write strict JSON (non-finite numbers as null, see jsonout) atomically: temporary file, fsync, rename."""
+    atomic_write(Path(path), lambda fh: fh.write(jsonout.dumps(obj, indent=2).encode() + b"\n"))
 
 
 def read_config(run: Path) -> dict:
@@ -67,17 +96,38 @@ def read_config(run: Path) -> dict:
         raise InputError(f"{str(path)!r} is not valid JSON: {e}") from None
 
 
+def read_run_config(run: Path):
+    """The resolved Config of a run directory; InputError naming config.json if it is wrong."""
+    from divgen.config import Config, resolve
+
+    where = str(Path(run) / CONFIG)
+    raw = read_config(run)
+    try:
+        return resolve(Config.from_dict(raw, where))
+    except InputError as e:
+        raise InputError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
 def read_metrics(run: Path) -> list[dict]:
     path = Path(run) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut by a kill mid-write; the steps after the checkpoint are redone anyway
+            row = None
+            warn(f"{str(path)!r}, line {i}: not a JSON object; skipped")
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def truncate_metrics(run: Path, last_step: int) -> None:
     """Drop metric lines logged after `last_step` (they are redone on resume)."""
     rows = [r for r in read_metrics(run) if r.get("step", 0) <= last_step]
-    _atomic_write(Path(run) / METRICS, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    atomic_write(Path(run) / METRICS, lambda fh: fh.write("".join(jsonout.dumps(r) + "\n" for r in rows).encode()))
 
 
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
@@ -96,7 +146,7 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
 
 def save_checkpoint_file(path: Path, state: dict) -> Path:
     """Write `state` (a dict with a "step") atomically with its SHA-256 digest; load_checkpoint reads it."""
-    _atomic_write(Path(path), lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
+    atomic_write(Path(path), lambda fh: torch.save({**state, "sha256": _digest(state)}, fh))
     return Path(path)
 
 
@@ -105,19 +155,21 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted((Path(run) / CHECKPOINTS).glob("step-*.pt"))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged or unsafe."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """Load one checkpoint with weights_only=True; InputError naming the file if it is damaged or unsafe,
+    or if it lacks any of `keys`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickles; the outcome is reported below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, forbidden global: all mean "not a good checkpoint"
         text = str(e)
         if "Weights only load failed" in text or "weights_only" in text:
             reason = "it holds objects that a weights-only load refuses to build (possibly malicious); it was not executed"
         else:
-            first = next((line for line in text.splitlines() if line.strip()), type(e).__name__)
-            reason = "".join(c for c in first if c.isprintable())[:120]
+            reason = one_line(next((line for line in text.splitlines() if line.strip()), type(e).__name__), 160)
         raise InputError(f"checkpoint {str(path)!r} is corrupt or unsafe: {reason}") from None
-    if not isinstance(state, dict) or "step" not in state or "sha256" not in state:
+    if not isinstance(state, dict) or not {"step", "sha256", *keys} <= set(state):
         raise InputError(f"checkpoint {str(path)!r} is not a divgen checkpoint")
     digest = state.pop("sha256")
     if digest != _digest(state):
@@ -125,25 +177,32 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def latest_checkpoint(run: Path, set_aside: bool = False) -> dict:
-    """The newest checkpoint that loads. A damaged newer one is reported by name and,
-    with `set_aside`, renamed to *.corrupt so that the resumed run cannot overwrite it."""
+# What every checkpoint holds (CheckpointState.save), its digest included.
+CHECKPOINT_KEYS = ("step", "sha256", "nets", "optimizers", "rng", "local_rngs", "data", "world_size")
+
+
+def latest_checkpoint(run: Path, set_aside: bool = False, warn_damaged: bool = True) -> dict:
+    """The newest checkpoint that loads. A damaged newer one is reported by name (unless not
+    `warn_damaged`) and, with `set_aside`, renamed to *.corrupt so that the resumed run cannot overwrite it."""
     found = checkpoints(run)
     if not found:
-        raise InputError(f"run directory {str(run)!r} has no checkpoint")
+        raise InputError(f"run directory {str(run)!r} has no checkpoint: it was stopped before step 0; "
+                         f"start it with divgen train --resume {str(run)!r}")
     damaged = []
     for path in reversed(found):
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, CHECKPOINT_KEYS)
+            if not isinstance(state["nets"], dict):
+                raise InputError(f"checkpoint {str(path)!r} is not a divgen checkpoint")
         except InputError as e:
             damaged.append((path, e))
             continue
-        for bad, error in damaged:
+        for bad, error in damaged if warn_damaged or set_aside else ():
             kept = ""
             if set_aside:
                 bad.rename(bad.with_name(bad.name + ".corrupt"))
                 kept = f" (kept as {bad.name}.corrupt)"
-            print(f"divgen: warning: {error}{kept}; using {path.name} instead", file=sys.stderr)
+            warn(f"{error}{kept}; using {path.name} instead")
         return state
     names = ", ".join(p.name for p, _ in damaged)
     raise InputError(f"no checkpoint in {str(Path(run) / CHECKPOINTS)!r} could be loaded ({names}); first problem: {damaged[0][1]}")
@@ -176,7 +235,8 @@ def _digest(obj) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(fh)` into a temporary file beside `path`, fsync, rename: `path` is either whole or untouched."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -228,7 +288,11 @@ class CheckpointState:
                              f"(now {self.world.size})")
         load_networks(self.nets, s, out)
         for side, opt in self.opts.items():
-            opt.load_state_dict(s["optimizers"][side])
+            try:
+                opt.load_state_dict(s["optimizers"][side])
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise InputError(f"the checkpoint in {str(out)!r} holds no matching {side} optimizer state "
+                                 f"({one_line(e, 120)}); was it copied from another run?") from None
         self.stream.set_state(s["rng"])
         self.stream.local.set_state(s["local_rngs"][self.world.rank])
         return s["step"]
@@ -252,11 +316,25 @@ def _prod(shape) -> int:
 
 
 def load_networks(nets, state: dict, run: Path) -> None:
-    try:
-        nets.load_state_dict(state["nets"])
-    except (RuntimeError, KeyError) as e:
-        first = str(e).replace("\n", " ").replace("\t", " ")
-        raise InputError(f"checkpoint in {str(run)!r} does not match its config.json: {' '.join(first.split())[:300]}") from None
+    """Load the checkpoint's networks; InputError naming the first tensor whose name or shape does not fit
+    the networks that config.json builds (a checkpoint copied from another run)."""
+    want = {k: tuple(v.shape) for k, v in nets.state_dict().items()}
+    got = {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in state["nets"].items()}
+    differ = [k for k in want if k in got and got[k] != want[k]]
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if differ or missing or extra:
+        if differ:
+            k = differ[0]
+            first = f"{k} has shape {got[k]} in the checkpoint but {want[k]} for config.json"
+        elif missing:
+            first = f"it has no {missing[0]}"
+        else:
+            first = f"it has {extra[0]}, which config.json's model does not have"
+        n = len(differ) + len(missing) + len(extra)
+        raise InputError(f"the checkpoint in {str(run)!r} does not fit its config.json: {n} tensor(s) differ, "
+                         f"first: {first}; was it copied from another run?")
+    nets.load_state_dict(state["nets"])
 
 
 # ------------------------------------------------------------ metrics log ---
@@ -290,7 +368,7 @@ class MetricsLog:
         now = time.perf_counter()
         row = {"step": step, **values, "steps_per_s": round((step - self.since) / max(now - self.t0, 1e-9), 2)}
         self.t0, self.since, self.last = now, step, row
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(jsonout.dumps(row) + "\n")
         self.file.flush()
         if self.writer:
             for key, value in row.items():
@@ -340,14 +418,12 @@ class MetricsLog:
 
 
 # ------------------------------------------------------- finishing, loading ---
-def finish(out: Path, cfg, ds, nets, recipe) -> None:
-    """samples.npy, the figures, and params.json for a density model."""
-    import numpy as np
+def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
+    """samples.npy (streamed), the figures, and params.json for a density model."""
+    from divgen import families, sample_files
 
-    from divgen import families
-
-    samples = families.draw(nets, cfg.n_samples, cfg.seed + 1)
-    np.save(out / "samples.npy", samples.numpy())
+    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, (ds.dim,), quiet=quiet, flag="--n-samples")
+    samples = families.draw(nets, min(cfg.n_samples, 2000), cfg.seed + 1)  # the first rows of samples.npy, for the figures
     model = families.density_model(nets)
     if model is not None:
         write_json(out / "params.json", model.params())
@@ -396,20 +472,23 @@ def encode(trained, x, y, event_shape) -> torch.Tensor:
                           for i in range(0, len(x), 4096)])
 
 
-def load_run(run: Path):
+def load_run(run: Path, checkpoint: Path | None = None):
     """A finished or running run directory as a TrainResult: its config, last metrics, and networks
-    from its newest good checkpoint, on the CPU in eval mode."""
+    from its newest good checkpoint (or from `checkpoint`), on the CPU in eval mode."""
     from divgen import families, recipes
-    from divgen.config import Config, resolve
     from divgen.data import Spec
     from divgen.train import TrainResult
 
     run = Path(run)
-    cfg = resolve(Config.from_dict(read_config(run), str(run / CONFIG)))
-    state = latest_checkpoint(run)
+    cfg = read_run_config(run)
+    state = latest_checkpoint(run) if checkpoint is None else load_checkpoint(checkpoint, CHECKPOINT_KEYS)
     spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
     x = torch.zeros(2, spec.dim)  # the networks' statistics and class frequencies come from the checkpoint
-    nets = families.FAMILIES[cfg.model].networks(cfg, spec, x, None, recipes.build(cfg, x), cfg.seed)
+    family, recipe = families.FAMILIES[cfg.model], recipes.build(cfg, x)
+    # the networks and the checkpoint's copy of them, before either is built
+    sizes = limits.network_sizes(cfg, spec.event_shape, families.network_count(cfg, family, recipe))
+    limits.require([(flag, 2 * limits.FLOAT32 * n) for flag, n in sizes.items()], limits.memory_available())
+    nets = family.networks(cfg, spec, x, None, recipe, cfg.seed)
     load_networks(nets, state, run)
     rows = read_metrics(run)
-    return TrainResult(run, cfg, rows[-1] if rows else {}, nets.eval())
+    return TrainResult(run, cfg, rows[-1] if rows else {}, nets.eval(), spec)

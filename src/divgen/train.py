@@ -15,7 +15,7 @@ import contextlib
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +24,10 @@ from torch import nn
 
 from divgen import config as configs
 from divgen import data as datasets
-from divgen import families, parallel, recipes, runs
+from divgen import families, limits, parallel, recipes, runs
 from divgen.config import Config
-from divgen.data import Batch
-from divgen.errors import InputError
+from divgen.data import Batch, Spec
+from divgen.errors import InputError, Interrupted, TrainingDiverged  # noqa: F401 (train.Interrupted, as before)
 from divgen.families import CRITIC
 from divgen.models import critic_pair
 
@@ -42,14 +42,7 @@ class TrainResult:
     config: Config  # resolved
     metrics: dict  # the last row of metrics.jsonl
     nets: nn.ModuleDict  # "generator", "critic", ... (see families.py), in eval mode
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or a parameter became NaN or infinite (and no rollback was left)."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT/SIGTERM: a final checkpoint was written; the message says how to resume."""
+    spec: Spec | None = None  # the data's event shape and classes, as the networks were built for
 
 
 def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
@@ -58,14 +51,23 @@ def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = 
     `resume` continues `out` from its newest good checkpoint; settings other than
     config.RESUMABLE must match its config.json. Under torchrun every process
     calls this; they train one model, averaging gradients, and only rank 0 writes.
+
+    Every request is checked before anything is allocated or written: the
+    settings (config.validate), the data (and, for a file, that it is the one
+    the run was trained on), the memory and disk the run needs (limits.py), and
+    on resume that --steps goes past the run's step. A run interrupted before
+    its step-0 checkpoint starts from step 0 on resume.
     """
+    if resume and overwrite:
+        raise InputError("--resume continues a run and --overwrite replaces it; pass one of them")
     out = Path(out)
+    saved = runs.read_run_config(out) if resume else None  # its own errors name config.json, not a flag
     configs.resolve(cfg)  # every setting checked before the data are read
-    ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
+    ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)  # refuses a toy set too large to draw
     cfg = configs.resolve(cfg, ds)
     if resume:
-        saved = configs.Config.from_dict(runs.read_config(out), str(out / runs.CONFIG))
-        configs.check_resume(configs.resolve(saved), cfg, str(out))
+        cfg = replace(cfg, data_sha256=cfg.data_sha256 or saved.data_sha256)  # the file the run was trained on
+        configs.check_resume(saved, cfg, str(out))
     world, device = parallel.setup(resolve_device(cfg.device))
     try:
         with _process_settings():
@@ -217,6 +219,23 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
+class Average:
+    """The exponential moving average of the generator's weights (Yazıcı et al. 2019).
+
+    The decay ramps up as min(decay, (1 + t)/(10 + t)), so that the first
+    steps' random weights do not linger in the average of a short run.
+    """
+
+    def __init__(self, nets: nn.ModuleDict, decay: float):
+        self.average = list(nets[families.EMA].parameters())
+        self.live = list(nets["generator"].parameters())
+        self.decay = decay
+
+    def update(self, step: int) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.average, self.live, 1 - min(self.decay, (1 + step) / (10 + step)))
+
+
 def _detached(views: tuple) -> tuple:
     return tuple(t.detach() for t in views)
 
@@ -236,8 +255,14 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
            quiet: bool) -> TrainResult:
     if cfg.batch_size % world.size:
         raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
+    cfg = replace(cfg, data_sha256=datasets.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
     recipe = recipes.build(cfg, ds.train)
     family = families.FAMILIES[cfg.model]
+    count = families.network_count(cfg, family, recipe)
+    limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count),
+                   limits.memory_available(device))
+    limits.require_disk(limits.training_disk(cfg, ds.spec.event_shape, count), out / runs.CONFIG)
+    start = _resume_point(cfg, out) if resume else None
     nets = family.networks(cfg, ds.spec, ds.train, ds.train_labels, recipe, cfg.seed).to(device)
     sides = {"generator": families.generator_side(nets), "critic": list(nets[CRITIC].parameters()) if recipe.uses_critic else []}
     lrs = {"generator": cfg.lr_generator, "critic": cfg.lr_critic}
@@ -249,7 +274,7 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
         error = None
         if world.main:
             try:
-                runs.prepare(out, overwrite)
+                runs.prepare(out, overwrite, resumable=True)
                 runs.write_json(out / runs.CONFIG, cfg.to_dict())
             except InputError as e:
                 error = str(e)
@@ -257,8 +282,10 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
             raise InputError(error)
     stop = StopSignal()  # from here on, Ctrl-C ends with a checkpoint at a step boundary
     try:
-        step = ckpt.restore(out) if resume else ckpt.save(out, 0, cfg.keep_checkpoints)
+        # a run stopped before its step-0 checkpoint (start None) starts from step 0
+        step = ckpt.restore(out) if start is not None else ckpt.save(out, 0, cfg.keep_checkpoints)
         if resume and world.main:  # only now that the run is known to continue: record the new step count
+            runs.remove(out, runs.RESULTS)  # the old results no longer describe the run
             runs.write_json(out / runs.CONFIG, cfg.to_dict())
         log = runs.MetricsLog(out, cfg, world, quiet, start=step)
     except BaseException:
@@ -271,9 +298,21 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
         log.close()
     nets.eval()
     if world.main:
-        runs.finish(out, cfg, ds, nets, recipe)
+        runs.finish(out, cfg, ds, nets, recipe, quiet)
     parallel.barrier(world)
-    return TrainResult(out, cfg, log.last, nets)
+    return TrainResult(out, cfg, log.last, nets, ds.spec)
+
+
+def _resume_point(cfg: Config, out: Path) -> int | None:
+    """The step a resumed run continues from, None if it never wrote a checkpoint (it starts from step 0).
+    InputError if --steps leaves nothing to do: at or below the run's step, for a finished run."""
+    if not runs.checkpoints(out):
+        return None
+    step = runs.latest_checkpoint(out, warn_damaged=False)["step"]
+    if step > cfg.steps or (step == cfg.steps and (out / "samples.npy").is_file()):
+        raise InputError(f"--steps {cfg.steps}: the run in {str(out)!r} is already at step {step}; "
+                         "pass a larger --steps to train it further")
+    return step
 
 
 def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, world, step) -> None:
@@ -281,6 +320,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
     n_critic = cfg.critic_steps if critic is not None else 0
     amp = torch.autocast("cuda", torch.bfloat16) if cfg.bf16 and stream.device.type == "cuda" else contextlib.nullcontext()
     faults, rollbacks = Faults(), 0
+    ema = Average(nets, cfg.ema) if cfg.ema else None
     zero = torch.zeros((), device=stream.device)
     while step < cfg.steps:
         step += 1
@@ -309,6 +349,8 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
                 v_real = critic(*real_v) if view.real_trains_generator else None
                 loss_g = recipe.generator_loss(v_real, critic(*fake))
         _update(opts["generator"], loss_g, sides["generator"], world, only=True)
+        if ema is not None:
+            ema.update(step)
 
         faults.record(step, loss_c, loss_g)
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps

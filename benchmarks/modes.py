@@ -1,0 +1,116 @@
+"""Mode collapse on PacGAN's benchmarks: modes captured, high-quality samples, reverse KL.
+
+Data as in PacGAN (Lin et al. 2018, after VEEGAN): `ring8-pacgan`, 8 Gaussians
+with means (cos 2πi/8, sin 2πi/8) and sd 0.01; `grid25`, 25 Gaussians with
+means {−4, −2, 0, 2, 4}² and sd 0.05. From 2,500 samples per run
+(evaluate.mode_stats): a sample is of high quality within 3 sd of its nearest
+mode, a mode is captured when it is the nearest mode of a high-quality sample,
+and the reverse KL is KL(histogram of the high-quality samples over the modes ‖
+the true mixture weights). Mean ± sd over 5 seeds per row.
+
+Rows: each divergence in its plain form (no critic penalty, no weight
+averaging, no packing; `wasserstein` with each Lipschitz method), `mmd`, and
+divgen's recommended configuration, which is what `divgen train --data D` does
+with no flags. The published rows are printed beside as references.
+
+    python benchmarks/modes.py [--seeds 5] [--jobs 2]
+    python benchmarks/modes.py --quick        # one seed, 30 steps: checks that the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from divgen import data, evaluate, families
+from divgen.config import Config
+from divgen.tables import environment, markdown
+from divgen.train import train
+
+DATA = ("ring8-pacgan", "grid25")
+PLAIN = dict(critic_penalty="none", ema=0.0, pack=1, spectral_norm=False)
+ROWS = {
+    "gan (non-saturating)": dict(PLAIN, divergence="gan", generator_loss="nonsaturating"),
+    "js": dict(PLAIN, divergence="js"),
+    "kl": dict(PLAIN, divergence="kl"),
+    "reverse-kl": dict(PLAIN, divergence="reverse-kl"),
+    "hellinger": dict(PLAIN, divergence="hellinger"),
+    "wasserstein, clip": dict(divergence="wasserstein", lipschitz="clip", ema=0.0, pack=1),
+    "wasserstein, gp": dict(divergence="wasserstein", lipschitz="gp", ema=0.0, pack=1),
+    "wasserstein, sn": dict(divergence="wasserstein", lipschitz="sn", ema=0.0, pack=1),
+    "mmd": dict(divergence="mmd", ema=0.0),
+    "**divgen recommended (every default)**": {},
+}
+# (modes, high quality %, reverse KL) as published; None where not reported
+PUBLISHED = {
+    "ring8-pacgan": {"GAN": (6.3, 98.2, 0.45), "PacGAN4": (7.8, 95.9, 0.07), "VEEGAN": (8, 52.9, None)},
+    "grid25": {"GAN": (17.3, 94.8, 0.70), "ALI": (24.1, 95.7, 0.14), "PacGAN4": (24.8, 93.6, 0.04), "VEEGAN": (24.6, 40.0, None)},
+}
+
+
+def one(job) -> dict:
+    label, name, seed, root, flags, steps = job
+    torch.set_num_threads(1)  # one process per core
+    t0 = time.perf_counter()
+    extra = {"steps": steps} if steps else {}
+    result = train(Config(data=name, seed=seed, figures=False, n_samples=100, **flags, **extra),
+                   Path(root) / f"{name}-{abs(hash(label)) % 10**8}-{seed}", quiet=True)
+    seconds = time.perf_counter() - t0
+    ds = data.load(name, n=2)
+    samples = families.draw(result.nets, 2500, seed + 1_000_003)
+    m = evaluate.mode_stats(samples, ds.modes, ds.mode_std, weights=ds.mode_weights)
+    return {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
+            "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "seconds": seconds}
+
+
+def _pm(values, digits) -> str:
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each (default: 2)")
+    ap.add_argument("--rows", help="comma-separated row numbers (1-based) to run (default: all)")
+    ap.add_argument("--quick", action="store_true", help="one seed, 30 steps: checks that the script runs")
+    args = ap.parse_args(argv)
+    steps = 30 if args.quick else None
+    seeds = 1 if args.quick else args.seeds
+    rows = list(ROWS.items())
+    if args.rows:
+        rows = [rows[int(i) - 1] for i in args.rows.split(",")]
+    root = tempfile.mkdtemp(prefix="divgen-modes-")
+    jobs = [(label, name, seed, root, flags, steps) for label, flags in rows for name in DATA for seed in range(seeds)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, jobs))
+
+    print(environment())
+    print(f"{seeds} seeds per row, 2,500 samples per run; mean ± sd over seeds; seconds per run (one thread)\n")
+    for name in DATA:
+        n_modes = results[0]["n_modes"] if name == DATA[0] else 25
+        table = []
+        for label, _ in rows:
+            mine = [r for r in results if r["label"] == label and r["data"] == name]
+            n_modes = mine[0]["n_modes"]
+            table.append([label, _pm([r["modes"] for r in mine], 1), _pm([r["hq"] for r in mine], 1),
+                          _pm([r["rkl"] for r in mine], 3), f"{statistics.mean(r['seconds'] for r in mine):.0f}"])
+        for label, (modes, hq, rkl) in PUBLISHED[name].items():
+            table.append([f"*{label}, published*", f"{modes:g}", f"{hq:g}", "—" if rkl is None else f"{rkl:g}", ""])
+        print(f"`{name}` ({n_modes} modes)\n")
+        print(markdown(["configuration", "modes captured", "high quality, %", "reverse KL", "seconds"], table))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

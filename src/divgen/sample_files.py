@@ -1,0 +1,104 @@
+"""Files of generated samples: `divgen sample -o FILE` and a run's samples.npy.
+
+The format follows the extension: `.npy` (float32, one sample per row, images
+flattened), `.npz` (the same array under the key `x`), `.csv` (one sample per
+row, no header), `.png` (a grid of images, for image data only). Samples are
+drawn and written in chunks, so a large `-n` needs disk space, not memory; the
+disk space is checked first. The file is written under a temporary name and
+renamed when complete: an interrupted or failed write leaves no partial file
+and an existing file (with --overwrite) intact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from divgen import families, limits, runs
+from divgen.errors import InputError
+from divgen.progress import Progress
+
+FORMATS = (".npy", ".npz", ".csv", ".png")
+CSV_BYTES = 16  # per value: "%.9g" and a separator, at most
+
+
+def check_output(path: Path | str, overwrite: bool, flag: str = "-o", formats: tuple[str, ...] = FORMATS) -> Path:
+    """InputError unless `path` can be written: a known extension, an existing folder, not clobbering unasked."""
+    path = Path(path)
+    where = f"{flag} {str(path)!r}"
+    if path.suffix.lower() not in formats:
+        raise InputError(f"{where}: the output must be a {', '.join(formats)} file")
+    if path.is_dir():
+        raise InputError(f"{where} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{where} exists; pass --overwrite to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{where}: {str(folder)!r} {'is not a folder' if folder.exists() else 'does not exist'}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{where}: cannot write to the folder {str(folder)!r}")
+    return path
+
+
+def write(path: Path, nets, n: int, seed: int, event_shape, label: int | None = None, quiet: bool = True,
+          flag: str = "-n") -> None:
+    """Draw n samples (families.draw_chunks with `seed`, class `label` of a conditional model) and write
+    them to `path` in its format; an .npz also holds a conditional model's labels under `y`."""
+    from divgen import plots
+
+    path = Path(path)
+    dim = math.prod(event_shape)
+    ext = path.suffix.lower()
+    # a conditional model draws its n labels up front (families.draw_chunks): 8 bytes each, in memory
+    held = 8 * n if getattr(nets["generator"], "n_classes", 0) else 0
+    if ext == ".png":
+        if not plots.is_image(event_shape):
+            raise InputError(f"-o {str(path)!r}: a .png grid needs image data (H×W or C×H×W); this run's samples are "
+                             f"vectors of dimension {dim}: write .npy, .npz or .csv")
+        held += 3 * limits.FLOAT32 * n * dim
+    else:
+        per_value = CSV_BYTES if ext == ".csv" else limits.FLOAT32
+        limits.require_disk([(f"{flag} {n}", per_value * n * dim)], path)
+    limits.require([(f"{flag} {n}", held)], limits.memory_available())
+    progress = Progress(n, f"sample {path.name}", quiet, unit="samples")
+    labels = []
+
+    def chunks():
+        for x, y in families.draw_chunks(nets, n, seed, label):
+            labels.append(y)
+            yield x.float().reshape(len(x), dim).numpy()
+            progress.update(len(x))
+
+    try:
+        if ext == ".png":
+            images = np.concatenate(list(chunks()))
+            runs.atomic_write(path, lambda fh: plots.image_grid(fh, images, event_shape))
+        elif ext == ".csv":
+            runs.atomic_write(path, lambda fh: [np.savetxt(fh, part, delimiter=",", fmt="%.9g") for part in chunks()])
+        elif ext == ".npz":
+            runs.atomic_write(path, lambda fh: _npz(fh, chunks(), n, dim, labels))
+        else:
+            runs.atomic_write(path, lambda fh: _npy(fh, chunks(), n, dim))
+    finally:
+        progress.close()
+
+
+def _npy(fh, chunks, n: int, dim: int) -> None:
+    """The .npy format, header first, then the rows as they come."""
+    np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+    for part in chunks:
+        fh.write(np.ascontiguousarray(part, dtype="<f4").tobytes())
+
+
+def _npz(fh, chunks, n: int, dim: int, labels: list) -> None:
+    """An .npz archive (uncompressed, as np.savez): x.npy streamed, then y.npy when the chunks came with labels."""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            _npy(member, chunks, n, dim)
+        if labels and labels[0] is not None:
+            with archive.open("y.npy", "w", force_zip64=True) as member:
+                np.save(member, np.concatenate([y.numpy() for y in labels]).astype(np.int64))
