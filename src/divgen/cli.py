@@ -94,7 +94,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             type=number(meta["kind"], flag, meta["bounds"]) if meta["kind"] in (int, float) else meta["kind"],
             default=None,  # None = not given; the Config and the model family hold the real default
             metavar=f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
-            help=f"{meta['help']} (default: {config.default_text(f.name)})",
+            help=meta["help"] + ("" if config.default_text(f.name) == "None" else f" (default: {config.default_text(f.name)})"),
         )
 
 

@@ -52,7 +52,7 @@ class Config:
                                         "E[(‖∇V(x̂)‖ − 1)²] at random interpolates of real and generated samples "
                                         "(Gulrajani et al. 2017); r1, ½E_P[‖∇V(x)‖²] on real data (Mescheder et al. "
                                         "2018); none", recipes.PENALTIES, kind=str)
-    penalty_weight: float | None = option(None, "weight of --critic-penalty (default: 10 for gp)", kind=float,
+    penalty_weight: float | None = option(None, "weight of --critic-penalty (default: 10 for gp, 1 for r1)", kind=float,
                                           bounds=NON_NEGATIVE)
     spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018)", kind=bool)
     pack: int = option(1, "PacGAN (Lin et al. 2018): the critic sees PACK samples at a time, real with real and "
@@ -125,17 +125,20 @@ def _typed_value(f, value, where: str):
     return float(value) if kind is float and value is not None else value
 
 
-def family_default(name: str, family: str):
-    """The value a field takes for `family` when the user does not set it."""
+def family_default(name: str, family: str, image: bool = False):
+    """The value a field takes for `family` (on image data if `image`) when the user does not set it."""
     f = {x.name: x for x in fields(Config)}[name]
     if f.default is not None:
         return f.default
-    return families.FAMILIES[family].defaults.get(name, GLOBAL[name])
+    row = families.FAMILIES[family]
+    return row.image_defaults.get(name, row.defaults.get(name, GLOBAL[name])) if image else row.defaults.get(name, GLOBAL[name])
 
 
 def default_text(name: str) -> str:
     """The default of a field for --help: one value, or the families that differ from the most common one."""
     values = {fam: family_default(name, fam) for fam in families.NAMES}
+    values |= {f"{fam} on images": family_default(name, fam, image=True)
+               for fam, row in families.FAMILIES.items() if name in row.image_defaults}
     texts = [repr(v) if isinstance(v, str) else str(v) for v in values.values()]
     common = max(set(texts), key=texts.count)
     others = [f"{t} for {fam}" for fam, t in zip(values, texts) if t != common]
@@ -156,15 +159,16 @@ def resolve(cfg: Config, data=None) -> Config:
         raise InputError(f"--model {cfg.model!r} is not one of auto, {', '.join(families.NAMES)}")
     family = families.FAMILIES[model]
     out = replace(cfg, model=model)
+    image = data is not None and data.spec.image
     if out.divergence is None:
-        out = replace(out, divergence=family_default("divergence", model))
+        out = replace(out, divergence=family_default("divergence", model, image))
     # wasserstein's Lipschitz method decides the penalty and the normalization it leaves unset
     if recipes.row(out.divergence).estimator == "lipschitz":
-        if out.critic_penalty is None and out.lipschitz == "gp":
-            out = replace(out, critic_penalty="gp")
+        if out.critic_penalty is None:  # the Lipschitz method, not the family, decides the penalty
+            out = replace(out, critic_penalty="gp" if out.lipschitz == "gp" else "none")
         if out.spectral_norm is None and out.lipschitz == "sn":
             out = replace(out, spectral_norm=True)
-    filled = {f.name: family_default(f.name, model) for f in fields(Config) if getattr(out, f.name) is None}
+    filled = {f.name: family_default(f.name, model, image) for f in fields(Config) if getattr(out, f.name) is None}
     out = replace(out, **filled)
     if out.penalty_weight is None:
         out = replace(out, penalty_weight=PENALTY_WEIGHTS.get(out.critic_penalty, 0.0))

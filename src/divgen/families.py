@@ -59,6 +59,7 @@ class Family:
     help: str
     build: Callable  # (cfg, spec, x (N, d), y (N,) or None, gen) -> nn.ModuleDict of the generator side
     defaults: dict = field(default_factory=dict)  # Config fields this family sets differently
+    image_defaults: dict = field(default_factory=dict)  # and on image data, where it differs again
     view: View = PLAIN
     # a density model: the `auto` generator loss is minimax, whose gradient at the
     # optimal critic is the gradient of the named divergence even when the model
@@ -152,13 +153,17 @@ def _gaussian(cfg, spec, x, y, gen):
     return nn.ModuleDict({"generator": GaussianModel(start, Standardize.of(x).std * cfg.init_std)})
 
 
-_GAN_DEFAULTS = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4,
-                     width=128, depth=2)
-_IMAGE_DEFAULTS = dict(_GAN_DEFAULTS, batch_size=64, noise_dim=32, steps=4000)
+# Chosen on PacGAN's ring and grid (benchmarks/modes.py, docs/modes.md): the R1 penalty keeps
+# every mode, a 3×256 generator with a 5e-4 learning rate places samples sharply, and the
+# moving average of its weights removes the last jitter of the optimizer
+_GAN_DEFAULTS = dict(divergence="js", steps=10_000, critic_steps=1, batch_size=256, lr_generator=5e-4, lr_critic=5e-4,
+                     width=256, depth=3, critic_penalty="r1", ema=0.999)
+# a GAN on images: conv nets (see _gan), smaller batches, a larger latent
+_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000)
 
 FAMILIES: dict[str, Family] = {
     "mlp": Family("mlp", "an MLP generator x = G(z), z ~ N(0, I)", _gan(False), _GAN_DEFAULTS),
-    "conv": Family("conv", "a convolutional generator and critic, for images", _gan(False), _IMAGE_DEFAULTS,
+    "conv": Family("conv", "a convolutional generator and critic, for images", _gan(False), dict(_GAN_DEFAULTS, **_ON_IMAGES),
                    images_only=True),
     "gaussian": Family(
         "gaussian", "a Gaussian N(μ, LLᵀ) with learned μ and L (params.json); a density model", _gaussian,
@@ -171,9 +176,9 @@ FAMILIES: dict[str, Family] = {
         parametric=True,
     ),
     "cgan": Family("cgan", "a conditional GAN: labels into the generator and the critic (projection for images)",
-                   _gan(True), _GAN_DEFAULTS, view=CONDITIONAL, conditional=True),
+                   _gan(True), _GAN_DEFAULTS, _ON_IMAGES, view=CONDITIONAL, conditional=True),
     "bigan": Family("bigan", "BiGAN: a generator and an encoder E; the critic tells (x, E(x)) from (G(z), z)",
-                    _bigan, _GAN_DEFAULTS, view=BIDIRECTIONAL),
+                    _bigan, _GAN_DEFAULTS, _ON_IMAGES, view=BIDIRECTIONAL),
     "vae": Family("vae", "a variational autoencoder trained on the ELBO (approximate maximum likelihood: kl)",
                   _vae(False), dict(divergence="kl", steps=4000, batch_size=128, lr_generator=1e-3, noise_dim=16),
                   recipe="elbo", divergences=("kl",)),
