@@ -159,7 +159,7 @@ def _gaussian(cfg, spec, x, y, gen):
 _GAN_DEFAULTS = dict(divergence="js", steps=10_000, critic_steps=1, batch_size=256, lr_generator=5e-4, lr_critic=5e-4,
                      width=256, depth=3, critic_penalty="r1", ema=0.999)
 # a GAN on images: conv nets (see _gan), smaller batches, a larger latent
-_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000)
+_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000, width=128, depth=2, lr_generator=2e-4, lr_critic=2e-4)
 
 FAMILIES: dict[str, Family] = {
     "mlp": Family("mlp", "an MLP generator x = G(z), z ~ N(0, I)", _gan(False), _GAN_DEFAULTS),
