@@ -31,6 +31,8 @@ them the label of x.
 
     python benchmarks/digits.py            # each model ≤ 10 minutes on 2 CPU cores
     python benchmarks/digits.py --quick    # a few steps each: checks that the script runs
+    python benchmarks/digits.py --out R    # keep the runs in R; then draw their samples:
+    python benchmarks/digits.py --figure docs/figures/digits.png --runs R
 """
 
 from __future__ import annotations
@@ -172,15 +174,40 @@ def density_rows(ds, trained, seed: int, results: dict, quick: bool) -> None:
                                           "seconds": time.perf_counter() - t0}
 
 
+def figure(root: Path, ds, path: Path, seed: int = 0) -> None:
+    """Sample grids of the runs in `root`: data, GAN, conditional GAN (one class per row), VAE,
+    and BiGAN reconstructions (columns alternate x and G(E(x)))."""
+    from divgen import plots
+
+    nets = {model: runs.load_run(root / model).nets for model in ("conv", "cgan", "vae", "bigan")}
+    cgan = torch.cat([families.draw(nets["cgan"], 10, seed + k, label=k) for k in range(10)])
+    x = torch.cat([ds.holdout[ds.holdout_labels == k][:5] for k in range(10)])
+    with torch.no_grad():
+        recon = nets["bigan"]["generator"](nets["bigan"]["encoder"](x))
+    pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])
+    panels = [("held-out data", ds.holdout[:100].numpy()), ("GAN (conv)", families.draw(nets["conv"], 100, seed).numpy()),
+              ("conditional GAN, a class per row", cgan.numpy()),
+              ("VAE", to_pixels(families.draw(nets["vae"], 100, seed)).numpy()),
+              ("BiGAN: x, G(E(x)) in turn", pairs.numpy())]
+    fig, axes = plots.subplots(1, len(panels), 3.2 * len(panels), 3.6)
+    plots.image_panels(axes[0], panels, ds.spec.event_shape, rows=10, cols=10)
+    plots.save(fig, path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
     ap.add_argument("--quick", action="store_true", help="20 steps per model: checks that the script runs")
+    ap.add_argument("--figure", type=Path, help="with --runs: draw the sample grids of those runs to this PNG, and stop")
+    ap.add_argument("--runs", type=Path, help="a directory an earlier --out wrote")
     args = ap.parse_args(argv)
     steps = 20 if args.quick else None
     torch.manual_seed(args.seed)
     ds = data.load("digits")
+    if args.figure:
+        figure(args.runs, ds, args.figure, args.seed)
+        return 0
     trained = metrics.classifier(ds)
     f_test = metrics.features(trained.model, ds.holdout)
     take = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(args.seed))[: len(ds.holdout)]
