@@ -286,6 +286,19 @@ def test_compiled_run_is_finite_keeps_the_checkpoint_format_and_resumes_exactly(
     assert np.array_equal(np.load(resumed / "samples.npy"), np.load(full.run / "samples.npy"))
 
 
+def test_compile_without_a_compiler_warns_once_and_trains_eagerly(monkeypatch, capsys):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    nets = torch.nn.ModuleDict({"generator": torch.nn.Linear(2, 2)})
+    assert train.compiled(nets, torch.device("cpu")) is nets
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("divgen: warning: --compile:") and "no C++ compiler" in err[0]
+
+
 def test_compile_refuses_a_penalty_it_cannot_differentiate(tmp_path):
     with pytest.raises(InputError, match="--compile: the gp penalty"):
         train.train(tiny(divergence="wasserstein", compile=True), tmp_path / "run", quiet=True)
