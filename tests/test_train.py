@@ -271,6 +271,40 @@ def test_resume_continues_exactly(tmp_path):
     assert np.array_equal(np.load(resumed / "samples.npy"), np.load(full / "samples.npy"))
 
 
+def test_compiled_run_is_finite_keeps_the_checkpoint_format_and_resumes_exactly(tmp_path):
+    compiled = dict(data="ring8", compile=True, checkpoint_every=10)
+    eager = train.train(tiny(data="ring8", steps=20, checkpoint_every=10), tmp_path / "eager", quiet=True)
+    full = train.train(tiny(steps=20, **compiled), tmp_path / "full", quiet=True)
+    _finite_run(full)
+    a, b = runs.latest_checkpoint(eager.run), runs.latest_checkpoint(full.run)
+    assert a.keys() == b.keys() and a["nets"].keys() == b["nets"].keys()  # the same format: no wrapper prefixes
+    # compiled kernels round differently from eager ones, so the two runs differ in their last digits only
+    assert abs(full.metrics["critic_loss"] - eager.metrics["critic_loss"]) < 1e-3
+    part = train.train(tiny(steps=15, **compiled), tmp_path / "part", quiet=True).run
+    resumed = train.train(tiny(steps=20, **compiled), part, resume=True, quiet=True).run
+    assert metrics_without_timing(resumed) == metrics_without_timing(full.run)
+    assert np.array_equal(np.load(resumed / "samples.npy"), np.load(full.run / "samples.npy"))
+
+
+def test_compile_without_a_compiler_warns_once_and_trains_eagerly(monkeypatch, capsys):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    nets = torch.nn.ModuleDict({"generator": torch.nn.Linear(2, 2)})
+    assert train.compiled(nets, torch.device("cpu")) is nets
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("divgen: warning: --compile:") and "no C++ compiler" in err[0]
+
+
+def test_compile_refuses_a_penalty_it_cannot_differentiate(tmp_path):
+    with pytest.raises(InputError, match="--compile: the gp penalty"):
+        train.train(tiny(divergence="wasserstein", compile=True), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_from_python_refuses_other_settings(tmp_path):
     run = train.train(tiny(steps=10), tmp_path / "run", quiet=True).run
     before = sorted(p.name for p in run.rglob("*"))

@@ -85,6 +85,9 @@ class Config:
     figures: bool = option(True, "draw samples.png and losses.png at the end of the run")
     tensorboard: bool = option(False, "also write TensorBoard event files to RUN/tensorboard")
     bf16: bool = option(False, "bfloat16 autocast for the networks on CUDA")
+    compile: bool = option(False, "torch.compile the networks for training (inductor; needs a C++ compiler on CPU); "
+                           "compiling takes seconds to a minute, and on CPU a small model runs no faster "
+                           "(docs/speed.md); not with a critic penalty (gp, r1)")
     data_sha256: str = option("", "SHA-256 of the data file's bytes, recorded when the run starts ('' for built-in "
                               "data); resuming or evaluating the run refuses a changed file", flag=False)
 
@@ -109,7 +112,7 @@ GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_ge
 # --penalty-weight when not given, by penalty
 PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 1.0}
 # Keys that may change when a run is resumed; any other differing key is a conflict.
-RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16"}
+RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16", "compile"}
 
 
 def _typed_value(f, value, where: str):
@@ -203,6 +206,10 @@ def validate(cfg: Config) -> Config:
         if f.metadata["bounds"] is not None:
             f.metadata["bounds"].check(flag, value)
     recipes.check_name(cfg.divergence)
+    if cfg.compile and cfg.critic_penalty != "none" and cfg.penalty_weight > 0:
+        # the penalty differentiates the critic's gradient; compiled graphs have no double backward
+        raise InputError(f"--compile: the {cfg.critic_penalty} penalty needs a second derivative, which compiled "
+                         "networks lack; use --critic-penalty none (wasserstein: --lipschitz clip or sn) or drop --compile")
     if cfg.batch_size % cfg.pack:
         raise InputError(f"--pack {cfg.pack}: must divide --batch-size {cfg.batch_size}")
     return cfg

@@ -27,7 +27,7 @@ from divgen import data as datasets
 from divgen import families, limits, parallel, recipes, runs
 from divgen.config import Config
 from divgen.data import Batch, Spec
-from divgen.errors import InputError, Interrupted, TrainingDiverged  # noqa: F401 (train.Interrupted, as before)
+from divgen.errors import InputError, Interrupted, TrainingDiverged, warn  # noqa: F401 (train.Interrupted, as before)
 from divgen.families import CRITIC
 from divgen.models import critic_pair
 
@@ -236,6 +236,26 @@ class Average:
             torch._foreach_lerp_(self.average, self.live, 1 - min(self.decay, (1 + step) / (10 + step)))
 
 
+def compiled(nets: nn.ModuleDict, device: torch.device) -> dict[str, nn.Module] | nn.ModuleDict:
+    """The networks as the loop calls them with --compile: torch.compile wrappers that share the parameters
+    of `nets`, whose state dicts (the checkpoints) stay as they are. `nets` itself, after one warning line,
+    where inductor cannot compile: no C++ compiler for the CPU, no Triton for CUDA."""
+    try:
+        if device.type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()  # raises when none is installed
+        elif device.type == "cuda":
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                raise RuntimeError("Triton is not installed")
+    except Exception as e:  # torch's messages differ by version; the point is the same
+        warn(f"--compile: torch.compile cannot compile for {device.type} here ({e}); training without it")
+        return nets
+    return {name: torch.compile(net, dynamic=False) for name, net in nets.items()}  # a run's shapes never change
+
+
 def _detached(views: tuple) -> tuple:
     return tuple(t.detach() for t in views)
 
@@ -316,7 +336,8 @@ def _resume_point(cfg: Config, out: Path) -> int | None:
 
 
 def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, world, step) -> None:
-    critic = nets[CRITIC] if recipe.uses_critic else None
+    run = compiled(nets, stream.device) if cfg.compile else nets  # the networks the steps call
+    critic = run[CRITIC] if recipe.uses_critic else None
     n_critic = cfg.critic_steps if critic is not None else 0
     amp = torch.autocast("cuda", torch.bfloat16) if cfg.bf16 and stream.device.type == "cuda" else contextlib.nullcontext()
     faults, rollbacks = Faults(), 0
@@ -330,7 +351,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
             # the last critic step's samples serve the generator step too (as in PyTorch's DCGAN
             # example): generated once, with their graph, and detached for the critic
             with torch.set_grad_enabled(i == n_critic - 1), amp:
-                fake, real_v = view.fake(nets, stream.noise(), real.y), view.real(nets, real)
+                fake, real_v = view.fake(run, stream.noise(), real.y), view.real(run, real)
             fake_c, real_c = _detached(fake), _detached(real_v)
             with amp:
                 loss_c = bound = recipe.critic_loss(*critic_pair(critic, real_c, fake_c))
@@ -343,7 +364,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
         # generator step: gradients reach the generator side only
         with amp:
             if critic is None:
-                loss_g = recipe.sample_loss(nets, view, stream.batch(), stream.noise())
+                loss_g = recipe.sample_loss(run, view, stream.batch(), stream.noise())
                 bound = -loss_g.detach()
             else:
                 v_real = critic(*real_v) if view.real_trains_generator else None

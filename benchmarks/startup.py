@@ -1,0 +1,74 @@
+"""Start-up times of the command line, and the floor that torch itself sets.
+
+Each command runs as a fresh process; the rows alternate over several rounds
+and the median wall time of each is reported. "first step" is the time from
+launching `divgen train --steps 1 --log-every 1` to the write of its first
+metrics row (the file's modification time); "whole run" is that command to
+its exit (checkpoint, samples, no figures). The floor rows are what any
+program that trains with torch pays before its first step: importing torch,
+and torch._dynamo, which torch.optim imports when the first optimizer is built.
+
+    python benchmarks/startup.py [--rounds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from divgen.tables import environment, markdown
+
+TRAIN = ["train", "--data", "ring8", "--steps", "1", "--log-every", "1", "--n-samples", "10", "--no-figures"]
+
+
+def wall(argv: list[str], cwd: str) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def first_step(cwd: str, k: int) -> tuple[float, float]:
+    """(seconds to the first metrics row, seconds to exit) of a one-step `divgen train`."""
+    out = Path(cwd) / f"run{k}"
+    t0 = time.time()
+    total = wall([sys.executable, "-m", "divgen", *TRAIN, "--out", str(out)], cwd)
+    return (out / "metrics.jsonl").stat().st_mtime - t0, total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of each command")
+    p.add_argument("--quick", action="store_true", help="one round, no floor rows: checks that the script runs")
+    args = p.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    py = sys.executable
+    floors = {
+        "python -c pass": [py, "-c", "pass"],
+        "floor: python -c 'import torch'": [py, "-c", "import torch"],
+        "floor: python -c 'import torch, torch._dynamo'": [py, "-c", "import torch, torch._dynamo"],
+    }
+    commands = {
+        **({} if args.quick else floors),
+        "divgen --help": [py, "-m", "divgen", "--help"],
+        "divgen train --help": [py, "-m", "divgen", "train", "--help"],
+    }
+    times = {k: [] for k in [*commands, "divgen train: first step", "divgen train --steps 1: whole run"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(rounds):
+            for name, argv in commands.items():
+                times[name].append(wall(argv, tmp))
+            first, total = first_step(tmp, k)
+            times["divgen train: first step"].append(first)
+            times["divgen train --steps 1: whole run"].append(total)
+    print(environment())
+    print(f"median of {rounds} alternating rounds, each a fresh process\n")
+    print(markdown(["command", "seconds"], [[name, f"{statistics.median(t):.2f}"] for name, t in times.items()]))
+
+
+if __name__ == "__main__":
+    main()
