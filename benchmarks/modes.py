@@ -13,13 +13,14 @@ averaging, no packing; `wasserstein` with each Lipschitz method), `mmd`, and
 divgen's recommended configuration, which is what `divgen train --data D` does
 with no flags. The published rows are printed beside as references.
 
-    python benchmarks/modes.py [--seeds 5] [--jobs 2]
+    python benchmarks/modes.py [--seeds 5] [--jobs 2] [--out DIR]
     python benchmarks/modes.py --quick        # one seed, 30 steps: checks that the script runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -60,17 +61,23 @@ PUBLISHED = {
 
 def one(job) -> dict:
     label, name, seed, root, flags, steps = job
+    run = Path(root) / (f"{name}-{zlib.crc32(label.encode())}-{seed}" + (f"-{steps}-steps" if steps else ""))
+    done = run.with_suffix(".json")
+    if done.exists():  # measured by an earlier call with the same --out
+        return json.loads(done.read_text())
     torch.set_num_threads(1)  # one process per core
     t0 = time.perf_counter()
     flags = dict(flags, **({"steps": steps} if steps else {}))
     result = train(Config(data=name, seed=seed, figures=False, n_samples=100, **flags),
-                   Path(root) / f"{name}-{zlib.crc32(label.encode())}-{seed}", quiet=True)
+                   run, overwrite=True, quiet=True)  # a run left unfinished by an interrupted call restarts
     seconds = time.perf_counter() - t0
     ds = data.load(name, n=2)
     samples = families.draw(result.nets, 2500, seed + 1_000_003)
     m = evaluate.mode_stats(samples, ds.modes, ds.mode_std, weights=ds.mode_weights)
-    return {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
-            "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "seconds": seconds}
+    out = {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
+           "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "seconds": seconds}
+    done.write_text(json.dumps(out))
+    return out
 
 
 def _pm(values, digits) -> str:
@@ -87,13 +94,16 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each (default: 2)")
     ap.add_argument("--rows", help="comma-separated row numbers (1-based) to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="one seed, 30 steps: checks that the script runs")
+    ap.add_argument("--out", help="keep the runs and each run's result here; a second call with the same --out "
+                                  "reuses the results it finds (more seeds, the table again)")
     args = ap.parse_args(argv)
     steps = 30 if args.quick else None
     seeds = 1 if args.quick else args.seeds
     rows = list(ROWS.items())
     if args.rows:
         rows = [rows[int(i) - 1] for i in args.rows.split(",")]
-    root = tempfile.mkdtemp(prefix="divgen-modes-")
+    root = args.out or tempfile.mkdtemp(prefix="divgen-modes-")
+    Path(root).mkdir(parents=True, exist_ok=True)
     # the long runs (every default) first, so that the two workers finish together
     jobs = [(label, name, seed, root, flags, steps) for label, flags in reversed(rows) for name in DATA for seed in range(seeds)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

@@ -188,8 +188,9 @@ def divgen_loop(width: int, depth: int, batch: int, critic_steps: int, steps: in
     """(steps/s, compile seconds) of `divgen train`, from metrics.jsonl: the rate over its rows after the
     first (warm-up) row, and the first row's extra time over that rate (compilation, first-call work)."""
     block = max(steps // 4, 1)
+    # the hand-written loop's step: no critic penalty, no weight averaging (the GAN defaults add both)
     cfg = Config(data="ring8", divergence="gan", generator_loss="nonsaturating", width=width, depth=depth,
-                 batch_size=batch, critic_steps=critic_steps, noise_dim=NOISE, steps=5 * block, log_every=block,
+                 critic_penalty="none", ema=0.0, batch_size=batch, critic_steps=critic_steps, noise_dim=NOISE, steps=5 * block, log_every=block,
                  checkpoint_every=10 * steps, n_samples=1000, figures=False, compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         rows = runs.read_metrics(train(cfg, Path(tmp) / "run", quiet=True).run)
