@@ -85,7 +85,9 @@ def classifier(ds: datasets.Dataset, quiet: bool = True) -> Trained:
 
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(ds.name).name)[:40]
     path = cache_dir() / "classifiers" / f"{name}-{_key(ds)}.pt"
-    model = Classifier(ds.spec, Standardize.of(ds.train, pooled=ds.spec.image))
+    with torch.random.fork_rng(devices=[]):  # the same initial weights whatever ran before
+        torch.manual_seed(0)
+        model = Classifier(ds.spec, Standardize.of(ds.train, pooled=ds.spec.image))
     if path.is_file():
         try:
             state = runs.load_checkpoint(path)
