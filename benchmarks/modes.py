@@ -81,11 +81,14 @@ def one(job) -> dict:
 
 
 def _pm(values, digits) -> str:
-    values = [v for v in values if v is not None and v == v]
-    if not values:
+    """mean ± sd over seeds; where some seeds have no value (reverse KL without any high-quality
+    sample), how many seeds the figure covers."""
+    kept = [v for v in values if v is not None and v == v]
+    if not kept:
         return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+    sd = statistics.stdev(kept) if len(kept) > 1 else 0.0
+    text = f"{statistics.mean(kept):.{digits}f}" + (f" ± {sd:.{digits}f}" if len(kept) > 1 else "")
+    return text + (f" ({len(kept)} of {len(values)} seeds)" if len(kept) < len(values) else "")
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot
-from divgen import objectives, runs, train
+from divgen import config, objectives, runs, train
 from divgen.errors import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "divgen"
@@ -342,8 +342,9 @@ def test_rollback_recovers_from_one_nan_with_halved_learning_rates(divgen, tmp_p
     assert len(warnings) == 1 and "rolled back to step 10" in warnings[0] and "rollback 1 of 3" in warnings[0], result.err
     state = runs.load_checkpoint(runs.checkpoints(run)[-1])
     assert state["step"] == 30 and all_finite(state)
-    assert [g["lr"] for g in state["optimizers"]["generator"]["param_groups"]] == [pytest.approx(1e-4)]
-    assert [g["lr"] for g in state["optimizers"]["critic"]["param_groups"]] == [pytest.approx(1e-4)]
+    for side in ("generator", "critic"):  # half of the family's default
+        half = config.family_default(f"lr_{side}", "mlp") / 2
+        assert [g["lr"] for g in state["optimizers"][side]["param_groups"]] == [pytest.approx(half)]
     assert (run / "samples.npy").is_file()
 
 
@@ -416,7 +417,7 @@ def test_tensorboard_and_plain_progress_lines_without_a_terminal(tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"critic_loss", "generator_loss", "estimate", "lr_generator", "lr_critic"} <= tags, tags
     assert [e.step for e in acc.Scalars("critic_loss")] == list(range(5, 41, 5))
-    assert acc.Scalars("lr_generator")[-1].value == pytest.approx(2e-4)
+    assert acc.Scalars("lr_generator")[-1].value == pytest.approx(config.family_default("lr_generator", "mlp"))
     logged = [row["critic_loss"] for row in runs.read_metrics(run)]
     assert [e.value for e in acc.Scalars("critic_loss")] == pytest.approx(logged, rel=1e-6)
 
