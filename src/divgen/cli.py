@@ -185,7 +185,7 @@ def cmd_test(args) -> int:
     reject = result.p_value <= args.alpha
     what = TESTS[result.method].split(",")[0]
     verdict = "reject" if reject else "do not reject"
-    _emit(args, evaluate.strict_json({**asdict(result), "alpha": args.alpha, "reject": reject}),
+    _emit(args, jsonout.strict({**asdict(result), "alpha": args.alpha, "reject": reject}),
           f"{result.method}: statistic {result.statistic:.6g} ({what}), p-value {result.p_value:.4g}, "
           f"n_a {result.n_a}, n_b {result.n_b}\n{verdict} H0 (same distribution) at α = {args.alpha:g}")
     return 0

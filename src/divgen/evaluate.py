@@ -26,7 +26,7 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-from divgen import divergences, objectives, recipes
+from divgen import divergences, jsonout, objectives, recipes
 from divgen.errors import InputError
 from divgen.models import MLPCritic, Standardize, critic_pair
 
@@ -954,17 +954,6 @@ def _exact_divergences(ds, nets, names) -> dict:
 EVALUATE_TESTS = ("mmd-agg", "energy", "c2st-logit")
 
 
-def strict_json(obj):
-    """obj with every NaN or ±inf float replaced by None, recursively: strict JSON for eval.json and --json."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
-
-
 def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = True) -> dict:
     """Held-out evaluation of a run directory; writes RUN/eval.json and returns its content.
 
@@ -1020,7 +1009,7 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
         samples = families.draw(nets, n_modes_samples, seed=cfg.seed + 2_000_003 + seed)
         result["modes"] = asdict(mode_stats(samples, ds.modes, ds.mode_std, ds.mode_weights))
     result.update(_model_metrics(ds, nets, families.FAMILIES[cfg.model], seed, quiet))
-    result = strict_json(result)
+    result = jsonout.strict(result)
     runs.write_json(run / "eval.json", result)
     return result
 
