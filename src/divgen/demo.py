@@ -24,7 +24,7 @@ from divgen.train import train
 # is minimax, which follows D_f itself (for `kl` the nonsaturating loss would
 # maximize E_Q[f'(p/q)] = 1 − KL(Q‖P), i.e. follow reverse KL instead). The ring
 # run stops at 3,000 of the MLP's 10,000 default steps, so that the demo takes
-# about two minutes: ring8's modes (sd 0.05) are sharp by then.
+# a few minutes: ring8's modes (sd 0.05) are sharp by then.
 RUNS = {
     "kl": Config(data="mog2d", model="gaussian", divergence="kl"),
     "reverse-kl": Config(data="mog2d", model="gaussian", divergence="reverse-kl"),
