@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from divgen import data, families, metrics, runs
+from divgen import data, families, metrics, recipes, runs
 from divgen.config import Config
 from divgen.tables import environment, markdown
 from divgen.train import train
@@ -117,18 +117,13 @@ def bigan_probe(ds, trained, result, seed: int) -> dict:
     nets = result.nets
     with torch.no_grad():
         codes = {name: nets["encoder"](split).numpy() for name, split in (("train", ds.train), ("test", ds.holdout))}
-        fresh = families.FAMILIES["bigan"].networks(result.config, ds.spec, ds.train, None, _no_critic(), seed + 999)
+        recipe = recipes.build(result.config, ds.train)
+        fresh = families.FAMILIES["bigan"].networks(result.config, ds.spec, ds.train, None, recipe, seed + 999)
         random_codes = {name: fresh["encoder"](split).numpy() for name, split in (("train", ds.train), ("test", ds.holdout))}
         recon = nets["generator"](nets["encoder"](ds.holdout))
     agree = float((metrics.predictions(trained.model, recon) == ds.holdout_labels).double().mean())
     return {"probe": probe(codes["train"], codes["test"]), "random": probe(random_codes["train"], random_codes["test"]),
             "pixels": probe(ds.train.numpy(), ds.holdout.numpy()), "reconstruction": agree}
-
-
-def _no_critic():
-    class _Recipe:  # the networks of a family without its critic
-        uses_critic = False
-    return _Recipe()
 
 
 def vae_rows(ds, trained, root: Path, steps: int | None, seed: int, results: dict) -> None:

@@ -159,7 +159,6 @@ def main(argv=None) -> int:
     print(environment())
     print(f"{seeds} seeds per row, 2,500 samples per run; mean ± sd over seeds; seconds per run (one thread)\n")
     for name in DATA:
-        n_modes = results[0]["n_modes"] if name == DATA[0] else 25
         table = []
         for label, _ in rows:
             mine = [r for r in results if r["label"] == label and r["data"] == name]

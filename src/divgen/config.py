@@ -134,7 +134,8 @@ def family_default(name: str, family: str, image: bool = False):
     if f.default is not None:
         return f.default
     row = families.FAMILIES[family]
-    return row.image_defaults.get(name, row.defaults.get(name, GLOBAL[name])) if image else row.defaults.get(name, GLOBAL[name])
+    value = row.defaults.get(name, GLOBAL[name])
+    return row.image_defaults.get(name, value) if image else value
 
 
 def default_text(name: str) -> str:
@@ -179,15 +180,15 @@ def resolve(cfg: Config, data=None) -> Config:
         out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
     if out.data not in datasets.BUILTIN:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
+    inside = data is not None and bool(((data.train >= 0) & (data.train <= 1)).all())  # Bernoulli's range
     if out.likelihood == "auto" and data is not None and family.recipe == "elbo":
-        inside = bool(((data.train >= 0) & (data.train <= 1)).all())
         out = replace(out, likelihood="bernoulli" if inside else "gaussian")
     if family.divergences is not None and out.divergence not in family.divergences:
         raise InputError(f"--model {model} trains by {family.recipe or 'its own objective'} "
                          f"(divergence {' or '.join(family.divergences)}), not {out.divergence!r}")
     if data is not None:
         family.check(data.spec)
-        if out.likelihood == "bernoulli" and not bool(((data.train >= 0) & (data.train <= 1)).all()):
+        if out.likelihood == "bernoulli" and not inside:
             raise InputError("--likelihood bernoulli needs data in [0, 1]; use --likelihood gaussian")
     return validate(out)
 
