@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -444,3 +445,44 @@ def test_cli_estimate_prints_strict_json_with_the_bound(files, capsys):
     assert out["lower_bound"] <= out["estimate"] and out["method"] == "critic"
     assert main(["estimate", files["a"], files["b"], "--divergence", "wasserstein"]) == 0
     assert "no certified lower bound" in capsys.readouterr().out
+
+
+# ------------------------------------------- evaluate's jobs: same numbers ---
+def test_evaluate_gives_the_numbers_of_estimate_and_test(monkeypatch):
+    """evaluate runs the critics and the kernel tests concurrently, reuses the first fold's classifier
+    for c2st-logit and takes energy from mmd-agg's pass: each number is still the one its own
+    function gives with the seed, and none depends on the number of cores."""
+    a, b, _, _ = gaussian_pair(150, d=2, shift=0.4, var_b=1.3, seed=4)
+    names = ["kl", "js", "wasserstein"]
+    by_cores = []
+    for cores in (1, 2):
+        monkeypatch.setattr(evaluate, "_cores", lambda cores=cores: cores)
+        by_cores.append(evaluate._critics_and_tests(a, b, names, seed=3, quiet=True))
+    assert by_cores[0] == by_cores[1]
+    estimates, tests, _ = by_cores[0]
+    assert estimates == [asdict(e) for e in evaluate.critic_estimates(a, b, names, seed=3)]
+    alone = [evaluate.mmd_agg_test(a, b, permutations=evaluate.EVALUATE_PERMUTATIONS, seed=3),
+             evaluate.energy_test(a, b, permutations=evaluate.EVALUATE_PERMUTATIONS, seed=3),
+             evaluate.c2st_logit(a, b, seed=3, permutations=evaluate.EVALUATE_PERMUTATIONS)]
+    assert [t["method"] for t in tests] == list(evaluate.EVALUATE_TESTS) == [t.method for t in alone]
+    for got, want in zip(tests, alone):
+        assert got["p_value"] == want.p_value and got["statistic"] == pytest.approx(want.statistic, rel=1e-12)
+
+
+def test_permuted_mmd2_matches_the_kernel_matrix_by_hand():
+    """Triangular blocks of uneven size, float32 products: every relabelling's unbiased MMD² as the full
+    float64 kernel matrix gives it."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(70, 3, generator=g), torch.randn(55, 3, generator=g) + 0.2
+    z, n = torch.cat([a, b]), len(a)
+    member = evaluate._memberships(len(z), n, 9, g)
+    got = evaluate._permuted_mmd2(z, n, [evaluate._gaussian(0.8), evaluate._energy], member, block=32)
+    sq = torch.cdist(z.double(), z.double()).square()
+    for k, kernel in enumerate([torch.exp(-sq / (2 * 0.64)), -sq.sqrt()]):
+        for p in range(member.shape[1]):
+            s = member[:, p].bool()
+            na, nb = int(s.sum()), int((~s).sum())
+            d0 = float(kernel[0, 0])
+            want = ((kernel[s][:, s].sum() - na * d0) / (na * (na - 1)) + (kernel[~s][:, ~s].sum() - nb * d0) / (nb * (nb - 1))
+                    - 2 * kernel[s][:, ~s].mean())
+            assert float(got[k, p]) == pytest.approx(float(want), abs=1e-6)

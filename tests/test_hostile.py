@@ -471,10 +471,10 @@ def test_every_json_divgen_writes_is_strict(divgen, tmp_path, monkeypatch):
         for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
             _strict_loads(line)
 
-    def non_finite(real, fake, names, seed=0, **kwargs):  # what a degenerate estimate would give, without training
-        return [evaluate.Estimate(name, -math.inf, math.nan, math.nan, "critic", len(real), len(fake)) for name in names]
+    def non_finite(name, folds, confidence, n_a, n_b):  # what a degenerate estimate would give
+        return evaluate.Estimate(name, -math.inf, math.nan, math.nan, "critic", n_a, n_b)
 
-    monkeypatch.setattr(evaluate, "critic_estimates", non_finite)
+    monkeypatch.setattr(evaluate, "_pooled", non_finite)
     result = divgen("evaluate", run, "--json")
     assert result.code == 0, result.err
     printed, saved = _strict_loads(result.out), _strict_loads((run / "eval.json").read_text())

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import statistics
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +26,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
@@ -113,6 +116,11 @@ def as_samples(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
+def _z(p: float) -> float:
+    """The standard normal quantile."""
+    return statistics.NormalDist().inv_cdf(p)
+
+
 def _halves(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=rng)
     return perm[: n // 2], perm[n // 2 :]
@@ -126,9 +134,46 @@ def new_critic(a, b, width: int = 64, depth: int = 2, seed: int = 0, activation:
     Gaussians), and a smooth critic fits them with less data; on Gaussian pairs
     in 5-10 dimensions it halved the KL estimate's bias.
     """
-    with torch.random.fork_rng(devices=[]):  # global RNG untouched
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # global RNG untouched, one thread at a time
         torch.manual_seed(seed)
         return MLPCritic(Standardize.of(a, b), width, depth, activation=activation, quadratic=quadratic)
+
+
+_INIT_LOCK = threading.Lock()  # new_critic seeds the global RNG: concurrent jobs (_concurrently) take turns
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _concurrently(jobs: list[Callable[[], object]], progress=None, names: list[str] | None = None) -> list:
+    """The results of independent jobs, in order, run on the machine's cores, each on one intra-op thread.
+
+    The jobs here fit small critics, whose matrices are too small for several
+    threads to speed up one of them, but whose fits are independent. Each job has
+    its own random generator and builds its own networks (new_critic), so the
+    results are the same bit for bit whatever the number of cores. `progress`
+    (progress.Progress) hears of each job as it ends, by its name in `names`.
+    """
+    def done(i: int) -> None:
+        if progress is not None:
+            progress.begin(f"{names[i]} done" if names else "done")
+            progress.update()
+
+    with _one_thread():
+        workers = min(len(jobs), _cores())
+        if workers <= 1:
+            results = []
+            for i, job in enumerate(jobs):
+                results.append(job())
+                done(i)
+            return results
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                done(futures[future])
+            return [f.result() for f in futures]
 
 
 @contextmanager
@@ -290,7 +335,7 @@ def _normal_ci(t_a: torch.Tensor, t_b: torch.Tensor, confidence: float) -> tuple
     """mean(t_a) − mean(t_b) and its normal-theory interval (the two samples independent)."""
     value = float(t_a.mean() - t_b.mean())
     se = _se(t_a, t_b)
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    z = _z(0.5 + confidence / 2)
     return value, value - z * se, value + z * se
 
 
@@ -442,33 +487,75 @@ def critic_estimates(
     """
     a, b = as_samples(a, b)
     names = list(names)
-    folds = _cross_fit_terms(a, b, names, seed, width, depth, steps, lr, gp_weight)
+    jobs, finish = _cross_fit_jobs(a, b, names, seed, width, depth, steps, lr, gp_weight)
+    folds = finish(_concurrently(jobs)).terms
     return [_pooled(name, folds[name], confidence, len(a), len(b)) for name in names]
 
 
-def _cross_fit_terms(a, b, names, seed, width, depth, steps, lr, gp_weight) -> dict[str, list[tuple]]:
-    """Per name, per fold: (estimate terms on held-out A, on held-out B, bound terms on A, on B); the value
-    is mean(first) − mean(second). The split of A depends only on len(A) and the seed, so two
-    calls with the same A and seed score A's points in the same order (paired_difference)."""
-    kinds = {n: _estimator(n) for n in names}
+def _split(a: torch.Tensor, b: torch.Tensor, seed: int) -> tuple[list[tuple], torch.Generator]:
+    """The two cross-fitting folds, (training A, training B, held-out A, held-out B) each, and the generator
+    that drew them, for what follows (c2st-logit's relabellings). The split of A depends only on len(A)
+    and the seed, so two calls with the same A and seed score A's points in the same order (paired_difference)."""
     rng = torch.Generator().manual_seed(seed)
     a1, a2 = _halves(len(a), rng)
     b1, b2 = _halves(len(b), rng)
-    # per name and fold: (estimate terms on A, on B, bound terms on A, on B)
-    folds: dict[str, list[tuple]] = {n: [] for n in names}
-    splits = [(a[fa], b[fb], a[ea], b[eb]) for fa, ea, fb, eb in ((a1, a2, b1, b2), (a2, a1, b2, b1))]
-    critics: dict[str, list[nn.Module]] = {}
-    for kind in dict.fromkeys(kinds.values()):  # one critic per kind and fold, in a fixed order
-        if kind == "classifier":
-            fitted = [classifier_candidates(ta, tb, rng, seed + 1 + k, width, depth, steps, lr)
-                      for k, (ta, tb, _, _) in enumerate(splits)]
-            best = _best([scores for _, scores in fitted])
-            critics[kind] = [candidates[best] for candidates, _ in fitted]
-        else:
-            critics[kind] = [fit_critic(new_critic(ta, tb, width, depth, seed + 11 + k), wasserstein_objective(gp_weight),
-                                        ta, tb, rng, steps=steps, lr=lr) for k, (ta, tb, _, _) in enumerate(splits)]
+    return [(a[a1], b[b1], a[a2], b[b2]), (a[a2], b[b2], a[a1], b[b1])], rng
+
+
+def _fold_classifier(fold: tuple, k: int, seed: int, width: int, depth: int, steps: int, lr: float):
+    """classifier_candidates fitted on fold k's training halves, with the fold's own generator."""
+    train_a, train_b = fold[:2]
+    return classifier_candidates(train_a, train_b, torch.Generator().manual_seed(seed + 1 + k), seed + 1 + k,
+                                 width, depth, steps, lr)
+
+
+def _fold_wasserstein(fold: tuple, k: int, seed: int, width: int, depth: int, steps: int, lr: float, gp_weight: float):
+    train_a, train_b = fold[:2]
+    critic = new_critic(train_a, train_b, width, depth, seed + 11 + k)
+    return fit_critic(critic, wasserstein_objective(gp_weight), train_a, train_b,
+                      torch.Generator().manual_seed(seed + 11 + k), steps=steps, lr=lr)
+
+
+@dataclass
+class CrossFit:
+    """What the cross-fitted critics left: per name and fold, the held-out terms (estimate terms on A, on
+    B, bound terms on A, on B; the value is mean(first) − mean(second)); the folds and the generator
+    after the split; fold 0's classifier candidates and scores (None without an f-divergence)."""
+
+    terms: dict[str, list[tuple]]
+    folds: list[tuple]
+    rng: torch.Generator
+    first_classifier: tuple | None
+
+
+def _cross_fit_jobs(a, b, names, seed, width, depth, steps, lr, gp_weight) -> tuple[list[Callable], Callable]:
+    """The critic fits of critic_estimates as independent jobs (one per kind of critic and fold), and the
+    function that turns their results, in order, into a CrossFit."""
+    kinds = {n: _estimator(n) for n in names}
+    folds, rng = _split(a, b, seed)
+    order = list(dict.fromkeys(kinds.values()))  # one critic per kind and fold
+    fitters = {"classifier": _fold_classifier,
+               "lipschitz": lambda fold, k, *args: _fold_wasserstein(fold, k, *args, gp_weight)}
+    jobs = [lambda kind=kind, k=k: fitters[kind](folds[k], k, seed, width, depth, steps, lr)
+            for kind in order for k in range(len(folds))]
+
+    def finish(results: list) -> CrossFit:
+        fitted = {kind: results[i * len(folds):(i + 1) * len(folds)] for i, kind in enumerate(order)}
+        first = None
+        if "classifier" in fitted:
+            first = fitted["classifier"][0]
+            best = _best([scores for _, scores in fitted["classifier"]])
+            fitted["classifier"] = [candidates[best] for candidates, _ in fitted["classifier"]]
+        return CrossFit(_held_out_terms(fitted, folds, names, kinds), folds, rng, first)
+
+    return jobs, finish
+
+
+def _held_out_terms(critics: dict[str, list[nn.Module]], folds: list[tuple], names, kinds) -> dict[str, list[tuple]]:
+    """Per name, per fold: the held-out terms of the fold's critic (see CrossFit)."""
+    terms: dict[str, list[tuple]] = {n: [] for n in names}
     for kind, fold_critics in critics.items():
-        for critic, (train_a, train_b, test_a, test_b) in zip(fold_critics, splits):
+        for critic, (train_a, train_b, test_a, test_b) in zip(fold_critics, folds):
             with torch.no_grad():
                 v_a, v_b = (v.double() for v in critic_pair(critic, test_a, test_b))
                 if kind == "classifier":
@@ -484,10 +571,10 @@ def _cross_fit_terms(a, b, names, seed, width, depth, steps, lr, gp_weight) -> d
             for name in (n for n in names if kinds[n] == kind):
                 if kind == "classifier":
                     div = divergences.get(name)
-                    folds[name].append((plugin_terms(div, v_a), -plugin_terms(div, v_b), *fgan_terms(div, w_a, w_b)))
+                    terms[name].append((plugin_terms(div, v_a), -plugin_terms(div, v_b), *fgan_terms(div, w_a, w_b)))
                 else:
-                    folds[name].append((v_a, v_b, None, None))
-    return folds
+                    terms[name].append((v_a, v_b, None, None))
+    return terms
 
 
 def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int) -> Estimate:
@@ -501,10 +588,10 @@ def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int
     lower = None
     if folds[0][2] is not None:
         bound, bound_se, bound_spread = summary(2)
-        lower = bound - float(stats.norm.ppf(confidence)) * bound_se
+        lower = bound - _z(confidence) * bound_se
         if bound > value:  # the truth is at least the bound's mean, so the plug-in was too low
             value, se = bound, bound_spread
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    z = _z(0.5 + confidence / 2)
     return Estimate(name, value, value - z * se, value + z * se, "critic", n_a, n_b, lower)
 
 
@@ -532,12 +619,14 @@ def paired_difference(a, b1, b2, name: str, seed: int = 0, confidence: float = 0
     _, b2 = as_samples(a, b2)
     args = (seed, kwargs.get("width", 64), kwargs.get("depth", 2), kwargs.get("steps", 3000), kwargs.get("lr", 3e-3),
             kwargs.get("gp_weight", 10.0))
-    t1, t2 = _cross_fit_terms(a, b1, [name], *args)[name], _cross_fit_terms(a, b2, [name], *args)[name]
+    (jobs1, finish1), (jobs2, finish2) = (_cross_fit_jobs(a, b, [name], *args) for b in (b1, b2))
+    results = _concurrently(jobs1 + jobs2)
+    t1, t2 = finish1(results[:len(jobs1)]).terms[name], finish2(results[len(jobs1):]).terms[name]
     on_a = torch.cat([f[0] for f in t1]) - torch.cat([f[0] for f in t2])  # paired: same points of A
     on_b1, on_b2 = torch.cat([f[1] for f in t1]), torch.cat([f[1] for f in t2])
     value = float(on_a.mean() - on_b1.mean() + on_b2.mean())
     se = math.sqrt(float(on_a.var()) / len(on_a) + float(on_b1.var()) / len(on_b1) + float(on_b2.var()) / len(on_b2))
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    z = _z(0.5 + confidence / 2)
     return Difference(name, value, value - z * se, value + z * se)
 
 
@@ -666,22 +755,27 @@ def c2st(a, b, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 1000
 def balanced_calls_p_value(hits: int, half: int) -> float:
     """P(K ≥ hits) for K ~ Hypergeometric(2·half, half, half): the exact null of a classifier that calls
     exactly `half` of a balanced test set of 2·half points "A" (correct = 2K)."""
+    from scipy import stats
+
     return float(stats.hypergeom.sf(hits - 1, 2 * half, half, half))
 
 
 def c2st_logit(a, b, seed: int = 0, permutations: int = 1000, width: int = 64, depth: int = 2,
-               steps: int = 1000, lr: float = 3e-3) -> TestResult:
+               steps: int = 3000, lr: float = 3e-3) -> TestResult:
     """A classifier test on held-out logits, with an exact permutation p-value.
 
-    Each sample is split in halves; a classifier is fitted on the first halves
-    (classifier_candidates: the Gaussian, quadratic-logistic and MLP candidates,
-    the best by validation log-likelihood on that half) and scores the second
-    halves. The statistic is the mean held-out logit V on A minus that on B (for a
-    good classifier an estimate of E_P[log p/q] − E_Q[log p/q] = KL(P‖Q) + KL(Q‖P)):
+    Each sample is split in halves, as critic_estimates splits them; the
+    classifier of its first fold (classifier_candidates fitted on the first
+    halves: the Gaussian, quadratic-logistic and MLP candidates, the best by
+    validation log-likelihood on that half alone) scores the second halves. The
+    statistic is the mean held-out logit V on A minus that on B (for a good
+    classifier an estimate of E_P[log p/q] − E_Q[log p/q] = KL(P‖Q) + KL(Q‖P)):
     it uses how far each point is from the boundary, not only its side as c2st's
-    accuracy does. Under H0 the labels of the held-out halves are exchangeable given
-    the classifier, which never saw them, so relabelling them gives an exact
-    p-value, (1 + #{permuted ≥ observed}) / (1 + P).
+    accuracy does. Under H0 the labels of the held-out halves are exchangeable
+    given the classifier, which never saw them, so relabelling them gives an exact
+    p-value, (1 + #{permuted ≥ observed}) / (1 + P). `divgen evaluate` takes this
+    classifier from its critic estimates instead of fitting it again (same
+    seed, same numbers).
 
     Not cross-fitted: swapping the halves and adding the second fold's statistic
     makes the relabelling null too narrow (each half would train the classifier that
@@ -691,18 +785,24 @@ def c2st_logit(a, b, seed: int = 0, permutations: int = 1000, width: int = 64, d
     a, b = as_samples(a, b)
     if permutations < 1:
         raise InputError("--permutations must be at least 1")
-    rng = torch.Generator().manual_seed(seed)
-    a1, a2 = _halves(len(a), rng)
-    b1, b2 = _halves(len(b), rng)
-    candidates, scores = classifier_candidates(a[a1], b[b1], rng, seed + 1, width, depth, steps, lr)
-    critic = candidates[_best([scores])]
+    folds, rng = _split(a, b, seed)
+    first = _fold_classifier(folds[0], 0, seed, width, depth, steps, lr)
+    return _logit_test(first, folds[0], rng, permutations)
+
+
+def _logit_test(first_classifier: tuple, fold: tuple, rng: torch.Generator, permutations: int) -> TestResult:
+    """c2st-logit from fold 0's classifier candidates and scores and that fold's held-out halves."""
+    candidates, scores = first_classifier
+    critic = candidates[_best([scores])]  # chosen on fold 0 alone: the held-out halves play no part
+    _, _, held_a, held_b = fold
     with torch.no_grad():
-        v = torch.cat(critic_pair(critic, a[a2], b[b2])).double()  # (n + m,), A first
-    n, m = len(a2), len(b2)
+        v = torch.cat(critic_pair(critic, held_a, held_b)).double()  # (n + m,), A first
+    n, m = len(held_a), len(held_b)
     member = _memberships(n + m, n, permutations, rng).double()  # (n + m, P + 1)
     in_a = v @ member  # Σ_{A} V per relabelling
     stat = in_a / n - (v.sum() - in_a) / m
-    return TestResult("c2st-logit", float(stat[0]), _p_value(stat), len(a), len(b))
+    n_a, n_b = len(fold[0]) + n, len(fold[1]) + m
+    return TestResult("c2st-logit", float(stat[0]), _p_value(stat), n_a, n_b)
 
 
 def _memberships(big_n: int, n: int, permutations: int, rng: torch.Generator) -> torch.Tensor:
@@ -714,32 +814,44 @@ def _memberships(big_n: int, n: int, permutations: int, rng: torch.Generator) ->
     return member
 
 
-def _permuted_mmd2(z: torch.Tensor, n: int, kernels, member: torch.Tensor, block: int = 2048) -> torch.Tensor:
+def _permuted_mmd2(z: torch.Tensor, n: int, kernels, member: torch.Tensor, block: int = 512) -> torch.Tensor:
     """Unbiased MMD² of every relabelling in `member` (N, P + 1), for each kernel: (K, P + 1), float64.
 
-    `kernels` are functions of the pairwise distances of a block, (B, N) -> (B, N), each
-    with k(x, x) = kernel(0). With S the 0/1 membership of A in each relabelling, the
-    block sums of the kernel matrix K are SᵀKS, SᵀK1 and 1ᵀK1; K is formed block by
-    block and never whole, and the distances of a block are shared by all kernels.
+    `kernels` are functions of squared distances, float32 (B, B') -> (B, B'), each
+    with k(x, x) = kernel(0). With S the 0/1 membership of A in each relabelling,
+    the statistic needs SᵀKS and SᵀK1 per relabelling. K is formed one pair of
+    blocks at a time and never whole, and only for blocks i ≤ j: K is symmetric,
+    so the pair (i, j) gives S_iᵀK_ij S_j + S_jᵀK_ji S_i = 2·S_iᵀ(K_ij S_j), from
+    one product (about half the products of the full matrix). The distances of a
+    pair of blocks are computed once, in float64, for all kernels; the products
+    run in float32 and are summed in float64: every relabelling's statistic is
+    computed by the same arithmetic, so the permutation p-value stays exact, and
+    the rounding is far below the statistic's spread under relabelling.
     """
     big_n = len(z)
     m = big_n - n
-    k_member = torch.zeros(len(kernels), big_n, member.shape[1], dtype=torch.float64)  # K S per kernel
+    aka = torch.zeros(len(kernels), member.shape[1], dtype=torch.float64)  # Σ_{i,j ∈ A} K_ij per relabelling
     k_one = torch.zeros(len(kernels), big_n, dtype=torch.float64)  # K 1
+    member32, z64 = member.float(), z.double()
+    starts = range(0, big_n, block)
+    for i in starts:
+        rows = slice(i, i + block)
+        for j in (j for j in starts if j >= i):
+            cols = slice(j, j + block)
+            sq = torch.cdist(z64[rows], z64[cols]).square_().float()  # (block, block)
+            for k, kernel in enumerate(kernels):
+                kern = kernel(sq)
+                inner = (member32[rows] * (kern @ member32[cols])).sum(0, dtype=torch.float64)
+                aka[k] += inner if i == j else 2 * inner
+                k_one[k, rows] += kern.sum(1, dtype=torch.float64)
+                if i != j:
+                    k_one[k, cols] += kern.sum(0, dtype=torch.float64)
     member64 = member.double()
-    for i in range(0, big_n, block):
-        dist = torch.cdist(z[i : i + block].double(), z.double())  # (block, N)
-        for j, kernel in enumerate(kernels):
-            kern = kernel(dist)
-            k_member[j, i : i + block] = kern @ member64
-            k_one[j, i : i + block] = kern.sum(1)
-    aka = (member64 * k_member).sum(1)  # Σ_{i,j ∈ A} K_ij, (K, P + 1)
     ak1 = k_one @ member64  # Σ_{i ∈ A, j} K_ij
     total = k_one.sum(1, keepdim=True)
     bkb = total - 2 * ak1 + aka
     akb = ak1 - aka
-    diag = torch.tensor([float(kernel(torch.zeros(1, 1, dtype=torch.float64))) for kernel in kernels],
-                        dtype=torch.float64)[:, None]
+    diag = torch.tensor([float(kernel(torch.zeros(1, 1))) for kernel in kernels], dtype=torch.float64)[:, None]
     # remove the n (m) self-pairs from the within-sample sums
     return (aka - n * diag) / (n * (n - 1)) + (bkb - m * diag) / (m * (m - 1)) - 2 * akb / (n * m)
 
@@ -750,11 +862,15 @@ def _p_value(stats_: torch.Tensor) -> float:
 
 
 def _gaussian(h: float):
-    # exp(−d²/(2h²)) in place: one new (block, N) array instead of four (bit for bit the same values)
-    return lambda dist: dist.square().div_(-2 * h * h).exp_()
+    # exp(−d²/(2h²)) of squared distances: one new (block, N) array
+    return lambda sq: torch.mul(sq, -0.5 / (h * h)).exp_()
 
 
-def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) -> TestResult:
+def _energy(sq: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(sq).neg_()  # −‖x − y‖
+
+
+def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512) -> TestResult:
     """Kernel two-sample test: unbiased MMD² with a Gaussian kernel and a permutation p-value.
 
     Bandwidth: the median heuristic on a random subsample of the pooled data (a
@@ -774,10 +890,42 @@ def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) ->
 
 
 AGG_BANDWIDTHS = 6
+KERNEL_MAX_PER_SIDE = 2500  # the kernel tests' cost grows like N² × kernels × permutations
 
 
-def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048,
-                 bandwidths: int = AGG_BANDWIDTHS, with_energy: bool = True, max_per_side: int = 2500) -> TestResult:
+def _relabelled_mmd2(a, b, permutations: int, seed: int, block: int, max_per_side: int, kernels_of) -> torch.Tensor:
+    """The kernel tests' one protocol: at most `max_per_side` random rows of each sample, P random
+    relabellings, then kernels_of(pooled sample, generator) and their MMD² (_permuted_mmd2), (K, P + 1).
+    mmd-agg's last kernel is the energy test's, so `divgen evaluate` gets both from one pass, with the
+    numbers `divgen test` gives for each."""
+    a, b = as_samples(a, b)
+    if permutations < 1:
+        raise InputError("--permutations must be at least 1")
+    rng = torch.Generator().manual_seed(seed)
+    a = a[torch.randperm(len(a), generator=rng)[:max_per_side]]
+    b = b[torch.randperm(len(b), generator=rng)[:max_per_side]]
+    z = torch.cat([a, b])
+    member = _memberships(len(z), len(a), permutations, rng)
+    return _permuted_mmd2(z, len(a), kernels_of(z, rng), member, block)
+
+
+def _agg_kernels(bandwidths: int, with_energy: bool):
+    """mmd-agg's kernels of a pooled sample: Gaussians on a grid of bandwidths, then the energy kernel."""
+    def kernels_of(z: torch.Tensor, rng: torch.Generator) -> list:
+        sub = z[torch.randperm(len(z), generator=rng)[:1000]].double()
+        dist = torch.pdist(sub)
+        dist = dist[dist > 0]
+        if len(dist) == 0:
+            dist = torch.ones(1, dtype=torch.float64)
+        lo, hi = float(torch.quantile(dist, 0.05)) / 2, float(torch.quantile(dist, 0.95)) * 2
+        return [_gaussian(float(h)) for h in np.geomspace(lo, hi, bandwidths)] + ([_energy] if with_energy else [])
+
+    return kernels_of
+
+
+def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512,
+                 bandwidths: int = AGG_BANDWIDTHS, with_energy: bool = True,
+                 max_per_side: int = KERNEL_MAX_PER_SIDE) -> TestResult:
     """MMD over many kernels with one calibrated p-value (min-p aggregation); divgen's default test.
 
     Gaussian kernels with `bandwidths` bandwidths on a geometric grid from half the
@@ -793,25 +941,12 @@ def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048
     `max_per_side` are tested on a random subset of that size (the cost grows like
     N² × kernels × permutations: 2 × 5,000 points took 77 s without it).
     """
-    a, b = as_samples(a, b)
-    if permutations < 1:
-        raise InputError("--permutations must be at least 1")
-    n_a, n_b = len(a), len(b)
-    rng = torch.Generator().manual_seed(seed)
-    # its cost is (kernels × permutations) passes over an N × N kernel matrix: above
-    # max_per_side points per side, a random subset of that size is tested
-    a = a[torch.randperm(n_a, generator=rng)[:max_per_side]]
-    b = b[torch.randperm(n_b, generator=rng)[:max_per_side]]
-    z = torch.cat([a, b])
-    sub = z[torch.randperm(len(z), generator=rng)[:1000]].double()
-    dist = torch.pdist(sub)
-    dist = dist[dist > 0]
-    if len(dist) == 0:
-        dist = torch.ones(1, dtype=torch.float64)
-    lo, hi = float(torch.quantile(dist, 0.05)) / 2, float(torch.quantile(dist, 0.95)) * 2
-    grid = np.geomspace(lo, hi, bandwidths)
-    kernels = [_gaussian(float(h)) for h in grid] + ([lambda dist: -dist] if with_energy else [])
-    mmd2 = _permuted_mmd2(z, len(a), kernels, _memberships(len(z), len(a), permutations, rng), block)
+    mmd2 = _relabelled_mmd2(a, b, permutations, seed, block, max_per_side, _agg_kernels(bandwidths, with_energy))
+    return _min_p("mmd-agg", mmd2, len(a), len(b))
+
+
+def _min_p(method: str, mmd2: torch.Tensor, n_a: int, n_b: int) -> TestResult:
+    """The min-p aggregate of several kernels' MMD² over the same relabellings (mmd_agg_test)."""
     # per kernel, the permutation p-value of every column among all P + 1 (ties counted against)
     ranks = (mmd2[:, None, :] >= mmd2[:, :, None]).sum(-1).double() / mmd2.shape[1]  # (K, P + 1)
     min_p = ranks.min(0).values  # (P + 1,)
@@ -821,24 +956,29 @@ def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048
     # lexicographic, (min_p, mean_p), and the p-value exact again.
     key = min_p + ranks.mean(0) / (2 * mmd2.shape[1])  # mean_p / (2(P + 1)) < the step of min_p
     p_value = int((key <= key[0]).sum()) / len(key)
-    return TestResult("mmd-agg", float(min_p[0]), p_value, n_a, n_b)
+    return TestResult(method, float(min_p[0]), p_value, n_a, n_b)
 
 
-def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = 2048) -> TestResult:
+def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512,
+                max_per_side: int = KERNEL_MAX_PER_SIDE) -> TestResult:
     """Energy-distance test (Székely & Rizzo 2004) with a permutation p-value.
 
     The statistic is the unbiased energy distance 2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖,
     which is the unbiased MMD² of the kernel −‖x − y‖ (distances of A to A and of B
     to B over distinct pairs): no bandwidth to choose, and sensitive to differences
-    at every scale, weighted towards large ones.
+    at every scale, weighted towards large ones. Samples larger than `max_per_side`
+    are tested on a random subset of that size, with the relabellings mmd-agg uses.
     """
-    a, b = as_samples(a, b)
-    if permutations < 1:
-        raise InputError("--permutations must be at least 1")
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.cat([a, b])
-    stat = _permuted_mmd2(z, len(a), [lambda dist: -dist], _memberships(len(z), len(a), permutations, rng), block)[0]
+    stat = _relabelled_mmd2(a, b, permutations, seed, block, max_per_side, lambda z, rng: [_energy])[0]
     return TestResult("energy", float(stat[0]), _p_value(stat), len(a), len(b))
+
+
+def kernel_tests(a, b, permutations: int = 500, seed: int = 0) -> list[TestResult]:
+    """mmd-agg and energy from one pass over the kernel matrices: the energy kernel is mmd-agg's last, and
+    both tests draw the same rows and relabellings, so each result is what its own function gives."""
+    mmd2 = _relabelled_mmd2(a, b, permutations, seed, 512, KERNEL_MAX_PER_SIDE, _agg_kernels(AGG_BANDWIDTHS, True))
+    n_a, n_b = len(a), len(b)
+    return [_min_p("mmd-agg", mmd2, n_a, n_b), TestResult("energy", float(mmd2[-1, 0]), _p_value(mmd2[-1]), n_a, n_b)]
 
 
 # The tests of `divgen test --method`: name -> (a, b, seed, permutations) -> TestResult
@@ -952,6 +1092,7 @@ def _exact_divergences(ds, nets, names) -> dict:
 
 # The tests every run is evaluated by (cheap enough for a routine `divgen evaluate`).
 EVALUATE_TESTS = ("mmd-agg", "energy", "c2st-logit")
+EVALUATE_PERMUTATIONS = 500
 
 
 def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = True) -> dict:
@@ -967,7 +1108,6 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     """
     from divgen import data as datasets
     from divgen import families, runs
-    from divgen.progress import Progress
 
     run = Path(run)
     trained = runs.load_run(run)
@@ -981,17 +1121,7 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     # fresh noise: neither the training batches nor samples.npy (seed + 1)
     fake = families.draw(nets, len(real), seed=cfg.seed + 1_000_003 + seed)
     names = [n for n in dict.fromkeys([cfg.divergence, *recipes.EVALUATED]) if recipes.row(n).estimator]
-    jobs = [("critics", names)] + [("test", t) for t in EVALUATE_TESTS]
-    progress = Progress(len(jobs), "evaluate", quiet, unit="jobs")
-    estimates, tests = [], []
-    for kind, name in jobs:
-        progress.begin(f"independent critics ({', '.join(name)})" if kind == "critics" else f"{name} test")
-        if kind == "critics":  # one classifier serves every f-divergence
-            estimates += [asdict(e) for e in critic_estimates(real, fake, name, seed=seed)]
-        else:
-            tests.append(asdict(two_sample_test(real, fake, name, seed=seed)))
-        progress.update()
-    progress.close()
+    estimates, tests, prdc_ = _critics_and_tests(real, fake, names, seed, quiet)
     result = {
         "run": str(run),
         "data": cfg.data,
@@ -1001,7 +1131,7 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
         "n_fake": len(fake),
         "critic": estimates,
         "tests": tests,
-        "prdc": asdict(prdc(real, fake, k=5, seed=seed)) if min(len(real), len(fake)) > 5 else None,
+        "prdc": prdc_,
         "exact": _exact_divergences(ds, nets, names),
         "modes": None,
     }
@@ -1012,6 +1142,32 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     result = jsonout.strict(result)
     runs.write_json(run / "eval.json", result)
     return result
+
+
+def _critics_and_tests(real, fake, names, seed: int, quiet: bool) -> tuple[list[dict], list[dict], dict | None]:
+    """critic_estimates of `names`, the EVALUATE_TESTS and prdc (k = 5), as concurrent jobs (_concurrently):
+    the critics' fits, longest first, the kernel tests (kernel_tests) and prdc. c2st-logit takes the
+    classifier of the critics' first fold, as c2st_logit fits it. Each number is the one `divgen estimate`,
+    `divgen test` or evaluate.prdc gives with the seed."""
+    from divgen import limits
+    from divgen.progress import Progress
+
+    real, fake = as_samples(real, fake)
+    limits.require(limits.mmd_test_memory(len(real), len(fake), EVALUATE_PERMUTATIONS), limits.memory_available())
+    fits, finish = _cross_fit_jobs(real, fake, names, seed, 64, 2, 3000, 3e-3, 10.0)
+    jobs = fits + [lambda: kernel_tests(real, fake, EVALUATE_PERMUTATIONS, seed),
+                   lambda: asdict(prdc(real, fake, k=5, seed=seed)) if min(len(real), len(fake)) > 5 else None]
+    kinds = {n: _estimator(n) for n in names}
+    labels = [f"critic for {', '.join(n for n in names if kinds[n] == kind)}, fold {k + 1}"
+              for kind in dict.fromkeys(kinds.values()) for k in range(2)] + ["mmd-agg and energy tests", "prdc"]
+    progress = Progress(len(jobs), "evaluate", quiet, unit="jobs")
+    *fitted, kernel, prdc_ = _concurrently(jobs, progress, labels)
+    progress.close()
+    cross = finish(fitted)
+    estimates = [_pooled(name, cross.terms[name], 0.95, len(real), len(fake)) for name in names]
+    tests = {t.method: t for t in kernel}
+    tests["c2st-logit"] = _logit_test(cross.first_classifier, cross.folds[0], cross.rng, EVALUATE_PERMUTATIONS)
+    return [asdict(e) for e in estimates], [asdict(tests[name]) for name in EVALUATE_TESTS], prdc_
 
 
 def _model_metrics(ds, nets, family, seed: int, quiet: bool) -> dict:
