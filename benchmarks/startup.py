@@ -6,7 +6,9 @@ launching `divgen train --steps 1 --log-every 1` to the write of its first
 metrics row (the file's modification time); "whole run" is that command to
 its exit (checkpoint, samples, no figures). The floor rows are what any
 program that trains with torch pays before its first step: importing torch,
-and torch._dynamo, which torch.optim imports when the first optimizer is built.
+then one Adam step on one parameter (torch.optim imports torch._dynamo in its
+first step). The last row is `divgen evaluate` of a ring8 run of the GAN
+defaults trained for 2,000 steps (trained once, before the rounds; not timed).
 
     python benchmarks/startup.py [--rounds 5] [--quick]
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 from divgen.tables import environment, markdown
 
 TRAIN = ["train", "--data", "ring8", "--steps", "1", "--log-every", "1", "--n-samples", "10", "--no-figures"]
+ADAM_STEP = ("import torch; p = torch.zeros(1, requires_grad=True); opt = torch.optim.Adam([p]); "
+             "p.sum().backward(); opt.step()")
 
 
 def wall(argv: list[str], cwd: str) -> float:
@@ -50,21 +54,26 @@ def main() -> None:
     floors = {
         "python -c pass": [py, "-c", "pass"],
         "floor: python -c 'import torch'": [py, "-c", "import torch"],
-        "floor: python -c 'import torch, torch._dynamo'": [py, "-c", "import torch, torch._dynamo"],
+        "floor: import torch, one Adam step": [py, "-c", ADAM_STEP],
     }
     commands = {
         **({} if args.quick else floors),
         "divgen --help": [py, "-m", "divgen", "--help"],
         "divgen train --help": [py, "-m", "divgen", "train", "--help"],
     }
-    times = {k: [] for k in [*commands, "divgen train: first step", "divgen train --steps 1: whole run"]}
+    evaluate = f"divgen evaluate (ring8, {'50' if args.quick else '2,000'}-step run)"
+    times = {k: [] for k in [*commands, "divgen train: first step", "divgen train --steps 1: whole run", evaluate]}
     with tempfile.TemporaryDirectory() as tmp:
+        run = str(Path(tmp) / "evaluated")
+        subprocess.run([py, "-m", "divgen", "train", "--data", "ring8", "--steps", "50" if args.quick else "2000",
+                        "--no-figures", "--out", run], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for k in range(rounds):
             for name, argv in commands.items():
                 times[name].append(wall(argv, tmp))
             first, total = first_step(tmp, k)
             times["divgen train: first step"].append(first)
             times["divgen train --steps 1: whole run"].append(total)
+            times[evaluate].append(wall([py, "-m", "divgen", "evaluate", run, "--json"], tmp))
     print(environment())
     print(f"median of {rounds} alternating rounds, each a fresh process\n")
     print(markdown(["command", "seconds"], [[name, f"{statistics.median(t):.2f}"] for name, t in times.items()]))
