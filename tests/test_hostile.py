@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -152,10 +153,12 @@ def test_the_memory_estimate_is_above_and_near_what_a_run_uses(tmp_path):
     code = ("import resource, sys\nfrom divgen import cli\nassert cli.main(sys.argv[1:]) == 0\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
 
+    runs = itertools.count()
+
     def peak(batch: int) -> int:  # bytes
         argv = ["train", "--data", "ring8", "--divergence", "wasserstein", "--steps", "1", "--batch-size", str(batch),
                 "--n-data", "1000", "--n-samples", "100", "--no-figures", "--checkpoint-every", "1",
-                "--out", str(tmp_path / f"b{batch}"), "--json"]
+                "--out", str(tmp_path / f"b{batch}-{next(runs)}"), "--json"]
         proc = subprocess.run([sys.executable, "-c", code, *argv], env=env1(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return int(proc.stdout.splitlines()[-1]) * 1024  # ru_maxrss is in KiB on Linux
