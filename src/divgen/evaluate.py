@@ -147,30 +147,30 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _concurrently(jobs: list[Callable[[], object]], progress=None, names: list[str] | None = None) -> list:
-    """The results of independent jobs, in order, run on the machine's cores, each on one intra-op thread.
+def _concurrently(jobs: list[tuple[str, Callable[[], object]]], progress=None) -> list:
+    """The results of independent jobs, (name, job) pairs, in order, run on the machine's cores, each on
+    one intra-op thread.
 
     The jobs here fit small critics, whose matrices are too small for several
     threads to speed up one of them, but whose fits are independent. Each job has
     its own random generator and builds its own networks (new_critic), so the
     results are the same bit for bit whatever the number of cores. `progress`
-    (progress.Progress) hears of each job as it ends, by its name in `names`.
+    (progress.Progress) hears of each job, by name, as it ends.
     """
     def done(i: int) -> None:
         if progress is not None:
-            progress.begin(f"{names[i]} done" if names else "done")
+            progress.begin(f"{jobs[i][0]} done")
             progress.update()
 
     with _one_thread():
-        workers = min(len(jobs), _cores())
-        if workers <= 1:
+        if min(len(jobs), _cores()) <= 1:
             results = []
-            for i, job in enumerate(jobs):
+            for i, (_, job) in enumerate(jobs):
                 results.append(job())
                 done(i)
             return results
-        with ThreadPoolExecutor(workers) as pool:
-            futures = {pool.submit(job): i for i, job in enumerate(jobs)}
+        with ThreadPoolExecutor(min(len(jobs), _cores())) as pool:
+            futures = {pool.submit(job): i for i, (_, job) in enumerate(jobs)}
             for future in as_completed(futures):
                 done(futures[future])
             return [f.result() for f in futures]
@@ -528,15 +528,17 @@ class CrossFit:
     first_classifier: tuple | None
 
 
-def _cross_fit_jobs(a, b, names, seed, width, depth, steps, lr, gp_weight) -> tuple[list[Callable], Callable]:
-    """The critic fits of critic_estimates as independent jobs (one per kind of critic and fold), and the
-    function that turns their results, in order, into a CrossFit."""
+def _cross_fit_jobs(a, b, names, seed, width: int = 64, depth: int = 2, steps: int = 3000, lr: float = 3e-3,
+                    gp_weight: float = 10.0) -> tuple[list[tuple[str, Callable]], Callable]:
+    """The critic fits of critic_estimates as independent jobs, (name, job) with one per kind of critic and
+    fold, and the function that turns their results, in order, into a CrossFit."""
     kinds = {n: _estimator(n) for n in names}
     folds, rng = _split(a, b, seed)
     order = list(dict.fromkeys(kinds.values()))  # one critic per kind and fold
     fitters = {"classifier": _fold_classifier,
                "lipschitz": lambda fold, k, *args: _fold_wasserstein(fold, k, *args, gp_weight)}
-    jobs = [lambda kind=kind, k=k: fitters[kind](folds[k], k, seed, width, depth, steps, lr)
+    jobs = [(f"critic for {', '.join(n for n in names if kinds[n] == kind)}, fold {k + 1}",
+             lambda kind=kind, k=k: fitters[kind](folds[k], k, seed, width, depth, steps, lr))
             for kind in order for k in range(len(folds))]
 
     def finish(results: list) -> CrossFit:
@@ -617,9 +619,7 @@ def paired_difference(a, b1, b2, name: str, seed: int = 0, confidence: float = 0
     """
     a, b1 = as_samples(a, b1)
     _, b2 = as_samples(a, b2)
-    args = (seed, kwargs.get("width", 64), kwargs.get("depth", 2), kwargs.get("steps", 3000), kwargs.get("lr", 3e-3),
-            kwargs.get("gp_weight", 10.0))
-    (jobs1, finish1), (jobs2, finish2) = (_cross_fit_jobs(a, b, [name], *args) for b in (b1, b2))
+    (jobs1, finish1), (jobs2, finish2) = (_cross_fit_jobs(a, b, [name], seed, **kwargs) for b in (b1, b2))
     results = _concurrently(jobs1 + jobs2)
     t1, t2 = finish1(results[:len(jobs1)]).terms[name], finish2(results[len(jobs1):]).terms[name]
     on_a = torch.cat([f[0] for f in t1]) - torch.cat([f[0] for f in t2])  # paired: same points of A
@@ -814,7 +814,10 @@ def _memberships(big_n: int, n: int, permutations: int, rng: torch.Generator) ->
     return member
 
 
-def _permuted_mmd2(z: torch.Tensor, n: int, kernels, member: torch.Tensor, block: int = 512) -> torch.Tensor:
+KERNEL_BLOCK = 512  # rows of a block of the kernel matrix (_permuted_mmd2)
+
+
+def _permuted_mmd2(z: torch.Tensor, n: int, kernels, member: torch.Tensor, block: int = KERNEL_BLOCK) -> torch.Tensor:
     """Unbiased MMD² of every relabelling in `member` (N, P + 1), for each kernel: (K, P + 1), float64.
 
     `kernels` are functions of squared distances, float32 (B, B') -> (B, B'), each
@@ -870,7 +873,7 @@ def _energy(sq: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(sq).neg_()  # −‖x − y‖
 
 
-def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512) -> TestResult:
+def mmd_test(a, b, permutations: int = 500, seed: int = 0, block: int = KERNEL_BLOCK) -> TestResult:
     """Kernel two-sample test: unbiased MMD² with a Gaussian kernel and a permutation p-value.
 
     Bandwidth: the median heuristic on a random subsample of the pooled data (a
@@ -923,7 +926,7 @@ def _agg_kernels(bandwidths: int, with_energy: bool):
     return kernels_of
 
 
-def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512,
+def mmd_agg_test(a, b, permutations: int = 500, seed: int = 0, block: int = KERNEL_BLOCK,
                  bandwidths: int = AGG_BANDWIDTHS, with_energy: bool = True,
                  max_per_side: int = KERNEL_MAX_PER_SIDE) -> TestResult:
     """MMD over many kernels with one calibrated p-value (min-p aggregation); divgen's default test.
@@ -959,7 +962,7 @@ def _min_p(method: str, mmd2: torch.Tensor, n_a: int, n_b: int) -> TestResult:
     return TestResult(method, float(min_p[0]), p_value, n_a, n_b)
 
 
-def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512,
+def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = KERNEL_BLOCK,
                 max_per_side: int = KERNEL_MAX_PER_SIDE) -> TestResult:
     """Energy-distance test (Székely & Rizzo 2004) with a permutation p-value.
 
@@ -976,7 +979,7 @@ def energy_test(a, b, permutations: int = 500, seed: int = 0, block: int = 512,
 def kernel_tests(a, b, permutations: int = 500, seed: int = 0) -> list[TestResult]:
     """mmd-agg and energy from one pass over the kernel matrices: the energy kernel is mmd-agg's last, and
     both tests draw the same rows and relabellings, so each result is what its own function gives."""
-    mmd2 = _relabelled_mmd2(a, b, permutations, seed, 512, KERNEL_MAX_PER_SIDE, _agg_kernels(AGG_BANDWIDTHS, True))
+    mmd2 = _relabelled_mmd2(a, b, permutations, seed, KERNEL_BLOCK, KERNEL_MAX_PER_SIDE, _agg_kernels(AGG_BANDWIDTHS, True))
     n_a, n_b = len(a), len(b)
     return [_min_p("mmd-agg", mmd2, n_a, n_b), TestResult("energy", float(mmd2[-1, 0]), _p_value(mmd2[-1]), n_a, n_b)]
 
@@ -1001,7 +1004,7 @@ def two_sample_test(a, b, method: str = DEFAULT_TEST, seed: int = 0, permutation
     if method in KERNEL_TESTS:  # the (N, P + 1) relabelling matrices must fit
         from divgen import limits
 
-        limits.require(limits.mmd_test_memory(len(a), len(b), permutations), limits.memory_available())
+        limits.require(limits.mmd_test_memory(len(a), len(b), permutations, KERNEL_BLOCK), limits.memory_available())
     return TEST_METHODS[method](a, b, seed, permutations)
 
 
@@ -1153,15 +1156,12 @@ def _critics_and_tests(real, fake, names, seed: int, quiet: bool) -> tuple[list[
     from divgen.progress import Progress
 
     real, fake = as_samples(real, fake)
-    limits.require(limits.mmd_test_memory(len(real), len(fake), EVALUATE_PERMUTATIONS), limits.memory_available())
-    fits, finish = _cross_fit_jobs(real, fake, names, seed, 64, 2, 3000, 3e-3, 10.0)
-    jobs = fits + [lambda: kernel_tests(real, fake, EVALUATE_PERMUTATIONS, seed),
-                   lambda: asdict(prdc(real, fake, k=5, seed=seed)) if min(len(real), len(fake)) > 5 else None]
-    kinds = {n: _estimator(n) for n in names}
-    labels = [f"critic for {', '.join(n for n in names if kinds[n] == kind)}, fold {k + 1}"
-              for kind in dict.fromkeys(kinds.values()) for k in range(2)] + ["mmd-agg and energy tests", "prdc"]
+    limits.require(limits.mmd_test_memory(len(real), len(fake), EVALUATE_PERMUTATIONS, KERNEL_BLOCK), limits.memory_available())
+    fits, finish = _cross_fit_jobs(real, fake, names, seed)
+    jobs = fits + [("mmd-agg and energy tests", lambda: kernel_tests(real, fake, EVALUATE_PERMUTATIONS, seed)),
+                   ("prdc", lambda: asdict(prdc(real, fake, k=5, seed=seed)) if min(len(real), len(fake)) > 5 else None)]
     progress = Progress(len(jobs), "evaluate", quiet, unit="jobs")
-    *fitted, kernel, prdc_ = _concurrently(jobs, progress, labels)
+    *fitted, kernel, prdc_ = _concurrently(jobs, progress)
     progress.close()
     cross = finish(fitted)
     estimates = [_pooled(name, cross.terms[name], 0.95, len(real), len(fake)) for name in names]

@@ -232,8 +232,9 @@ def training_disk(cfg, event_shape, networks: int = 2) -> list[tuple[str, float]
             (f"--n-samples {cfg.n_samples}", FLOAT32 * cfg.n_samples * math.prod(event_shape))]
 
 
-def mmd_test_memory(n: int, m: int, permutations: int) -> list[tuple[str, float]]:
-    """The permutation MMD test holds the (N, P + 1) membership matrix and K·S, in float32 and float64."""
+def mmd_test_memory(n: int, m: int, permutations: int, block: int) -> list[tuple[str, float]]:
+    """A permutation MMD test holds the (N, P + 1) membership matrix in float32 and float64, and per pair
+    of `block`-row blocks their distances (float64 and float32), one kernel block and K·S."""
     big_n = n + m
-    return [(f"--permutations {permutations}", 2 * (FLOAT32 + 8) * big_n * (permutations + 1)),
-            (f"samples ({n} + {m} rows)", FLOAT32 * 2048 * big_n * 2)]
+    return [(f"--permutations {permutations}", (FLOAT32 + 8) * big_n * (permutations + 1)),
+            (f"samples ({n} + {m} rows)", (8 + 2 * FLOAT32) * block * block + FLOAT32 * block * (permutations + 1))]
