@@ -413,6 +413,20 @@ def test_wasserstein_is_an_estimate_without_a_bound():
     assert abs(e.estimate - wasserstein_empirical(a[:1000], b[:1000], 1)) < 0.15
 
 
+
+@pytest.mark.parametrize("slope", [0.5, 2.0, 3.0])
+def test_the_wasserstein_objective_penalizes_only_slopes_above_one(slope):
+    """A linear critic has slope |w| everywhere, so the penalty on any subset of pairs is weight·max(0, |w| − 1)²."""
+    a, b, _, _ = gaussian_pair(1000, d=2, shift=1.0, var_b=1.0, seed=2)
+    w = torch.tensor([slope * 0.6, slope * 0.8])
+
+    def critic(x):
+        return x @ w
+
+    value = evaluate.wasserstein_objective(10.0, penalty_points=64)(critic, a, b, torch.Generator().manual_seed(0))
+    expected = float((a @ w).mean() - (b @ w).mean()) - 10.0 * max(0.0, slope - 1) ** 2
+    assert float(value) == pytest.approx(expected, abs=1e-4)
+
 def test_paired_difference_prefers_the_closer_sample():
     g = torch.Generator().manual_seed(7)
     real, far, near = torch.randn(600, 2, generator=g), torch.randn(600, 2, generator=g) + 1.0, torch.randn(600, 2, generator=g)

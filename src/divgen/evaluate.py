@@ -300,14 +300,23 @@ def logistic_objective(critic, a, b, rng=None) -> torch.Tensor:
     return objectives.fgan_bound(_GAN, *critic_pair(critic, a, b))
 
 
-def wasserstein_objective(gp_weight: float) -> Objective:
-    """E_A[V] − E_B[V] − gp_weight · one-sided gradient penalty (WGAN-LP): the `wasserstein` recipe's critic loss."""
+def wasserstein_objective(gp_weight: float, penalty_points: int = 256) -> Objective:
+    """E_A[V] − E_B[V] − gp_weight · one-sided gradient penalty (WGAN-LP): the `wasserstein` recipe's critic loss.
+
+    The penalty, a double backward pass, is taken at `penalty_points` random (A, B) pairs per call, as
+    WGAN-GP takes it once per pair of a minibatch: it only has to keep the slope near 1, and on all
+    pairs of a 2,000-point fold it took most of the step's time. On N(0, I) against N(e1, I), W1 = 1
+    (2,000 points per side, 3 seeds), the estimates moved by at most 0.004 in d = 1 and 2 and 0.013 in
+    d = 10, and took 20–30% less time.
+    """
     penalty = recipes.Penalty("gp", gp_weight, one_sided=True)
 
     def objective(critic, a, b, rng):
         m = min(len(a), len(b))
+        pairs = torch.randint(m, (penalty_points,), generator=rng) if m > penalty_points else slice(m)
         with torch.enable_grad():
-            return -objectives.wasserstein_critic_loss(*critic_pair(critic, a, b)) - penalty(critic, (a[:m],), (b[:m],), rng)
+            return (-objectives.wasserstein_critic_loss(*critic_pair(critic, a, b))
+                    - penalty(critic, (a[pairs],), (b[pairs],), rng))
 
     return objective
 
