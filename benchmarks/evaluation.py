@@ -132,14 +132,15 @@ def estimation_table(reps: int, n: int, dims: tuple[int, ...]) -> str:
 def mixture_pairs() -> dict:
     """Pairs of 2-D Gaussian mixtures whose log-ratio has fine structure (what the MLP candidate is for),
     as (P, Q) densities; samples are drawn from the densities, the truth is exact_divergence's grid."""
-    from divgen.data import _grid25, _ring8
+    from divgen.data import TOYS
 
     mix = densities.gaussian_mixture
+    ring8, grid25 = TOYS["ring8"].modes(), TOYS["grid25"].modes()
     return {
-        "ring8 sd 0.05 vs 0.08": (mix(_ring8(), [0.05]), mix(_ring8(), [0.08])),
-        "ring8 sd 0.05 vs 0.1": (mix(_ring8(), [0.05]), mix(_ring8(), [0.1])),
-        "ring8, one mode dropped": (mix(_ring8(), [0.05]), mix(_ring8()[:7], [0.05])),
-        "grid25 sd 0.05 vs 0.07": (mix(_grid25(), [0.05]), mix(_grid25(), [0.07])),
+        "ring8 sd 0.05 vs 0.08": (mix(ring8, [0.05]), mix(ring8, [0.08])),
+        "ring8 sd 0.05 vs 0.1": (mix(ring8, [0.05]), mix(ring8, [0.1])),
+        "ring8, one mode dropped": (mix(ring8, [0.05]), mix(ring8[:7], [0.05])),
+        "grid25 sd 0.05 vs 0.07": (mix(grid25, [0.05]), mix(grid25, [0.07])),
     }
 
 

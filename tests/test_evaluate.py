@@ -320,10 +320,11 @@ def test_the_classifier_estimate_sees_a_ring_of_narrow_modes_widen():
     steps at or below chance on held-out points before it improves for thousands; early stopping on that
     plateau (patience counted from the start) gave 0.0018 for this draw, against 0.092 exact (now 0.082)."""
     from divgen import densities
-    from divgen.data import _ring8
+    from divgen.data import TOYS
 
-    exact = exact_divergence(densities.gaussian_mixture(_ring8(), [0.05]),
-                             densities.gaussian_mixture(_ring8(), [0.08]), "js").value
+    modes = TOYS["ring8"].modes()
+    exact = exact_divergence(densities.gaussian_mixture(modes, [0.05]), densities.gaussian_mixture(modes, [0.08]),
+                             "js").value
     g = torch.Generator().manual_seed(1)
     e = evaluate.critic_estimates(ring(2000, 0.05, g), ring(2000, 0.08, g), ["js"], seed=1)[0]
     assert exact / 3 < e.estimate < 1.5 * exact

@@ -229,9 +229,10 @@ def fit_critic(
     improvement, counted from step `min_steps` on: a classifier of finely
     structured data (a ring of narrow modes) can stay at or below chance on
     the held-out split for its first few hundred steps before it improves for
-    thousands, and stopping on that plateau left it at chance. Samples of up to `batch_size` rows per side are used whole
-    (full-batch Adam), the smooth, low-variance optimization a divergence
-    estimate needs; larger ones are subsampled each step.
+    thousands, and stopping on that plateau left it at chance. Samples of up
+    to `batch_size` rows per side are used whole (full-batch Adam), the smooth,
+    low-variance optimization a divergence estimate needs; larger ones are
+    subsampled each step.
 
     `weight_decay` adds weight_decay·Σ w² over the weights (not the biases) to
     the loss. `optimizer="lbfgs"` minimizes that full-batch by L-BFGS for up to
