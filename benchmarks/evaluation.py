@@ -1,5 +1,6 @@
 """Evaluation benchmarks: calibration, power and speed of every two-sample test; accuracy and
-coverage of the divergence estimates (critic and k-NN); exact divergences the old code got
+coverage of the divergence estimates (critic and k-NN), on Gaussian pairs and on mixtures with
+narrow modes; exact divergences the old code got
 wrong; the Wasserstein critic against POT. Prints markdown tables (docs/evaluation.md).
 
     python benchmarks/evaluation.py                       # everything (about an hour on 2 shared cores)
@@ -126,7 +127,6 @@ def estimation_table(reps: int, n: int, dims: tuple[int, ...]) -> str:
             "JS: mean abs. rel. error", "JS: mean rel. error", "JS: lower bound ≤ truth", "JS: CI covers truth",
             "k-NN KL: mean abs. rel. error", "k-NN KL: CI covers truth", "seconds per critic estimate (KL + JS)"]
     return markdown(head, rows, "rl" + "r" * (len(head) - 2))
-
 
 
 def mixture_pairs() -> dict:

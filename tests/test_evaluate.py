@@ -314,7 +314,6 @@ def test_c2st_logit_detects_a_dropped_mode():
     assert r.method == "c2st-logit" and r.p_value < 0.01 and r.statistic > 0
 
 
-
 def test_the_classifier_estimate_sees_a_ring_of_narrow_modes_widen():
     """JS between rings of 8 modes with sd 0.05 and 0.08. The MLP classifier spends its first few hundred
     steps at or below chance on held-out points before it improves for thousands; early stopping on that
@@ -346,6 +345,7 @@ def test_early_stopping_waits_for_min_steps():
                             check_every=10, patience=2, min_steps=min_steps)
         steps = calls.count(len(a) - int(len(a) * 0.2))  # training calls, not held-out checks
         assert (steps < 300) if min_steps == 0 else (300 <= steps < 1000)
+
 
 # ------------------------------------------------ estimators: numerics, bounds ---
 @pytest.mark.parametrize("name", ["js", "gan", "js-weighted:0.25", "kl", "pearson", "tv", "jeffrey"])
@@ -414,7 +414,6 @@ def test_wasserstein_is_an_estimate_without_a_bound():
     assert abs(e.estimate - wasserstein_empirical(a[:1000], b[:1000], 1)) < 0.15
 
 
-
 @pytest.mark.parametrize("slope", [0.5, 2.0, 3.0])
 def test_the_wasserstein_objective_penalizes_only_slopes_above_one(slope):
     """A linear critic has slope |w| everywhere, so the penalty on any subset of pairs is weight·max(0, |w| − 1)²."""
@@ -427,6 +426,7 @@ def test_the_wasserstein_objective_penalizes_only_slopes_above_one(slope):
     value = evaluate.wasserstein_objective(10.0, penalty_points=64)(critic, a, b, torch.Generator().manual_seed(0))
     expected = float((a @ w).mean() - (b @ w).mean()) - 10.0 * max(0.0, slope - 1) ** 2
     assert float(value) == pytest.approx(expected, abs=1e-4)
+
 
 def test_paired_difference_prefers_the_closer_sample():
     g = torch.Generator().manual_seed(7)
