@@ -1,7 +1,6 @@
 """Evaluation benchmarks: calibration, power and speed of every two-sample test; accuracy and
 coverage of the divergence estimates (critic and k-NN), on Gaussian pairs and on mixtures with
-narrow modes; exact divergences the old code got
-wrong; the Wasserstein critic against POT. Prints markdown tables (docs/evaluation.md).
+narrow modes; exact divergences the old code got wrong; the Wasserstein critic against POT. Prints markdown tables (docs/evaluation.md).
 
     python benchmarks/evaluation.py                       # everything (about an hour on 2 shared cores)
     python benchmarks/evaluation.py --section tests       # calibration and power only
