@@ -4,6 +4,7 @@ narrow modes; exact divergences the old code got wrong; the Wasserstein critic a
 
     python benchmarks/evaluation.py                       # everything (about an hour on 2 shared cores)
     python benchmarks/evaluation.py --section tests       # calibration and power only
+    python benchmarks/evaluation.py --section tests --method c2st-logit   # ... of one test
     python benchmarks/evaluation.py --quick               # seconds: tiny repetitions, same tables
 """
 
@@ -61,13 +62,13 @@ ALTERNATIVES = {
 }
 
 
-def rejection_table(cases: dict, reps: int, n: int, seed: int) -> str:
+def rejection_table(cases: dict, reps: int, n: int, seed: int, methods=evaluate.TESTS) -> str:
     """For every case and test: % of `reps` pairs rejected at α = 0.05, and seconds per test."""
     rows = []
     for case, make in cases.items():
         g = torch.Generator().manual_seed(seed)
         pairs = [make(n, g) for _ in range(reps)]
-        for method in evaluate.TESTS:
+        for method in methods:
             rejected, seconds = 0, 0.0
             for i, (a, b) in enumerate(pairs):
                 t0 = time.perf_counter()
@@ -236,6 +237,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few repetitions of small samples (the tables keep their shape)")
     parser.add_argument("--section", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
+    parser.add_argument("--method", choices=evaluate.TESTS, action="append",
+                        help="--section tests: only these tests (repeatable; default: all)")
     parser.add_argument("--null-reps", type=int, default=200, help="pairs per null case (default: 200)")
     parser.add_argument("--power-reps", type=int, default=100, help="pairs per alternative (default: 100)")
     parser.add_argument("--estimate-reps", type=int, default=10, help="repetitions per estimation pair (default: 10)")
@@ -248,8 +251,9 @@ def main() -> None:
         null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = (args.null_reps, args.power_reps, args.estimate_reps,
                                                                          500, 5000, (1, 5, 20), 5000)
     n_structured = 2000 if not args.quick else 400
+    methods = tuple(args.method or evaluate.TESTS)
     command = "python benchmarks/evaluation.py" + (" --quick" if args.quick else "") + "".join(
-        f" --section {s}" for s in (args.section or []))
+        f" --section {s}" for s in (args.section or [])) + "".join(f" --method {m}" for m in (args.method or []))
     print(f"`{command}`\n")
     jobs = {
         "exact": ("Exact divergences of the issue's cases (value ± stated error, method, seconds)", exact_table),
@@ -268,8 +272,9 @@ def main() -> None:
             continue
         if section == "tests":
             parts = [(f"Calibration: pairs from one distribution, {null_reps} pairs per case",
-                      lambda: rejection_table(NULLS, null_reps, n_test, 1000)),
-                     (f"Power: {power_reps} pairs per case", lambda: rejection_table(ALTERNATIVES, power_reps, n_test, 2000))]
+                      lambda: rejection_table(NULLS, null_reps, n_test, 1000, methods)),
+                     (f"Power: {power_reps} pairs per case",
+                      lambda: rejection_table(ALTERNATIVES, power_reps, n_test, 2000, methods))]
         else:
             parts = [jobs[section]]
         for title, make in parts:

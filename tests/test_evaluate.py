@@ -383,6 +383,44 @@ def test_an_outlying_held_out_point_does_not_dominate():
     assert dirty.lower_bound < 0.5 + 1e-9  # still a bound on KL = 0.5 of the clean pair, up to the 3 outliers
 
 
+class _FirstCoordinate(torch.nn.Module):
+    """A critic whose logit is the first coordinate."""
+
+    def forward(self, x):
+        return x[:, 0]
+
+
+@pytest.mark.parametrize("name", ["js", "kl", "hellinger"])
+def test_a_separating_classifier_with_one_wrong_held_out_point_keeps_a_useful_bound(name):
+    """Found on a digits run: the training halves were separated (every A logit above every B logit), so the
+    bound's range [smallest A logit, largest B logit] was empty and clamp sent every held-out logit to
+    the B end (JS lower bound −5,588). One held-out A point with logit −10⁴ must cost O(log n / n)."""
+    n = 200
+    train_a, train_b = torch.full((n, 1), 50.0), torch.full((n, 1), -50.0)
+    test_a, test_b = train_a.clone(), train_b.clone()
+    test_a[0] = -1e4
+    fold = (train_a, train_b, test_a, test_b)
+    terms = evaluate._held_out_terms({"classifier": [_FirstCoordinate()] * 2}, [fold, fold], [name],
+                                     {name: "classifier"})
+    e = evaluate._pooled(name, terms[name], 0.95, 2 * n, 2 * n)
+    cap = torch.tensor([math.log(n)], dtype=torch.float64)
+    t_a, t_b = evaluate.fgan_terms(divergences.get(name), cap, -cap)
+    separated = float(t_a - t_b)  # the bound of a critic at l = ±log n that is never wrong
+    assert 0.75 * separated < e.lower_bound <= e.estimate  # the old range gave −5,588 (js)
+
+
+def test_c2st_logit_is_not_turned_by_a_few_far_held_out_logits():
+    """Found on the same digits run: a classifier that separates the samples except for 2 held-out A
+    points at logit −10⁷ gave a statistic of −2·10⁷ and p = 0.5. Clipped to the training range and
+    |V| ≤ log n, those points cost O(log n / n) of the statistic."""
+    n = 100
+    fold = (torch.full((n, 1), 50.0), torch.full((n, 1), -50.0), torch.full((n, 1), 50.0), torch.full((n, 1), -50.0))
+    fold[2][:2] = -1e7
+    one = (torch.zeros(2), torch.zeros(2))  # one candidate's validation scores: it is the one chosen
+    r = evaluate._logit_test(([_FirstCoordinate()], [one]), fold, torch.Generator().manual_seed(0), 200)
+    assert r.statistic > 1.5 * math.log(n) and r.p_value < 0.01
+
+
 @pytest.mark.parametrize("name", ["kl", "js", "pearson", "hellinger"])
 def test_the_bound_of_any_fitted_classifier_is_below_the_truth(name):
     """Whatever classifier is fitted, E_P[f'(e^l)] − E_Q[f*(f'(e^l))] ≤ D_f: checked for every candidate

@@ -169,7 +169,8 @@ TESTS = {
     "mmd-agg": "smallest per-kernel permutation p-value: Gaussian MMD² at 6 bandwidths and the energy distance, "
                "one min-p calibrated p-value (default; sees narrow modes and broad shifts)",
     "energy": "unbiased energy distance, permutation p-value",
-    "c2st-logit": "mean held-out classifier logit on A minus on B (Gaussian, quadratic or MLP classifier), exact permutation p-value",
+    "c2st-logit": "mean held-out classifier logit on A minus on B, clipped to |logit| ≤ log n (Gaussian, quadratic "
+                  "or MLP classifier), exact permutation p-value",
     "c2st": "held-out classifier accuracy, exact hypergeometric p-value",
     "mmd": "unbiased MMD², Gaussian kernel at the median-heuristic bandwidth, permutation p-value",
 }

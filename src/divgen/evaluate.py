@@ -487,9 +487,9 @@ def critic_estimates(
     chosen for both folds), whose logit l estimates log(p/q); on held-out points it is
     clipped to the range it took on the training fold (any critic gives a valid bound,
     and a point far outside what the classifier was fitted on must not dominate the
-    mean), and for the bound to [smallest logit of a training A point, largest of a
-    training B point], which keeps its heavy-tailed terms (e^l on B for KL) within
-    what each sample reached. Then, per divergence:
+    mean), and for the bound to a narrower range (_bound_range: what each sample
+    reached, and |l| ≤ log n), which keeps its heavy-tailed terms (e^l on B for KL)
+    light. Then, per divergence:
     - estimate: the plug-in E_A[φ(l)] + E_B[φ(l)], φ(l) = f(e^l)/(1 + e^l)
       (plugin_terms), which converges to D_f(P‖Q) as l does, but is not a bound;
       where the held-out bound below (before its margin) is larger, the bound, since
@@ -584,12 +584,7 @@ def _held_out_terms(critics: dict[str, list[nn.Module]], folds: list[tuple], nam
                 if kind == "classifier":
                     seen_a, seen_b = (v.double() for v in critic_pair(critic, train_a, train_b))
                     lo, hi = float(min(seen_a.min(), seen_b.min())), float(max(seen_a.max(), seen_b.max()))
-                    # The bound's critic is cut tighter, to [min over training A, max over training
-                    # B]: any critic is valid, and the terms that can be heavy-tailed, f*(T) on B
-                    # where T is large (e^l for KL) and T on A where it is very negative
-                    # (−e^−l for reverse KL), then stay within what each sample itself reached.
-                    b_lo, b_hi = min(float(seen_a.min()), hi), max(float(seen_b.max()), lo)
-                    w_a, w_b = v_a.clamp(b_lo, b_hi), v_b.clamp(b_lo, b_hi)
+                    w_a, w_b = (v.clamp(*_bound_range(seen_a, seen_b, lo, hi)) for v in (v_a, v_b))
                     v_a, v_b = v_a.clamp(lo, hi), v_b.clamp(lo, hi)
             for name in (n for n in names if kinds[n] == kind):
                 if kind == "classifier":
@@ -598,6 +593,30 @@ def _held_out_terms(critics: dict[str, list[nn.Module]], folds: list[tuple], nam
                 else:
                     terms[name].append((v_a, v_b, None, None))
     return terms
+
+
+def _bound_range(seen_a: torch.Tensor, seen_b: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
+    """The interval the bound's critic is clipped to, from its logits on the fold's training A and B.
+
+    Any critic gives a valid bound, so the clip only has to keep the held-out terms
+    light-tailed. [smallest logit of a training A point, largest of a training B point]
+    keeps the terms that can be heavy-tailed, f*(T) on B where T is large (e^l for KL)
+    and T on A where it is very negative (−e^−l for reverse KL; l itself for JS),
+    within what each sample reached; if the training samples were separated (that
+    interval is empty), the whole training range [lo, hi]. Either is then cut to
+    |l| ≤ log n, n the smaller training sample: odds beyond n : 1 are more than n
+    points can check, and a term of size e^|l| far above n leaves the normal
+    interval of a mean of n terms meaningless. One held-out point with l = −10⁴ would
+    otherwise pull a JS bound down by 10⁴/n.
+    """
+    a_min, b_max = float(seen_a.min()), float(seen_b.max())
+    return _capped(*((a_min, b_max) if a_min <= b_max else (lo, hi)), min(len(seen_a), len(seen_b)))
+
+
+def _capped(lo: float, hi: float, n: int) -> tuple[float, float]:
+    """[lo, hi] cut to |l| ≤ log n (see _bound_range); an interval still where [lo, hi] lies beyond it."""
+    cap = math.log(n)
+    return min(max(lo, -cap), cap), min(max(hi, -cap), cap)
 
 
 def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int) -> Estimate:
@@ -792,7 +811,11 @@ def c2st_logit(a, b, seed: int = 0, permutations: int = 1000, width: int = 64, d
     statistic is the mean held-out logit V on A minus that on B (for a good
     classifier an estimate of E_P[log p/q] − E_Q[log p/q] = KL(P‖Q) + KL(Q‖P)):
     it uses how far each point is from the boundary, not only its side as c2st's
-    accuracy does. Under H0 the labels of the held-out halves are exchangeable
+    accuracy does. V is clipped to the range it took on the first halves and to
+    |V| ≤ log n (n the smaller first half), as the estimates' bound is: a few
+    held-out points far outside what the classifier was fitted on (logits of
+    −10⁷ from a Gaussian classifier of images) would otherwise outweigh every
+    other point. Under H0 the labels of the held-out halves are exchangeable
     given the classifier, which never saw them, so relabelling them gives an exact
     p-value, (1 + #{permuted ≥ observed}) / (1 + P). `divgen evaluate` takes this
     classifier from its critic estimates instead of fitting it again (same
@@ -815,9 +838,11 @@ def _logit_test(first_classifier: tuple, fold: tuple, rng: torch.Generator, perm
     """c2st-logit from fold 0's classifier candidates and scores and that fold's held-out halves."""
     candidates, scores = first_classifier
     critic = candidates[_best([scores])]  # chosen on fold 0 alone: the held-out halves play no part
-    _, _, held_a, held_b = fold
+    train_a, train_b, held_a, held_b = fold
     with torch.no_grad():
+        seen = torch.cat(critic_pair(critic, train_a, train_b))
         v = torch.cat(critic_pair(critic, held_a, held_b)).double()  # (n + m,), A first
+    v = v.clamp(*_capped(float(seen.min()), float(seen.max()), min(len(train_a), len(train_b))))
     n, m = len(held_a), len(held_b)
     member = _memberships(n + m, n, permutations, rng).double()  # (n + m, P + 1)
     in_a = v @ member  # Σ_{A} V per relabelling
