@@ -584,7 +584,7 @@ def _held_out_terms(critics: dict[str, list[nn.Module]], folds: list[tuple], nam
                 if kind == "classifier":
                     seen_a, seen_b = (v.double() for v in critic_pair(critic, train_a, train_b))
                     lo, hi = float(min(seen_a.min(), seen_b.min())), float(max(seen_a.max(), seen_b.max()))
-                    w_a, w_b = (v.clamp(*_bound_range(seen_a, seen_b, lo, hi)) for v in (v_a, v_b))
+                    w_a, w_b = (v.clamp(*_bound_range(seen_a, seen_b)) for v in (v_a, v_b))
                     v_a, v_b = v_a.clamp(lo, hi), v_b.clamp(lo, hi)
             for name in (n for n in names if kinds[n] == kind):
                 if kind == "classifier":
@@ -595,7 +595,7 @@ def _held_out_terms(critics: dict[str, list[nn.Module]], folds: list[tuple], nam
     return terms
 
 
-def _bound_range(seen_a: torch.Tensor, seen_b: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
+def _bound_range(seen_a: torch.Tensor, seen_b: torch.Tensor) -> tuple[float, float]:
     """The interval the bound's critic is clipped to, from its logits on the fold's training A and B.
 
     Any critic gives a valid bound, so the clip only has to keep the held-out terms
@@ -603,14 +603,16 @@ def _bound_range(seen_a: torch.Tensor, seen_b: torch.Tensor, lo: float, hi: floa
     keeps the terms that can be heavy-tailed, f*(T) on B where T is large (e^l for KL)
     and T on A where it is very negative (−e^−l for reverse KL; l itself for JS),
     within what each sample reached; if the training samples were separated (that
-    interval is empty), the whole training range [lo, hi]. Either is then cut to
+    interval is empty), the whole training range. Either is then cut to
     |l| ≤ log n, n the smaller training sample: odds beyond n : 1 are more than n
     points can check, and a term of size e^|l| far above n leaves the normal
     interval of a mean of n terms meaningless. One held-out point with l = −10⁴ would
     otherwise pull a JS bound down by 10⁴/n.
     """
     a_min, b_max = float(seen_a.min()), float(seen_b.max())
-    return _capped(*((a_min, b_max) if a_min <= b_max else (lo, hi)), min(len(seen_a), len(seen_b)))
+    if a_min > b_max:  # separated: B's logits all below A's
+        a_min, b_max = float(seen_b.min()), float(seen_a.max())
+    return _capped(a_min, b_max, min(len(seen_a), len(seen_b)))
 
 
 def _capped(lo: float, hi: float, n: int) -> tuple[float, float]:
