@@ -117,6 +117,13 @@ def test_train_writes_the_run_directory(divgen, tmp_path):
     assert np.array_equal(np.load(again / "samples.npy"), samples)
 
 
+def test_train_names_only_the_figures_it_drew(divgen, tmp_path):
+    out = train_tiny(divgen, tmp_path / "run", "--no-figures").out
+    assert "run directory:" in out and ".png" not in out
+    out = train_tiny(divgen, tmp_path / "drawn").out
+    assert f"samples: {tmp_path / 'drawn' / 'samples.png'}" in out and "losses.png" in out
+
+
 def test_train_gaussian_writes_params(divgen, tmp_path):
     out = tmp_path / "run"
     train_tiny(divgen, out, "--model", "gaussian", "--divergence", "kl", "--n-samples", "2000", data="mog2d")

@@ -381,6 +381,15 @@ def test_importing_divgen_does_not_touch_matplotlib():
     subprocess.run([sys.executable, "-c", code], check=True, env={"MPLBACKEND": "svg", "PATH": ""})
 
 
+def test_a_run_without_figures_never_loads_matplotlib(tmp_path):
+    # matplotlib costs a third of a second at start-up; samples.npy needs none of it
+    code = ("import sys; from divgen import train; from divgen.config import Config; "
+            f"train.train(Config(data='mog1d', steps=2, width=16, n_data=200, n_samples=50, figures=False), "
+            f"{str(tmp_path / 'run')!r}, quiet=True); "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -------------------------------------------------------------- stabilizers ---
 def test_gradient_penalty_draws_one_mixing_weight_per_example():
     seen = {}

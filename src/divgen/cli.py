@@ -72,8 +72,9 @@ def cmd_train(args) -> int:
         cfg, out = Config(**given), Path(args.out)
     result = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.json)
     run = result.run
+    figures = "  ".join(f"{name}: {run / f'{name}.png'}" for name in ("samples", "losses") if (run / f"{name}.png").exists())
     _emit(args, {"run": str(run), "config": result.config.to_dict(), "final": result.metrics},
-          f"run directory: {run}\nfinal: {jsonout.dumps(result.metrics)}\nsamples: {run / 'samples.png'}  losses: {run / 'losses.png'}")
+          f"run directory: {run}\nfinal: {jsonout.dumps(result.metrics)}" + (f"\n{figures}" if figures else ""))
     return 0
 
 

@@ -48,14 +48,14 @@ def write(path: Path, nets, n: int, seed: int, event_shape, label: int | None = 
           flag: str = "-n") -> None:
     """Draw n samples (families.draw_chunks with `seed`, class `label` of a conditional model) and write
     them to `path` in its format; an .npz also holds a conditional model's labels under `y`."""
-    from divgen import plots
-
     path = Path(path)
     dim = math.prod(event_shape)
     ext = path.suffix.lower()
     # a conditional model draws its n labels up front (families.draw_chunks): 8 bytes each, in memory
     held = 8 * n if getattr(nets["generator"], "n_classes", 0) else 0
     if ext == ".png":
+        from divgen import plots  # matplotlib, for image grids only
+
         if not plots.is_image(event_shape):
             raise InputError(f"-o {str(path)!r}: a .png grid needs image data (H×W or C×H×W); this run's samples are "
                              f"vectors of dimension {dim}: write .npy, .npz or .csv")
