@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -62,10 +63,12 @@ def test_divergences_table_text(divgen):
     assert lines[0].split("|")[1].strip() == "name" and "f'(1)" in lines[0]
     rows = {line.split("|")[1].strip(): line for line in lines[2:] if line.startswith("|")}
     assert list(rows) == list(divergences.EXAMPLES)
-    # the f'(1) column, worked out by hand
-    assert rows["kl"].rstrip(" |").endswith("1.0")
-    assert rows["reverse-kl"].rstrip(" |").endswith("-1.0")
-    assert rows["gan"].rstrip(" |").endswith("-0.693147")
+    cells = {name: [c.strip() for c in line.strip(" |").split("|")] for name, line in rows.items()}
+    # the last two columns, f'(1) and the maximum, worked out by hand
+    assert cells["kl"][-2:] == ["1.0", "∞"]
+    assert cells["reverse-kl"][-2:] == ["-1.0", "∞"]
+    assert cells["gan"][-2:] == ["-0.693147", "0.0"]
+    assert cells["js"][-1] == "0.693147" and cells["tv"][-1] == "1.0" and cells["hellinger"][-1] == "2.0"
 
 
 def test_divergences_table_json(divgen):
@@ -79,6 +82,7 @@ def test_divergences_table_json(divgen):
         assert {"f", "f*", "dom f*", "g_f", "f'(1)"} <= set(row)
         expected = {"kl": 1.0, "reverse-kl": -1.0, "gan": -0.693147}.get(name, 0.0)
         assert row["f'(1)"] == pytest.approx(expected, abs=1e-6)
+    assert by_name["kl"]["maximum"] is None and by_name["js"]["maximum"] == pytest.approx(math.log(2), abs=1e-6)
     assert "t ≥ −2" in by_name["pearson"]["f*"]  # the table states the Pearson piecewise conjugate
 
 

@@ -216,7 +216,7 @@ def test_cli_json_fields(files, capsys):
     assert {"method", "statistic", "p_value", "n_a", "n_b"} <= set(out) and out["reject"] is True
     assert main(["estimate", files["a"], files["b"], "--divergence", "kl", "--method", "knn", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"divergence", "estimate", "ci_low", "ci_high", "lower_bound", "method", "n_a", "n_b"}
+    assert set(out) == {"divergence", "estimate", "ci_low", "ci_high", "lower_bound", "extrapolated", "method", "n_a", "n_b"}
     assert out["lower_bound"] is None  # knn certifies nothing
     assert 0.2 < out["estimate"] < 0.9  # KL of a unit mean shift is 0.5
 
@@ -407,6 +407,28 @@ def test_a_separating_classifier_with_one_wrong_held_out_point_keeps_a_useful_bo
     t_a, t_b = evaluate.fgan_terms(divergences.get(name), cap, -cap)
     separated = float(t_a - t_b)  # the bound of a critic at l = ±log n that is never wrong
     assert 0.75 * separated < e.lower_bound <= e.estimate  # the old range gave −24 here (js), −49 (kl)
+    assert e.extrapolated is (name == "kl")  # the plug-in at l = ±50 is above what 200 points can certify
+
+
+@pytest.mark.parametrize("name", ["kl", "pearson", "js", "hellinger", "wasserstein"])
+@pytest.mark.parametrize("logit", [3.0, 40.0])
+def test_an_estimate_says_when_it_is_above_what_the_samples_can_certify(name, logit):
+    """A classifier that separates the samples with logits ±40 puts its kl plug-in near 40, far above the
+    ≈ log n that n points can certify: the estimate says it is extrapolated, and the report explains it.
+    At ±3 (odds within n : 1) it is not, nor is any estimate of a divergence with a finite maximum (js,
+    hellinger), which separation only brings near that maximum; a Wasserstein critic makes no claim."""
+    n = 50
+    train_a, train_b = torch.full((n, 1), logit), torch.full((n, 1), -logit)
+    fold = (train_a, train_b, train_a.clone(), train_b.clone())
+    kind = "lipschitz" if name == "wasserstein" else "classifier"
+    terms = evaluate._held_out_terms({kind: [_FirstCoordinate()] * 2}, [fold, fold], [name], {name: kind})
+    e = evaluate._pooled(name, terms[name], 0.95, 2 * n, 2 * n)
+    expected = None if kind == "lipschitz" else (logit > math.log(n) and name in ("kl", "pearson"))
+    assert e.extrapolated is expected and e.to_dict()["extrapolated"] is expected
+    note = evaluate.extrapolation_note(e.to_dict())
+    assert (note is not None) is bool(expected)
+    if expected:
+        assert note.startswith(f"{name}: ") and "infinite" in note
 
 
 def test_c2st_logit_is_not_turned_by_a_few_far_held_out_logits():

@@ -48,8 +48,10 @@ def cmd_divergences(args) -> int:
         print(jsonout.dumps({"divergences": rows, "names": list(recipes.NAMES)}))
         return 0
     cols = ["name", "f", "f*", "dom f*", "g_f", "f'(1)"]
-    print(markdown(cols, [[r[c] for c in cols] for r in rows], "lllllr"))
-    print("\nalso: alpha:A for any A ∉ {0, 1}, js-weighted:PI for 0 < PI < 1; "
+    print(markdown([*cols, "maximum"], [[*(r[c] for c in cols), "∞" if r["maximum"] is None else r["maximum"]]
+                                        for r in rows], "lllllrr"))
+    print("\nmaximum: the value at disjoint supports, f(0) + sup dom f*.\n"
+          "also: alpha:A for any A ∉ {0, 1}, js-weighted:PI for 0 < PI < 1; "
           "wasserstein (Lipschitz critic) and mmd (kernel) are trained without a conjugate.")
     return 0
 
@@ -201,9 +203,11 @@ def cmd_estimate(args) -> int:
         e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
     bound = (f"\n{e.divergence}(A‖B) ≥ {e.lower_bound:.6g} with {args.confidence:.0%} confidence (certified lower bound)"
              if e.lower_bound is not None else "\nno certified lower bound for this method")
+    note = evaluate.extrapolation_note(e.to_dict())
     _emit(args, e.to_dict(),
           f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   {args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}] "
-          f"(the estimator's spread, not its bias)   ({e.method}, n_a {e.n_a}, n_b {e.n_b}){bound}")
+          f"(the estimator's spread, not its bias)   ({e.method}, n_a {e.n_a}, n_b {e.n_b}){bound}"
+          + (f"\n{note}" if note else ""))
     return 0
 
 

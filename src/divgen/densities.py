@@ -96,6 +96,8 @@ LOG_RATIO_MAX = 700.0
 # exact_integrand switches to the unclipped term-by-term form beyond this |log p/q|
 LOG_RATIO_SAFE = 600.0
 NEGLIGIBLE_LOG_DENSITY = -700.0
+# log of the largest float64: a closed-form term e^x beyond it is +inf
+LOG_FLOAT_MAX = math.log(np.finfo(np.float64).max)
 # The integration box reaches this many standard deviations past each density's mean.
 BOX_SDS = 8.0
 
@@ -432,7 +434,7 @@ def _closed_form_gaussian(p, q, div) -> ExactResult | None:
             value += c * (float(kl_divergence(gp, gq)) if k == 1 else -float(kl_divergence(gq, gp)))
             continue
         log_i = log_chernoff_gaussian(mp, mq, k)
-        if math.isinf(log_i):
+        if log_i > LOG_FLOAT_MAX:  # ∫p^k q^(1−k) beyond float64, or infinite
             infinite = True  # c > 0 for every term that can diverge (k ∉ [0, 1]): f is convex
             continue
         value += c * math.expm1(log_i) + c  # expm1: no loss of digits when p ≈ q

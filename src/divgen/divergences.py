@@ -65,6 +65,12 @@ class Divergence:
         return float(self.f_prime(torch.tensor(1.0, dtype=torch.float64)))
 
     @property
+    def maximum(self) -> float:
+        """D_f(P‖Q) when P and Q have disjoint supports, the largest value it takes: f(0) (Q's mass, where
+        p = 0) plus lim f(u)/u = sup dom f* (P's mass, where q = 0). log 2 for js, 1 for tv, inf for kl."""
+        return float(self.f(torch.tensor(0.0, dtype=torch.float64))) + self.dom[1]
+
+    @property
     def symmetric(self) -> bool:
         """True when D_f(P‖Q) = D_f(Q‖P), i.e. f(u) = u f(1/u)."""
         u = torch.logspace(-3, 3, 61, dtype=torch.float64)
@@ -394,9 +400,10 @@ def get(name: str) -> Divergence:
 
 
 def table(names=EXAMPLES) -> list[dict]:
-    """One row per divergence: name, f, f*, dom f*, g_f, f'(1)."""
+    """One row per divergence: name, f, f*, dom f*, g_f, f'(1), and its maximum (None where infinite)."""
     rows = []
     for name in names:
         d = get(name)
-        rows.append({"name": d.name, "title": d.title, **d.formulas, "f'(1)": round(d.f_prime_1, 6)})
+        top = round(d.maximum, 6) if math.isfinite(d.maximum) else None
+        rows.append({"name": d.name, "title": d.title, **d.formulas, "f'(1)": round(d.f_prime_1, 6), "maximum": top})
     return rows

@@ -62,6 +62,11 @@ class Estimate:
     - lower_bound: a one-sided `confidence` lower confidence bound on the true D(A‖B): the held-out
       variational bound, which no critic can push above D, minus z·(its standard error). None
       where the method certifies nothing (wasserstein with a soft gradient penalty, knn).
+    - extrapolated: the estimate is above the most that the lower bound can certify from these
+      samples (_ceiling: a classifier that is never wrong, with odds of n : 1), for a divergence
+      without a finite maximum (Divergence.maximum; kl, pearson, ...). The estimate then rests on
+      the classifier's log-ratio where the samples cannot check it: separated samples cannot tell
+      a large kl from an infinite one (extrapolation_note). None where no classifier is fitted.
     Non-finite numbers are written as null in JSON (Estimate.to_dict).
     """
 
@@ -73,10 +78,21 @@ class Estimate:
     n_a: int
     n_b: int
     lower_bound: float | None = None
+    extrapolated: bool | None = None
 
     def to_dict(self) -> dict:
         """The record as strict JSON: NaN and ±inf become null."""
         return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def extrapolation_note(e: dict) -> str | None:
+    """The line a reader needs under an extrapolated estimate (Estimate.to_dict); None for any other."""
+    if not e.get("extrapolated"):
+        return None
+    name = e["divergence"]
+    return (f"{name}: the estimate is above what these samples can certify (odds beyond n : 1, n points per side): "
+            f"it rests on the classifier's log-ratio where no sample checks it, and samples that a classifier "
+            f"separates cannot tell a large {name} from an infinite one; the lower bound is what they certify")
 
 
 @dataclass(frozen=True)
@@ -540,7 +556,8 @@ def _fold_wasserstein(fold: tuple, k: int, seed: int, width: int, depth: int, st
 @dataclass
 class CrossFit:
     """What the cross-fitted critics left: per name and fold, the held-out terms (estimate terms on A, on
-    B, bound terms on A, on B; the value is mean(first) − mean(second)); the folds and the generator
+    B, bound terms on A, on B; the value is mean(first) − mean(second)) and the most the bound can certify
+    at the fold's size (_ceiling; None without a classifier); the folds and the generator
     after the split; fold 0's classifier candidates and scores (None without an f-divergence)."""
 
     terms: dict[str, list[tuple]]
@@ -589,9 +606,10 @@ def _held_out_terms(critics: dict[str, list[nn.Module]], folds: list[tuple], nam
             for name in (n for n in names if kinds[n] == kind):
                 if kind == "classifier":
                     div = divergences.get(name)
-                    terms[name].append((plugin_terms(div, v_a), -plugin_terms(div, v_b), *fgan_terms(div, w_a, w_b)))
+                    terms[name].append((plugin_terms(div, v_a), -plugin_terms(div, v_b), *fgan_terms(div, w_a, w_b),
+                                        _ceiling(div, min(len(seen_a), len(seen_b)))))
                 else:
-                    terms[name].append((v_a, v_b, None, None))
+                    terms[name].append((v_a, v_b, None, None, None))
     return terms
 
 
@@ -621,6 +639,14 @@ def _capped(lo: float, hi: float, n: int) -> tuple[float, float]:
     return min(max(lo, -cap), cap), min(max(hi, -cap), cap)
 
 
+def _ceiling(div: divergences.Divergence, n: int) -> float:
+    """The most the held-out bound can certify when its critic is fitted on n points per side: the bound of
+    a critic that is never wrong, at the log-ratios ±log n that _bound_range allows (about log n for kl)."""
+    cap = torch.tensor([math.log(n)], dtype=torch.float64)
+    t_a, t_b = fgan_terms(div, cap, -cap)
+    return float(t_a - t_b)
+
+
 def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int) -> Estimate:
     """One Estimate from the held-out terms of the folds (see critic_estimates)."""
     def summary(i):  # pooled value, its se (held-out terms and fold spread)
@@ -636,7 +662,11 @@ def _pooled(name: str, folds: list[tuple], confidence: float, n_a: int, n_b: int
         if bound > value:  # the truth is at least the bound's mean, so the plug-in was too low
             value, se = bound, bound_spread
     z = _z(0.5 + confidence / 2)
-    return Estimate(name, value, value - z * se, value + z * se, "critic", n_a, n_b, lower)
+    extrapolated = None
+    if folds[0][4] is not None:
+        unbounded = not math.isfinite(divergences.get(name).maximum)
+        extrapolated = unbounded and value > statistics.fmean(f[4] for f in folds)
+    return Estimate(name, value, value - z * se, value + z * se, "critic", n_a, n_b, lower, extrapolated)
 
 
 @dataclass(frozen=True)
@@ -1244,6 +1274,7 @@ def report(result: dict) -> str:
              markdown(["independent critic", "estimate", "95% CI (estimator's spread)", "95% lower bound"],
                       [[e["divergence"], _num(e["estimate"]), f"[{_num(e['ci_low'])}, {_num(e['ci_high'])}]",
                         _num(e["lower_bound"])] for e in result["critic"]]),
+             *filter(None, map(extrapolation_note, result["critic"])),
              markdown(["test", "statistic", "p-value"],
                       [[t["method"], _num(t["statistic"], ".4g"), _num(t["p_value"], ".4g")] for t in result["tests"]])]
     if result.get("prdc"):
