@@ -381,6 +381,18 @@ def test_importing_divgen_does_not_touch_matplotlib():
     subprocess.run([sys.executable, "-c", code], check=True, env={"MPLBACKEND": "svg", "PATH": ""})
 
 
+@pytest.mark.parametrize("flags", [dict(model="cgan"), dict(model="bigan"), dict(pack=2)])
+def test_a_critic_of_more_than_one_point_draws_its_figures_without_contours(tmp_path, flags):
+    """Found on a user's 2-D table: the figure drew T(x) contours by calling the critic on grid points alone,
+    which a conditional critic (labels), a BiGAN critic (codes) or a PacGAN critic (packs) cannot take,
+    and the run died at its last step."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    np.savez(tmp_path / "table.npz", x=(np.stack([y, -y], 1) + 0.3 * rng.normal(size=(400, 2))).astype("f4"), y=y)
+    result = train.train(tiny(data=str(tmp_path / "table.npz"), steps=4, figures=True, **flags), tmp_path / "run", quiet=True)
+    assert (result.run / "samples.png").stat().st_size > 0 and (result.run / "losses.png").stat().st_size > 0
+
+
 def test_a_run_without_figures_never_loads_matplotlib(tmp_path):
     # matplotlib costs a third of a second at start-up; samples.npy needs none of it
     code = ("import sys; from divgen import train; from divgen.config import Config; "
@@ -391,6 +403,45 @@ def test_a_run_without_figures_never_loads_matplotlib(tmp_path):
 
 
 # -------------------------------------------------------------- stabilizers ---
+def test_a_lipschitz_penalty_is_weighed_in_the_datas_units():
+    """A wasserstein critic's E_P[V] − E_Q[V] is in the data's units, so its penalty's weight is multiplied
+    by the data's spread; an f-GAN critic's penalty is not."""
+    w = torch.tensor([3.0, -4.0])
+    x = torch.randn(10, 2)
+    critic = lambda x: x @ w  # noqa: E731
+    assert float(recipes.Penalty("gp", 10.0, lipschitz=True)(critic, x, x + 1, None, 2.5)) == pytest.approx(10 * 2.5 * 16)
+    assert float(recipes.Penalty("gp", 10.0)(critic, x, x + 1, None, 2.5)) == pytest.approx(10 * 16)
+
+
+def test_the_scaler_keeps_data_in_tiny_units_and_the_gaussian_starts_at_any_spread():
+    """A coordinate is constant only relative to its own size: data with sd 1e-7 keep it (an absolute floor of
+    1e-6 once standardized them by 1). The Gaussian model's softplus⁻¹ of its starting sd once overflowed to
+    inf above sd 88, so every run on data with a larger spread died at its first step."""
+    x = torch.randn(200, 4, dtype=torch.float64) * torch.tensor([1e-7, 1.0, 1e-9, 0.0], dtype=torch.float64)
+    x = x + torch.tensor([1e-7, 5.0, 5.0, 5.0], dtype=torch.float64)
+    sd = Standardize.of(x).std
+    assert sd[0] == pytest.approx(float(x[:, 0].std()), rel=1e-9) and sd[1] == pytest.approx(float(x[:, 1].std()))
+    assert sd[2] == 1.0 and sd[3] == 1.0  # constant up to float32 rounding of 5, and constant
+    for s in (1e-6, 1.0, 100.0, 1e6):
+        model = GaussianModel(torch.zeros(1), torch.tensor([s]))
+        assert float(torch.nn.functional.softplus(model.raw_diag)) == pytest.approx(s, rel=1e-5)
+
+
+def test_wasserstein_training_is_the_same_in_any_units(tmp_path):
+    """Found on a user's data in other units: the gradient penalty, weighed against E_P[V] − E_Q[V] in the data's
+    units, was 10⁴ times too weak at sd 10⁴. The same data in units 10⁴ times larger give the same run, up to
+    rounding; 10⁴ times smaller, nearly."""
+    u = np.random.default_rng(0).normal(size=(500, 2)).astype("f4") + 3
+    samples = []
+    for scale in (1e-4, 1.0, 1e4):
+        np.save(tmp_path / f"x{scale}.npy", u * scale)
+        cfg = tiny(data=str(tmp_path / f"x{scale}.npy"), divergence="wasserstein", steps=30, n_samples=200)
+        run = train.train(cfg, tmp_path / f"r{scale}", quiet=True).run
+        samples.append(np.load(run / "samples.npy") / scale)
+    assert np.abs(samples[2] - samples[1]).max() < 1e-3
+    assert np.abs(samples[0] - samples[1]).max() < 0.1  # Adam's ε (1e-8) is no longer negligible at 10⁻⁴
+
+
 def test_gradient_penalty_draws_one_mixing_weight_per_example():
     seen = {}
 

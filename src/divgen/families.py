@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from divgen import recipes
 from divgen.data import Batch, Spec
 from divgen.errors import InputError
 from divgen.models import (ConvCritic, ConvGenerator, ConvUp, Decoder, GaussianModel, MLPCritic, MLPGenerator,
@@ -114,10 +115,12 @@ def _generator(cfg, spec: Spec, x: torch.Tensor, y, n_classes: int) -> nn.Module
 def _critic(cfg, spec: Spec, x, spectral_norm: bool, view: View, nets) -> nn.Module:
     n_classes = spec.n_classes if view is CONDITIONAL else 0
     latent = cfg.noise_dim if view is BIDIRECTIONAL else 0
+    lipschitz = recipes.row(cfg.divergence).estimator == "lipschitz"  # its output in the data's units
     if spec.image:
-        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent, cfg.pack)
+        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent, cfg.pack,
+                          lipschitz)
     return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, spectral_norm, n_classes=n_classes, latent_dim=latent,
-                     pack=cfg.pack)
+                     pack=cfg.pack, lipschitz=lipschitz)
 
 
 def _encoder(cfg, spec: Spec, x, latent: int, n_classes: int = 0, gaussian: bool = False) -> nn.Module:

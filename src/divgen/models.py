@@ -40,9 +40,11 @@ def _spectral(module: nn.Module, on: bool) -> nn.Module:
 
 
 def floored_std(x: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
-    """Per-coordinate sd of x (N, d), with 1 where it is below `floor` (or undefined)."""
+    """Per-coordinate sd of x (N, d), with 1 where the coordinate is constant (or the sd undefined): where
+    the sd is at most `floor` times its mean |x|, which float32 rounding alone can give. The floor is
+    relative, so data measured in tiny units (an sd of 1e-7) keep their own sd."""
     std = x.std(0) if len(x) > 1 else torch.ones(x.shape[1], dtype=x.dtype)
-    return torch.where(std > floor, std, torch.ones_like(std))
+    return torch.where(std > floor * x.abs().mean(0), std, torch.ones_like(std))
 
 
 def image_chw(event_shape) -> tuple[int, int, int]:
@@ -81,6 +83,11 @@ class Standardize(nn.Module):
 
     def forward(self, x):  # (x − mean)/std as one fused multiply-add
         return torch.addcmul(self.shift, x, self.scale)
+
+    @property
+    def spread(self) -> float:
+        """One length for the data: the root mean square of the coordinates' sd."""
+        return float(self.std.double().square().mean().sqrt())
 
     def inverse(self, x):
         return torch.addcmul(self.mean, x, self.std)
@@ -202,8 +209,11 @@ class GaussianModel(nn.Module):
         self.n_classes = 0
         self.mean = nn.Parameter(mean.clone())
         self.tril = nn.Parameter(torch.zeros(self.noise_dim, self.noise_dim))
-        # softplus(raw) = std on the diagonal at the start
-        self.raw_diag = nn.Parameter(torch.log(torch.expm1(std.clone())))
+        # softplus(raw) = std on the diagonal at the start: raw = log(expm1(s)), which is
+        # s + log(−expm1(−s)) where expm1(s) would overflow float32 (s > 88)
+        std = std.clone()
+        self.raw_diag = nn.Parameter(torch.where(std < 20, torch.log(torch.expm1(std.clamp(max=20))),
+                                                 std + torch.log(-torch.expm1(-std))))
 
     @property
     def scale_tril(self) -> torch.Tensor:  # (d, d)
@@ -232,13 +242,17 @@ class MLPCritic(nn.Module):
     (`n_classes`, a conditional GAN) or latent codes (`latent_dim`, BiGAN).
     `pack` (PacGAN, Lin et al. 2018): rows i·pack … (i + 1)·pack − 1 of a batch
     are judged together, as one input of pack·(d + condition) features.
+    `lipschitz`: the output is multiplied by the data's spread (Standardize.spread), so a
+    critic that is 1-Lipschitz in the data's units, as W1 needs, has slopes near 1 in its
+    standardized units too, whatever units the data come in.
     """
 
     def __init__(self, scaler: Standardize, width: int, depth: int, spectral_norm: bool = False,
                  activation: type[nn.Module] = nn.ReLU, n_classes: int = 0, latent_dim: int = 0, pack: int = 1,
-                 quadratic: bool = False):
+                 quadratic: bool = False, lipschitz: bool = False):
         super().__init__()
-        self.scaler, self.n_classes, self.pack = scaler, n_classes, pack
+        self.scaler, self.n_classes, self.latent_dim, self.pack = scaler, n_classes, latent_dim, pack
+        self.out_scale = scaler.spread if lipschitz else 1.0
         self.in_features = pack * (scaler.mean.shape[0] + n_classes + latent_dim)
         self.net = mlp(self.in_features, 1, width, depth, spectral_norm, activation)
         # `quadratic` adds hᵀAh, a quadratic form in the standardized input (A starts at 0, so the
@@ -256,6 +270,8 @@ class MLPCritic(nn.Module):
         v = self.net(h).squeeze(-1)
         if self.quadratic is not None:
             v = v + ((h @ self.quadratic) * h).sum(-1)  # (B, d) @ (d, d) -> (B,)
+        if self.out_scale != 1.0:
+            v = v * self.out_scale
         return v.float()
 
 
@@ -268,9 +284,10 @@ class ConvCritic(nn.Module):
     """
 
     def __init__(self, scaler: Standardize, event_shape, width: int, spectral_norm: bool = False,
-                 n_classes: int = 0, latent_dim: int = 0, pack: int = 1):
+                 n_classes: int = 0, latent_dim: int = 0, pack: int = 1, lipschitz: bool = False):
         super().__init__()
         self.scaler, self.n_classes, self.latent_dim, self.pack = scaler, n_classes, latent_dim, pack
+        self.out_scale = scaler.spread if lipschitz else 1.0  # as MLPCritic's
         c, h, w = image_chw(event_shape)
         self.features = ConvDown((pack * c, h, w), width)  # a pack of images stacked along the channels
         f = self.features.features
@@ -283,10 +300,13 @@ class ConvCritic(nn.Module):
     def forward(self, x, c=None):  # (B, d) -> (B / pack,)
         phi = self.features(self.scaler(x).reshape(-1, self.pack * x.shape[1]))  # (B/pack, F)
         if self.latent_dim:
-            return self.head(torch.cat([phi, c.to(phi.dtype).reshape(len(phi), -1)], dim=1)).squeeze(-1).float()
-        out = self.head(phi).squeeze(-1)
-        if self.n_classes:  # a pack's classes enter through the mean of their embeddings
-            out = out + (self.embed(c).reshape(len(phi), self.pack, -1).mean(1) * phi).sum(1)
+            out = self.head(torch.cat([phi, c.to(phi.dtype).reshape(len(phi), -1)], dim=1)).squeeze(-1)
+        else:
+            out = self.head(phi).squeeze(-1)
+            if self.n_classes:  # a pack's classes enter through the mean of their embeddings
+                out = out + (self.embed(c).reshape(len(phi), self.pack, -1).mean(1) * phi).sum(1)
+        if self.out_scale != 1.0:
+            out = out * self.out_scale
         return out.float()
 
 

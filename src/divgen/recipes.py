@@ -40,20 +40,30 @@ PENALTIES = ("none", "gp", "r1")
 
 @dataclass(frozen=True)
 class Penalty:
-    """A term added to the critic's loss: weight · penalty(critic, real views, fake views)."""
+    """A term added to the critic's loss: weight · penalty(critic, real views, fake views).
+
+    A `lipschitz` critic (wasserstein) bounds its slope in the data's own units, where W1 is
+    measured, and its output, the E_P[V] − E_Q[V] the penalty is weighed against, carries
+    those units (MLPCritic's `lipschitz`): so the weight is multiplied by the data's spread
+    (Standardize.spread), and the critic's fit is the same in any units.
+    """
 
     name: str  # "gp" or "r1"
     weight: float
     one_sided: bool = False
+    lipschitz: bool = False
 
-    def __call__(self, critic, real, fake, rng: torch.Generator) -> Tensor:
+    def __call__(self, critic, real, fake, rng: torch.Generator, spread: float = 1.0) -> Tensor:
+        weight = self.weight * spread if self.lipschitz else self.weight
         if self.name == "r1":
-            return self.weight * objectives.r1_penalty(critic, real)
-        return self.weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided)
+            return weight * objectives.r1_penalty(critic, real)
+        return weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided)
 
 
-def _penalty(cfg) -> Penalty | None:
-    return None if cfg.critic_penalty == "none" or cfg.penalty_weight == 0 else Penalty(cfg.critic_penalty, cfg.penalty_weight)
+def _penalty(cfg, lipschitz: bool = False) -> Penalty | None:
+    if cfg.critic_penalty == "none" or cfg.penalty_weight == 0:
+        return None
+    return Penalty(cfg.critic_penalty, cfg.penalty_weight, lipschitz=lipschitz)
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ def _wasserstein(name: str, cfg) -> Recipe:
         critic_loss=objectives.wasserstein_critic_loss,
         generator_loss=generator_loss,
         critic_t=lambda v: v,
-        penalty=_penalty(cfg),
+        penalty=_penalty(cfg, lipschitz=True),
         constrain=clip if cfg.lipschitz == "clip" else None,
         spectral_norm=cfg.spectral_norm,
     )

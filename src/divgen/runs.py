@@ -428,8 +428,10 @@ def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
     if model is not None:
         write_json(out / "params.json", model.params())
     critic_t = None
-    if recipe.uses_critic:
-        critic = nets["critic"]
+    critic = nets["critic"] if recipe.uses_critic else None
+    # contours of T(x) need a critic of one x alone: a conditional or BiGAN critic also takes a label or a
+    # code, and a PacGAN critic judges packs of samples
+    if critic is not None and not (critic.n_classes or critic.latent_dim) and critic.pack == 1:
 
         def critic_t(points):  # T(x), what the critic certifies
             with torch.no_grad():

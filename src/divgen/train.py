@@ -356,7 +356,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
             with amp:
                 loss_c = bound = recipe.critic_loss(*critic_pair(critic, real_c, fake_c))
                 if recipe.penalty is not None:
-                    loss_c = loss_c + recipe.penalty(critic, real_c, fake_c, stream.local)
+                    loss_c = loss_c + recipe.penalty(critic, real_c, fake_c, stream.local, nets[CRITIC].scaler.spread)
             _update(opts["critic"], loss_c, sides["critic"], world, only=False)
             if recipe.constrain is not None:
                 recipe.constrain(critic)
