@@ -16,7 +16,7 @@ from conftest import ALL_F, metrics_without_timing
 from divgen import config, data, densities, families, fit, objectives, recipes, runs, train
 from divgen.config import Config
 from divgen.errors import InputError
-from divgen.models import GaussianModel, MLPGenerator, Standardize, critic_pair
+from divgen.models import GaussianModel, MLPCritic, MLPGenerator, Standardize, critic_pair
 
 
 def tiny(**kw) -> Config:
@@ -404,13 +404,17 @@ def test_a_run_without_figures_never_loads_matplotlib(tmp_path):
 
 # -------------------------------------------------------------- stabilizers ---
 def test_a_lipschitz_penalty_is_weighed_in_the_datas_units():
-    """A wasserstein critic's E_P[V] − E_Q[V] is in the data's units, so its penalty's weight is multiplied
-    by the data's spread; an f-GAN critic's penalty is not."""
-    w = torch.tensor([3.0, -4.0])
-    x = torch.randn(10, 2)
-    critic = lambda x: x @ w  # noqa: E731
-    assert float(recipes.Penalty("gp", 10.0, lipschitz=True)(critic, x, x + 1, None, 2.5)) == pytest.approx(10 * 2.5 * 16)
-    assert float(recipes.Penalty("gp", 10.0)(critic, x, x + 1, None, 2.5)) == pytest.approx(10 * 16)
+    """A wasserstein critic's E_P[V] − E_Q[V] is in the data's units (its out_scale, the data's spread), so its
+    penalty's weight is multiplied by that scale; an f-GAN critic's penalty is not."""
+    x = torch.randn(10, 2) * torch.tensor([2.0, 0.5])
+    critic = MLPCritic(Standardize.of(x), 8, 1, lipschitz=True)
+    spread = math.sqrt((float(x[:, 0].var()) + float(x[:, 1].var())) / 2)
+    assert critic.out_scale == pytest.approx(spread, rel=1e-6)
+    gp = objectives.gradient_penalty(critic, x, x + 1, torch.Generator().manual_seed(0))
+    lipschitz, plain = recipes.Penalty("gp", 10.0, lipschitz=True), recipes.Penalty("gp", 10.0)
+    assert float(lipschitz(critic, x, x + 1, torch.Generator().manual_seed(0))) == pytest.approx(10 * spread * float(gp))
+    assert float(plain(critic, x, x + 1, torch.Generator().manual_seed(0))) == pytest.approx(10 * float(gp))
+    assert float(lipschitz(lambda v: v.sum(1), x, x + 1, None)) == pytest.approx(10 * (math.sqrt(2) - 1) ** 2)
 
 
 def test_the_scaler_keeps_data_in_tiny_units_and_the_gaussian_starts_at_any_spread():

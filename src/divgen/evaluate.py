@@ -91,7 +91,7 @@ def extrapolation_note(e: dict) -> str | None:
         return None
     name = e["divergence"]
     return (f"{name}: the estimate is above what these samples can certify (odds beyond n : 1, n points per side): "
-            f"it rests on the classifier's log-ratio where no sample checks it, and samples that a classifier "
+            "it rests on the classifier's log-ratio where no sample checks it, and samples that a classifier "
             f"separates cannot tell a large {name} from an infinite one; the lower bound is what they certify")
 
 
@@ -334,10 +334,9 @@ def wasserstein_objective(gp_weight: float, penalty_points: int = 256) -> Object
     def objective(critic, a, b, rng):
         m = min(len(a), len(b))
         pairs = torch.randint(m, (penalty_points,), generator=rng) if m > penalty_points else slice(m)
-        spread = critic.scaler.spread if isinstance(critic, MLPCritic) else 1.0  # the data's units, for the weight
         with torch.enable_grad():
             return (-objectives.wasserstein_critic_loss(*critic_pair(critic, a, b))
-                    - penalty(critic, (a[pairs],), (b[pairs],), rng, spread))
+                    - penalty(critic, (a[pairs],), (b[pairs],), rng))
 
     return objective
 

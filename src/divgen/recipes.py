@@ -44,8 +44,8 @@ class Penalty:
 
     A `lipschitz` critic (wasserstein) bounds its slope in the data's own units, where W1 is
     measured, and its output, the E_P[V] − E_Q[V] the penalty is weighed against, carries
-    those units (MLPCritic's `lipschitz`): so the weight is multiplied by the data's spread
-    (Standardize.spread), and the critic's fit is the same in any units.
+    those units (MLPCritic's `lipschitz`): so the weight is multiplied by the critic's
+    `out_scale`, the data's spread, and the critic's fit is the same in any units.
     """
 
     name: str  # "gp" or "r1"
@@ -53,8 +53,8 @@ class Penalty:
     one_sided: bool = False
     lipschitz: bool = False
 
-    def __call__(self, critic, real, fake, rng: torch.Generator, spread: float = 1.0) -> Tensor:
-        weight = self.weight * spread if self.lipschitz else self.weight
+    def __call__(self, critic, real, fake, rng: torch.Generator) -> Tensor:
+        weight = self.weight * getattr(critic, "out_scale", 1.0) if self.lipschitz else self.weight
         if self.name == "r1":
             return weight * objectives.r1_penalty(critic, real)
         return weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided)

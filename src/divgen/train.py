@@ -343,7 +343,6 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
     faults, rollbacks = Faults(), 0
     ema = Average(nets, cfg.ema) if cfg.ema else None
     zero = torch.zeros((), device=stream.device)
-    spread = nets[CRITIC].scaler.spread if critic is not None else 1.0  # the data's units, once: no sync per step
     while step < cfg.steps:
         step += 1
         loss_c = bound = zero  # bound: the critic's loss without its penalty, minus the logged estimate
@@ -357,7 +356,7 @@ def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, wo
             with amp:
                 loss_c = bound = recipe.critic_loss(*critic_pair(critic, real_c, fake_c))
                 if recipe.penalty is not None:
-                    loss_c = loss_c + recipe.penalty(critic, real_c, fake_c, stream.local, spread)
+                    loss_c = loss_c + recipe.penalty(critic, real_c, fake_c, stream.local)
             _update(opts["critic"], loss_c, sides["critic"], world, only=False)
             if recipe.constrain is not None:
                 recipe.constrain(critic)
