@@ -160,7 +160,9 @@ BAD_FILES = {
     "channels last": ("x.npy", np.ones((4, 8, 8, 3)), "channels last"),
     "two channels": ("x.npy", np.ones((4, 2, 8, 8)), "C = 1 or 3"),
     "string array": ("x.npy", np.array([["a", "b"], ["c", "d"]]), "not numeric"),
-    "corrupt npy": ("x.npy", b"this is not a numpy file at all", "could not be read"),
+    "corrupt npy": ("x.npy", b"this is not a numpy file at all", "not a .npy file"),  # numpy: "allow_pickle"
+    "truncated npy": ("x.npy", b"\x93NUMPY\x01\x00v\x00{'descr': '<f4',", "could not be read"),
+    "object npy": ("x.npy", "OBJECTS", "Python objects"),
     "corrupt npz": ("x.npz", b"PK\x03\x04 broken zip", "could not be read"),
     "npz without x": ("x.npz", "SPECIAL", "no array 'x'"),
     "bad labels": ("x.npz", "LABELS", "labels"),
@@ -173,6 +175,8 @@ def test_bad_files_are_rejected_with_one_line(tmp_path, case):
     path = tmp_path / name
     if isinstance(content, str) and content == "SPECIAL":
         np.savez(path, a=np.ones((3, 2)), b=np.ones((3, 2)))
+    elif isinstance(content, str) and content == "OBJECTS":
+        np.save(path, np.array([{"a": 1}, 2], dtype=object), allow_pickle=True)
     elif isinstance(content, str) and content == "LABELS":
         np.savez(path, x=np.arange(6.0).reshape(3, 2), y=np.array([0.5, 1.5, 2.5]))
     elif content is not None:

@@ -564,6 +564,14 @@ def test_cli_estimate_prints_strict_json_with_the_bound(files, capsys):
     assert "no certified lower bound" in capsys.readouterr().out
 
 
+def test_an_infinite_estimate_is_printed_without_a_nan_interval(files, capsys, monkeypatch):
+    inf = evaluate.Estimate("kl", math.inf, math.nan, math.nan, "critic", 10, 10, 3.0, True)
+    monkeypatch.setattr(evaluate, "estimate", lambda *a, **k: inf)
+    assert main(["estimate", files["a"], files["b"], "--divergence", "kl"]) == 0
+    out = capsys.readouterr().out
+    assert "kl(A‖B) ≈ inf" in out and "no confidence interval" in out and "nan" not in out
+
+
 # ------------------------------------------- evaluate's jobs: same numbers ---
 def test_evaluate_gives_the_numbers_of_estimate_and_test(monkeypatch):
     """evaluate runs the critics and the kernel tests concurrently, reuses the first fold's classifier

@@ -71,6 +71,18 @@ def test_unset_fields_take_the_family_defaults(family):
     assert all(v is not None for v in cfg.to_dict().values())
 
 
+def test_r1_weighs_more_on_images_and_an_explicit_weight_wins():
+    """The default R1 weight is per standard deviation (recipes.Penalty): small on vectors, larger on images,
+    the same for the GP on both; a --penalty-weight the user sets is kept on either."""
+    digits, ring = data.load("digits", seed=0), data.load("ring8", n=64, seed=0)
+    for family, ds, expected in (("mlp", ring, config.PENALTY_WEIGHTS["r1"]), ("conv", digits, config.IMAGE_PENALTY_WEIGHTS["r1"]),
+                                 ("cgan", digits, config.IMAGE_PENALTY_WEIGHTS["r1"])):
+        assert config.resolve(Config(data=ds.name, model=family), ds).penalty_weight == expected
+        assert config.resolve(Config(data=ds.name, model=family, penalty_weight=0.3), ds).penalty_weight == 0.3
+        assert config.resolve(Config(data=ds.name, model=family, critic_penalty="gp"), ds).penalty_weight == 10.0
+    assert config.IMAGE_PENALTY_WEIGHTS["r1"] > config.PENALTY_WEIGHTS["r1"]
+
+
 def test_auto_generator_loss_is_minimax_for_density_models_only():
     assert config.resolve(Config(model="gaussian")).generator_loss == "minimax"
     assert config.resolve(Config(model="mlp")).generator_loss == "nonsaturating"
@@ -213,14 +225,26 @@ def test_gaussian_model_starts_on_the_data_with_its_spread():
     nets = families.FAMILIES["gaussian"].networks(cfg, data.Spec((3,)), x, None, recipes.build(cfg, x), seed=0)
     gen = nets["generator"]
     assert isinstance(gen, GaussianModel)
-    assert (x == gen.mean.detach()).all(dim=1).any(), "the initial mean is one of the data points"
+    assert (x == gen.loc.detach()).all(dim=1).any(), "the initial mean is one of the data points"
     torch.testing.assert_close(torch.diagonal(gen.scale_tril).detach(), 0.5 * x.std(0))
     assert torch.equal(torch.tril(gen.scale_tril, -1), torch.zeros(3, 3))
     # building draws from `seed`, not from the global RNG
     before = torch.get_rng_state()
     again = families.FAMILIES["gaussian"].networks(cfg, data.Spec((3,)), x, None, recipes.build(cfg, x), seed=0)
     assert torch.equal(before, torch.get_rng_state())
-    assert torch.equal(again["generator"].mean, gen.mean)
+    assert torch.equal(again["generator"].loc, gen.loc)
+
+
+def test_a_gaussian_checkpoint_from_before_the_data_units_loads_as_written():
+    """Before its parameters were in the data's standard deviations, a GaussianModel's state held μ and L in the
+    data's units and no origin or unit: such a checkpoint still gives the Gaussian it was written with."""
+    old = {"mean": torch.tensor([100.0, -3.0]), "tril": torch.tensor([[0.0, 0.0], [2.0, 0.0]]),
+           "raw_diag": torch.tensor([1.0, -1.0])}
+    model = GaussianModel(torch.zeros(2), torch.ones(2), Standardize(torch.tensor([5.0, 5.0]), torch.tensor([9.0, 0.1])))
+    model.load_state_dict(old)
+    assert torch.equal(model.loc, old["mean"])
+    L = torch.tensor([[0.0, 0.0], [2.0, 0.0]]) + torch.diag(torch.nn.functional.softplus(old["raw_diag"]))
+    assert torch.equal(model.scale_tril, L)
 
 
 @pytest.mark.slow
@@ -269,6 +293,26 @@ def test_resume_continues_exactly(tmp_path):
     # the resumed run restarts from its step-15 checkpoint and ends where the uninterrupted run ends
     assert metrics_without_timing(resumed) == metrics_without_timing(full)
     assert np.array_equal(np.load(resumed / "samples.npy"), np.load(full / "samples.npy"))
+
+
+def test_a_run_whose_figures_failed_is_finished_by_resume(tmp_path, monkeypatch):
+    """samples.npy marks a finished run: it is written last, so a run that died drawing its figures is not
+    taken for finished, and --resume draws them and writes the samples the run would have written."""
+    from divgen import plots
+
+    whole = train.train(tiny(steps=10, figures=True), tmp_path / "whole", quiet=True).run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(plots, "samples_figure", broken)
+        with pytest.raises(RuntimeError):
+            train.train(tiny(steps=10, figures=True), tmp_path / "part", quiet=True)
+    assert not (tmp_path / "part" / "samples.npy").exists()
+    train.train(tiny(steps=10, figures=True), tmp_path / "part", resume=True, quiet=True)
+    assert (tmp_path / "part" / "samples.png").is_file()
+    assert np.array_equal(np.load(tmp_path / "part" / "samples.npy"), np.load(whole / "samples.npy"))
 
 
 def test_compiled_run_is_finite_keeps_the_checkpoint_format_and_resumes_exactly(tmp_path):
@@ -405,7 +449,7 @@ def test_a_run_without_figures_never_loads_matplotlib(tmp_path):
 # -------------------------------------------------------------- stabilizers ---
 def test_a_lipschitz_penalty_is_weighed_in_the_datas_units():
     """A wasserstein critic's E_P[V] − E_Q[V] is in the data's units (its out_scale, the data's spread), so its
-    penalty's weight is multiplied by that scale; an f-GAN critic's penalty is not."""
+    penalty's weight is multiplied by that scale; an f-GAN critic's penalty is not: it measures slopes per sd."""
     x = torch.randn(10, 2) * torch.tensor([2.0, 0.5])
     critic = MLPCritic(Standardize.of(x), 8, 1, lipschitz=True)
     spread = math.sqrt((float(x[:, 0].var()) + float(x[:, 1].var())) / 2)
@@ -413,7 +457,8 @@ def test_a_lipschitz_penalty_is_weighed_in_the_datas_units():
     gp = objectives.gradient_penalty(critic, x, x + 1, torch.Generator().manual_seed(0))
     lipschitz, plain = recipes.Penalty("gp", 10.0, lipschitz=True), recipes.Penalty("gp", 10.0)
     assert float(lipschitz(critic, x, x + 1, torch.Generator().manual_seed(0))) == pytest.approx(10 * spread * float(gp))
-    assert float(plain(critic, x, x + 1, torch.Generator().manual_seed(0))) == pytest.approx(10 * float(gp))
+    per_sd = objectives.gradient_penalty(critic, x, x + 1, torch.Generator().manual_seed(0), unit=critic.scaler.std)
+    assert float(plain(critic, x, x + 1, torch.Generator().manual_seed(0))) == pytest.approx(10 * float(per_sd))
     assert float(lipschitz(lambda v: v.sum(1), x, x + 1, None)) == pytest.approx(10 * (math.sqrt(2) - 1) ** 2)
 
 
@@ -431,19 +476,50 @@ def test_the_scaler_keeps_data_in_tiny_units_and_the_gaussian_starts_at_any_spre
         assert float(torch.nn.functional.softplus(model.raw_diag)) == pytest.approx(s, rel=1e-5)
 
 
-def test_wasserstein_training_is_the_same_in_any_units(tmp_path):
-    """Found on a user's data in other units: the gradient penalty, weighed against E_P[V] − E_Q[V] in the data's
-    units, was 10⁴ times too weak at sd 10⁴. The same data in units 10⁴ times larger give the same run, up to
-    rounding; 10⁴ times smaller, nearly."""
+UNITS = {  # what steps in the data's units unless divgen measures it in the data's spread
+    "wasserstein": dict(divergence="wasserstein"),  # the gradient penalty against E_P[V] − E_Q[V]
+    "r1": dict(critic_penalty="r1"),  # the slope of a log-ratio critic: a mlp run's default penalty
+    "gp": dict(critic_penalty="gp"),
+    "gaussian": dict(model="gaussian", divergence="kl", critic_steps=2),  # the Gaussian's own parameters
+}
+
+
+@pytest.mark.parametrize("case", UNITS)
+def test_training_is_the_same_in_any_units(case, tmp_path):
+    """Found on users' data in other units: at sd 10⁴ the gradient penalty, weighed against E_P[V] − E_Q[V]
+    in the data's units, was 10⁴ times too weak; R1 on an f-GAN critic 10⁸ times too weak, 10⁸ times too
+    strong at sd 10⁻⁴; the Gaussian's mean moved 2·10⁻³ data units per step at any sd. The same data in units
+    10⁴ times larger give the same run, up to rounding; 10⁴ times smaller, nearly."""
     u = np.random.default_rng(0).normal(size=(500, 2)).astype("f4") + 3
     samples = []
     for scale in (1e-4, 1.0, 1e4):
         np.save(tmp_path / f"x{scale}.npy", u * scale)
-        cfg = tiny(data=str(tmp_path / f"x{scale}.npy"), divergence="wasserstein", steps=30, n_samples=200)
+        cfg = tiny(data=str(tmp_path / f"x{scale}.npy"), steps=30, n_samples=200, **UNITS[case])
         run = train.train(cfg, tmp_path / f"r{scale}", quiet=True).run
         samples.append(np.load(run / "samples.npy") / scale)
     assert np.abs(samples[2] - samples[1]).max() < 1e-3
     assert np.abs(samples[0] - samples[1]).max() < 0.1  # Adam's ε (1e-8) is no longer negligible at 10⁻⁴
+
+
+def test_a_penalty_measures_an_f_gan_critics_slope_per_standard_deviation():
+    """R1 and the gradient penalty of a log-ratio critic see the same critic of standardized data whatever its
+    units; a Lipschitz (wasserstein) critic's gradient penalty stays in the data's units."""
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 3.0])
+    values = {}
+    for scale in (1e-3, 1.0, 1e3):
+        torch.manual_seed(0)
+        critic = MLPCritic(Standardize.of(x * scale), 16, 2)
+        rng = torch.Generator().manual_seed(1)
+        values[scale] = [float(recipes.Penalty(name, 1.0)(critic, x * scale, x.flip(0) * scale, rng))
+                         for name in ("r1", "gp")]
+    for scale in (1e-3, 1e3):
+        assert values[scale] == pytest.approx(values[1.0], rel=1e-4)
+    # by hand: V = a·h with h the standardized input has slope a per standard deviation, R1 = ½‖a‖²
+    linear = MLPCritic(Standardize.of(x * 100), 16, 2)
+    a = torch.tensor([0.5, -2.0])
+    linear.net = torch.nn.Linear(2, 1, bias=False)
+    linear.net.weight.data = a[None]
+    assert float(recipes.Penalty("r1", 1.0)(linear, x * 100, x * 100, None)) == pytest.approx(0.5 * float(a @ a), rel=1e-5)
 
 
 def test_gradient_penalty_draws_one_mixing_weight_per_example():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import signal
 import sys
@@ -205,8 +206,10 @@ def cmd_estimate(args) -> int:
              if e.lower_bound is not None else "\nno certified lower bound for this method")
     note = evaluate.extrapolation_note(e.to_dict())
     _emit(args, e.to_dict(),
-          f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   {args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}] "
-          f"(the estimator's spread, not its bias)   ({e.method}, n_a {e.n_a}, n_b {e.n_b}){bound}"
+          f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   "
+          + (f"{args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}] (the estimator's spread, not its bias)"
+             if math.isfinite(e.ci_low) and math.isfinite(e.ci_high) else "no confidence interval (the estimate is not finite)")
+          + f"   ({e.method}, n_a {e.n_a}, n_b {e.n_b}){bound}"
           + (f"\n{note}" if note else ""))
     return 0
 

@@ -52,7 +52,9 @@ class Config:
                                         "E[(‖∇V(x̂)‖ − 1)²] at random interpolates of real and generated samples "
                                         "(Gulrajani et al. 2017); r1, ½E_P[‖∇V(x)‖²] on real data (Mescheder et al. "
                                         "2018); none", recipes.PENALTIES, kind=str)
-    penalty_weight: float | None = option(None, "weight of --critic-penalty (default: 10 for gp, 1 for r1)", kind=float,
+    penalty_weight: float | None = option(None, "weight of --critic-penalty, which measures an f-GAN critic's slope per standard "
+                                          "deviation of each coordinate, so a weight holds in any units (default: 10 "
+                                          "for gp; 0.125 for r1, 8 on images)", kind=float,
                                           bounds=NON_NEGATIVE)
     spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018)", kind=bool)
     pack: int = option(1, "PacGAN (Lin et al. 2018): the critic sees PACK samples at a time, real with real and "
@@ -109,8 +111,11 @@ class Config:
 # Values every family shares unless its row says otherwise.
 GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2,
               noise_dim=8, critic_penalty="none", penalty_weight=None, spectral_norm=False, ema=0.0)
-# --penalty-weight when not given, by penalty
-PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 1.0}
+# --penalty-weight when not given, by penalty; the penalty measures slopes per standard deviation
+# (recipes.Penalty). R1's was chosen on PacGAN's ring and grid (docs/modes.md); a conv critic on digits
+# did best with a pull about 64 times stronger (Fréchet distance 50 at 7, 59–64 at 1, 4 and 16; benchmarks/digits.py)
+PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 0.125}
+IMAGE_PENALTY_WEIGHTS = dict(PENALTY_WEIGHTS, r1=8.0)
 # Keys that may change when a run is resumed; any other differing key is a conflict.
 RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16", "compile"}
 
@@ -175,7 +180,8 @@ def resolve(cfg: Config, data=None) -> Config:
     filled = {f.name: family_default(f.name, model, image) for f in fields(Config) if getattr(out, f.name) is None}
     out = replace(out, **filled)
     if out.penalty_weight is None:
-        out = replace(out, penalty_weight=PENALTY_WEIGHTS.get(out.critic_penalty, 0.0))
+        weights = IMAGE_PENALTY_WEIGHTS if image else PENALTY_WEIGHTS
+        out = replace(out, penalty_weight=weights.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
         out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
     if out.data not in datasets.BUILTIN:  # a file: the run must find it again from any directory

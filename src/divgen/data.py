@@ -286,6 +286,10 @@ def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
     labels = None
     try:
         if ext == ".npy":
+            with open(path, "rb") as fh:
+                if fh.read(6) != b"\x93NUMPY":  # else numpy takes it for a pickle and suggests allow_pickle
+                    raise InputError(f"data file {str(path)!r} is not a .npy file (it lacks numpy's header); "
+                                     "write it with numpy.save")
             x = np.load(path, allow_pickle=False)
         elif ext == ".npz":
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh: closed even when the zip is bad
@@ -301,7 +305,12 @@ def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
             x = _read_csv(path)
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except ValueError as e:
+        if "pickle" in str(e):  # an array of Python objects
+            raise InputError(f"data file {str(path)!r} holds Python objects, not numbers; divgen never unpickles "
+                             "a file: save a numeric array") from None
+        raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     x, shape = _validate(x, str(path))
     return x, _validate_labels(labels, len(x), str(path)), shape

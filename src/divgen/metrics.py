@@ -25,6 +25,7 @@ from torch import nn
 from divgen import data as datasets
 from divgen.errors import InputError
 from divgen.models import ConvDown, Standardize, mlp
+from divgen.progress import Progress
 
 ARCHITECTURE = "classifier-v1"  # part of the cache key: a change of architecture retrains
 
@@ -113,6 +114,7 @@ def _fit(model: Classifier, ds: datasets.Dataset, quiet: bool, epochs: int = 60,
     x, y = ds.train, ds.train_labels
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     best, best_state = -1.0, copy.deepcopy(model.state_dict())
+    progress = Progress(epochs, "evaluate: training the image metrics' classifier (once per data set)", quiet, "epochs")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for epoch in range(epochs):
@@ -127,8 +129,8 @@ def _fit(model: Classifier, ds: datasets.Dataset, quiet: bool, epochs: int = 60,
             acc = accuracy(model, x[val], y[val])
             if acc > best:
                 best, best_state = acc, copy.deepcopy(model.state_dict())
-            if not quiet:
-                print(f"classifier epoch {epoch + 1}/{epochs}: validation accuracy {acc:.3f}", flush=True)
+            progress.update()
+    progress.close()
     model.load_state_dict(best_state)
     return accuracy(model, ds.holdout, ds.holdout_labels) if len(ds.holdout) else best
 

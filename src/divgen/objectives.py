@@ -91,17 +91,23 @@ def _views(v) -> tuple:
     return (v,) if torch.is_tensor(v) else tuple(v)
 
 
-def _input_gradient(critic: Callable, views: tuple) -> torch.Tensor:
+def _input_gradient(critic: Callable, views: tuple, unit: torch.Tensor | None = None) -> torch.Tensor:
     """∇V at `views` with respect to its float inputs (samples, and latent codes of BiGAN), as one
-    (B, D) matrix; integer inputs (labels) are held fixed. The graph is kept, so a penalty of it trains."""
+    (B, D) matrix; integer inputs (labels) are held fixed. The graph is kept, so a penalty of it trains.
+
+    `unit` (d,): the length of one unit of each sample coordinate, e.g. the data's sd; the slope
+    along the samples is then per such unit, ∂V/∂x · unit (the codes keep theirs)."""
     inputs = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in views]
     wrt = [t for t in inputs if t.is_floating_point()]
-    grads = torch.autograd.grad(critic(*inputs).sum(), wrt, create_graph=True)
-    return torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)
+    grads = list(torch.autograd.grad(critic(*inputs).sum(), wrt, create_graph=True))
+    grads = [g.reshape(len(g), -1) for g in grads]
+    if unit is not None:
+        grads[0] = grads[0] * unit
+    return torch.cat(grads, dim=1)
 
 
 def gradient_penalty(critic: Callable, real, fake, generator: torch.Generator | None = None,
-                     one_sided: bool = False) -> torch.Tensor:
+                     one_sided: bool = False, unit: torch.Tensor | None = None) -> torch.Tensor:
     """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ = εx + (1 − ε)x̃, one ε ~ U(0, 1) per
     example (Gulrajani et al. 2017, WGAN-GP).
 
@@ -112,21 +118,23 @@ def gradient_penalty(critic: Callable, real, fake, generator: torch.Generator | 
     (Petzka et al. 2018, WGAN-LP). A critic trained from scratch to estimate
     W1 needs it: the two-sided penalty makes a slope of 0 a barrier, so a
     critic that starts with the wrong sign locks in the wrong direction.
+    `unit`: slopes per this length of each coordinate (_input_gradient).
     """
     real, fake = _views(real), _views(fake)
     x = real[0]
     eps = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype)
     mixed = tuple(torch.lerp(b, a, eps.view(-1, *[1] * (a.dim() - 1))) if a.is_floating_point() else a
                   for a, b in zip(real, fake))
-    excess = _input_gradient(critic, mixed).norm(dim=1) - 1
+    excess = _input_gradient(critic, mixed, unit).norm(dim=1) - 1
     return ((excess.clamp(min=0) if one_sided else excess) ** 2).mean()
 
 
-def r1_penalty(critic: Callable, real) -> torch.Tensor:
+def r1_penalty(critic: Callable, real, unit: torch.Tensor | None = None) -> torch.Tensor:
     """½ E_P[‖∇_x V(x)‖²] on real data (Mescheder, Geiger & Nowozin 2018, "Which training methods for
     GANs do actually converge?"): it pulls the critic flat on the data, which makes the
-    equilibrium locally stable. Times the weight γ it is their (γ/2)·E‖∇V‖²."""
-    return 0.5 * _input_gradient(critic, _views(real)).square().sum(1).mean()
+    equilibrium locally stable. Times the weight γ it is their (γ/2)·E‖∇V‖².
+    `unit`: slopes per this length of each coordinate (_input_gradient)."""
+    return 0.5 * _input_gradient(critic, _views(real), unit).square().sum(1).mean()
 
 
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

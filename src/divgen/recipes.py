@@ -42,10 +42,13 @@ PENALTIES = ("none", "gp", "r1")
 class Penalty:
     """A term added to the critic's loss: weight · penalty(critic, real views, fake views).
 
-    A `lipschitz` critic (wasserstein) bounds its slope in the data's own units, where W1 is
+    The penalty measures the critic's slope so that training is the same in any units. An
+    f-GAN critic's output is a log-ratio, a pure number: its slope is taken per standard
+    deviation of each coordinate (the critic's scaler), as if on standardized data. A
+    `lipschitz` critic (wasserstein) bounds its slope in the data's own units, where W1 is
     measured, and its output, the E_P[V] − E_Q[V] the penalty is weighed against, carries
     those units (MLPCritic's `lipschitz`): so the weight is multiplied by the critic's
-    `out_scale`, the data's spread, and the critic's fit is the same in any units.
+    `out_scale`, the data's spread.
     """
 
     name: str  # "gp" or "r1"
@@ -54,10 +57,14 @@ class Penalty:
     lipschitz: bool = False
 
     def __call__(self, critic, real, fake, rng: torch.Generator) -> Tensor:
-        weight = self.weight * getattr(critic, "out_scale", 1.0) if self.lipschitz else self.weight
+        if self.lipschitz:
+            weight, unit = self.weight * getattr(critic, "out_scale", 1.0), None
+        else:
+            scaler = getattr(critic, "scaler", None)  # a bare function: slopes in its inputs' units
+            weight, unit = self.weight, None if scaler is None else scaler.std
         if self.name == "r1":
-            return weight * objectives.r1_penalty(critic, real)
-        return weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided)
+            return weight * objectives.r1_penalty(critic, real, unit)
+        return weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided, unit=unit)
 
 
 def _penalty(cfg, lipschitz: bool = False) -> Penalty | None:

@@ -419,10 +419,10 @@ class MetricsLog:
 
 # ------------------------------------------------------- finishing, loading ---
 def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
-    """samples.npy (streamed), the figures, and params.json for a density model."""
+    """params.json for a density model, the figures, and samples.npy (streamed), last: a run that has it is
+    finished, so one whose figures failed is finished again by --resume."""
     from divgen import families, sample_files
 
-    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, (ds.dim,), quiet=quiet, flag="--n-samples")
     samples = families.draw(nets, min(cfg.n_samples, 2000), cfg.seed + 1)  # the first rows of samples.npy, for the figures
     model = families.density_model(nets)
     if model is not None:
@@ -436,9 +436,13 @@ def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
         def critic_t(points):  # T(x), what the critic certifies
             with torch.no_grad():
                 return recipe.critic_t(critic(points.to(next(critic.parameters()).device))).cpu()
-    if not cfg.figures:
-        return
-    from divgen import plots
+    if cfg.figures:
+        _figures(out, cfg, ds, nets, samples, critic_t)
+    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, (ds.dim,), quiet=quiet, flag="--n-samples")
+
+
+def _figures(out: Path, cfg, ds, nets, samples, critic_t) -> None:
+    from divgen import families, plots
 
     title = f"{cfg.divergence} · {cfg.model} on {Path(cfg.data).name}"
     per_class = None
