@@ -113,7 +113,7 @@ GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_ge
               noise_dim=8, critic_penalty="none", penalty_weight=None, spectral_norm=False, ema=0.0)
 # --penalty-weight when not given, by penalty; the penalty measures slopes per standard deviation
 # (recipes.Penalty). R1's was chosen on PacGAN's ring and grid (docs/modes.md); a conv critic on digits
-# did best with a pull about 64 times stronger (Fréchet distance 50 at 7, 59–64 at 1, 4 and 16; benchmarks/digits.py)
+# did best with a pull about 64 times stronger (Fréchet distance 50 at 7 and 8, 59–64 at 1, 4 and 16; benchmarks/digits.py)
 PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 0.125}
 IMAGE_PENALTY_WEIGHTS = dict(PENALTY_WEIGHTS, r1=8.0)
 # Keys that may change when a run is resumed; any other differing key is a conflict.

@@ -153,8 +153,7 @@ def _gaussian(cfg, spec, x, y, gen):
     # start at a random data point with the data's spread: not at the data mean,
     # which is a saddle point for mode-seeking divergences on symmetric data
     start = x[torch.randint(len(x), (1,), generator=gen)][0]
-    scaler = Standardize.of(x)
-    return nn.ModuleDict({"generator": GaussianModel(start, scaler.std * cfg.init_std, scaler)})
+    return nn.ModuleDict({"generator": GaussianModel(start, Standardize.of(x).std * cfg.init_std)})
 
 
 # Chosen on PacGAN's ring and grid (benchmarks/modes.py, docs/modes.md): the R1 penalty keeps
@@ -173,9 +172,8 @@ FAMILIES: dict[str, Family] = {
         "gaussian", "a Gaussian N(μ, LLᵀ) with learned μ and L (params.json); a density model", _gaussian,
         # A few critic steps per generator step keep the critic near its optimum, so
         # that the minimax gradient is the divergence's; a generator learning rate of
-        # 2e-3 moves the mean ~2 of the data's sd in ~1000 steps (GaussianModel learns
-        # in them). On held-out 1-D mixtures these land within 0.001 nats of the exact
-        # minimizers (benchmarks/exact_vs_adversarial.py).
+        # 2e-3 moves the mean ~2 data units in ~1000 steps. On held-out 1-D mixtures
+        # these land within 0.001 nats of the exact minimizers (benchmarks/exact_vs_adversarial.py).
         dict(divergence="js", steps=3000, critic_steps=5, batch_size=512, lr_generator=2e-3, lr_critic=1e-3,
              width=64, depth=2),
         parametric=True,

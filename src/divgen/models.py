@@ -201,49 +201,29 @@ class GaussianModel(nn.Module):
     Sampling is reparametrized, x = μ + L z with z ~ N(0, I), so every
     divergence can train it adversarially; `log_prob` makes it usable by
     maximum likelihood and exact divergences too.
-
-    The parameters live in the units of `scaler` (the data's standardization):
-    μ = origin + unit·m and L = diag(unit)·L̃ with m, L̃ the parameters, so an
-    optimizer's step is the same fraction of the data's spread in any units.
-    A checkpoint written before the buffers existed loads with origin 0 and
-    unit 1, its parameters in the data's units as they were written.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, scaler: Standardize | None = None):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.noise_dim = mean.shape[0]
         self.n_classes = 0
-        origin = scaler.mean if scaler is not None else torch.zeros_like(mean)
-        unit = scaler.std if scaler is not None else torch.ones_like(mean)
-        self.register_buffer("origin", origin.clone())
-        self.register_buffer("unit", unit.clone())
-        self.mean = nn.Parameter((mean - origin) / unit)
+        self.mean = nn.Parameter(mean.clone())
         self.tril = nn.Parameter(torch.zeros(self.noise_dim, self.noise_dim))
         # softplus(raw) = std on the diagonal at the start: raw = log(expm1(s)), which is
         # s + log(−expm1(−s)) where expm1(s) would overflow float32 (s > 88)
-        std = std / unit
+        std = std.clone()
         self.raw_diag = nn.Parameter(torch.where(std < 20, torch.log(torch.expm1(std.clamp(max=20))),
                                                  std + torch.log(-torch.expm1(-std))))
 
-    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
-        for name, fill in (("origin", torch.zeros_like), ("unit", torch.ones_like)):
-            if prefix + name not in state and prefix + "mean" in state:  # written before the buffers
-                state[prefix + name] = fill(state[prefix + "mean"])
-        super()._load_from_state_dict(state, prefix, *args, **kwargs)
-
     @property
-    def loc(self) -> torch.Tensor:  # μ (d,), in the data's units
-        return torch.addcmul(self.origin, self.unit, self.mean)
-
-    @property
-    def scale_tril(self) -> torch.Tensor:  # L (d, d), in the data's units
-        return self.unit[:, None] * (torch.tril(self.tril, -1) + torch.diag(nn.functional.softplus(self.raw_diag)))
+    def scale_tril(self) -> torch.Tensor:  # (d, d)
+        return torch.tril(self.tril, -1) + torch.diag(nn.functional.softplus(self.raw_diag))
 
     def forward(self, z, y=None):  # (B, d) -> (B, d)
-        return self.loc + z @ self.scale_tril.T
+        return self.mean + z @ self.scale_tril.T
 
     def distribution(self) -> MultivariateNormal:
-        return MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+        return MultivariateNormal(self.mean, scale_tril=self.scale_tril)
 
     def log_prob(self, x):
         return self.distribution().log_prob(x)
@@ -251,7 +231,7 @@ class GaussianModel(nn.Module):
     def params(self) -> dict:
         """Mean and covariance as nested lists, for params.json."""
         L = self.scale_tril.detach()
-        return {"mean": self.loc.detach().tolist(), "cov": (L @ L.T).tolist()}
+        return {"mean": self.mean.detach().tolist(), "cov": (L @ L.T).tolist()}
 
 
 # ----------------------------------------------------------------- critics ---
