@@ -383,9 +383,18 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path, delay):
     directory left behind can be resumed. The exit status is 130, or death by SIGINT after that line
     (which a shell also reports as 130): CPython ends so when a KeyboardInterrupt passed through code that
     torch runs from C++, even though divgen caught it."""
-    proc = subprocess.Popen([sys.executable, "-m", "divgen", "train", "--data", "mog1d", *SMALL, "--steps", "100000",
-                             "--out", "run"], cwd=tmp_path, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    # a suite run as a background job ignores SIGINT, and the child would inherit that (divgen honours an
+    # ignored SIGINT): with a handler here instead, the child starts with the default, as from a terminal
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "divgen", "train", "--data", "mog1d", *SMALL, "--steps", "100000",
+                                 "--out", "run"], cwd=tmp_path, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
