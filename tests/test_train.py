@@ -490,7 +490,7 @@ def test_training_is_the_same_in_any_units(case, tmp_path):
 
 def test_a_penalty_measures_an_f_gan_critics_slope_per_standard_deviation():
     """R1 and the gradient penalty of a log-ratio critic see the same critic of standardized data whatever its
-    units; a Lipschitz (wasserstein) critic's gradient penalty stays in the data's units."""
+    units (a Lipschitz critic's stays in the data's units: test_a_lipschitz_penalty_is_weighed_in_the_datas_units)."""
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 3.0])
     values = {}
     for scale in (1e-3, 1.0, 1e3):

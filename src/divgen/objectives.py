@@ -99,8 +99,7 @@ def _input_gradient(critic: Callable, views: tuple, unit: torch.Tensor | None = 
     along the samples is then per such unit, ∂V/∂x · unit (the codes keep theirs)."""
     inputs = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in views]
     wrt = [t for t in inputs if t.is_floating_point()]
-    grads = list(torch.autograd.grad(critic(*inputs).sum(), wrt, create_graph=True))
-    grads = [g.reshape(len(g), -1) for g in grads]
+    grads = [g.reshape(len(g), -1) for g in torch.autograd.grad(critic(*inputs).sum(), wrt, create_graph=True)]
     if unit is not None:
         grads[0] = grads[0] * unit
     return torch.cat(grads, dim=1)
