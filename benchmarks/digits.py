@@ -1,6 +1,7 @@
 """Generative models of scikit-learn's 8×8 digits, side by side, in one classifier's feature space.
 
-Rows: the unconditional GAN, the conditional GAN, BiGAN, the VAE and the CVAE
+Rows: the unconditional GAN, the conditional GAN, BiGAN, the adversarial autoencoder (a latent critic
+matches its codes to the prior under js), the VAE and the CVAE
 (each with its family's defaults, `divgen train --data digits --model M`), and
 two classic density baselines fitted to the same training split:
 scikit-learn's GaussianMixture (number of components chosen on a validation
@@ -26,7 +27,7 @@ Columns, all on the held-out split (359 images) and as many samples:
   their IWAE bound (k = 1,000) is a bound on the same quantity as the
   baselines' log-likelihood. The GAN rows are trained on the pixels.
 
-The BiGAN's encoder is judged by a linear probe (logistic regression from
+The encoders of BiGAN and the adversarial autoencoder are judged by a linear probe (logistic regression from
 codes to labels, test accuracy) against a random encoder of the same shape and
 raw pixels, and by reconstructions G(E(x)): how often the classifier gives
 them the label of x.
@@ -48,13 +49,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from divgen import data, families, metrics, recipes, runs
+from divgen import catalog, data, families, metrics, recipes, sample_metrics
 from divgen.config import Config
+from divgen.results import load_run
 from divgen.tables import environment, markdown
 from divgen.train import train
 
 LEVELS = 17  # digits' grey levels 0..16
-GANS = {"GAN (conv, js)": "conv", "conditional GAN": "cgan", "BiGAN": "bigan"}
+GANS = {"GAN (conv, js)": "conv", "conditional GAN": "cgan", "BiGAN": "bigan", "adversarial autoencoder (js)": "aae"}
 VAES = {"VAE": "vae", "CVAE": "cvae"}
 
 
@@ -77,9 +79,9 @@ def classifier_row(trained, ds, samples: torch.Tensor, conditional_accuracy: flo
     model = trained.model
     f_test, f_fake = metrics.features(model, ds.holdout), metrics.features(model, samples)
     cover = metrics.class_coverage(metrics.predictions(model, samples), ds.train_labels, ds.n_classes)
-    pr = metrics.prdc(f_test, f_fake)
+    pr = sample_metrics.prdc(f_test, f_fake, max_samples=None)
     return {"fd": metrics.frechet_distance(f_fake, f_test), "covered": cover.covered, "kl": cover.kl,
-            "cond": conditional_accuracy, "precision": pr["precision"], "recall": pr["recall"]}
+            "cond": conditional_accuracy, "precision": pr.precision, "recall": pr.recall}
 
 
 def conditional_accuracy(trained, nets, n: int, seed: int, transform=lambda x: x) -> float | None:
@@ -103,11 +105,13 @@ def gan_rows(ds, trained, root: Path, steps: int | None, seed: int, results: dic
         samples = families.draw(result.nets, len(ds.holdout), seed + 11)
         row = classifier_row(trained, ds, samples, conditional_accuracy(trained, result.nets, len(ds.holdout), seed + 100))
         results[label] = {**row, "bpd": None, "seconds": seconds}
-        if model == "bigan":
-            extra["bigan"] = bigan_probe(ds, trained, result, seed)
+        if "encoder" in result.nets:
+            extra[label] = encoder_probe(ds, trained, result, seed)
 
 
-def bigan_probe(ds, trained, result, seed: int) -> dict:
+def encoder_probe(ds, trained, result, seed: int) -> dict:
+    """A model's encoder (BiGAN, AAE): a linear probe of its codes, of a random encoder's and of the pixels, and
+    how often the classifier gives a reconstruction G(E(x)) the label of x."""
     from sklearn.linear_model import LogisticRegression
 
     def probe(train_x, test_x) -> float:
@@ -118,7 +122,7 @@ def bigan_probe(ds, trained, result, seed: int) -> dict:
     with torch.no_grad():
         codes = {name: nets["encoder"](split).numpy() for name, split in (("train", ds.train), ("test", ds.holdout))}
         recipe = recipes.build(result.config, ds.train)
-        fresh = families.FAMILIES["bigan"].networks(result.config, ds.spec, ds.train, None, recipe, seed + 999)
+        fresh = families.networks(result.config, ds.spec, ds.train, None, recipe, seed + 999)
         random_codes = {name: fresh["encoder"](split).numpy() for name, split in (("train", ds.train), ("test", ds.holdout))}
         recon = nets["generator"](nets["encoder"](ds.holdout))
     agree = float((metrics.predictions(trained.model, recon) == ds.holdout_labels).double().mean())
@@ -141,7 +145,7 @@ def vae_rows(ds, trained, root: Path, steps: int | None, seed: int, results: dic
         cfg = Config(data=str(path), model=model, seed=seed, likelihood="gaussian", holdout=0.0, figures=False, **extra)
         gaussian = train(cfg, root / f"{model}-gaussian", quiet=True)
         seconds = time.perf_counter() - t0
-        conditional = families.FAMILIES[model].conditional
+        conditional = catalog.FAMILIES[model].conditional
         bounds = metrics.likelihood_bounds(gaussian.nets, deq_test, ds.holdout_labels if conditional else None, k=1000, seed=seed)
         samples = families.draw(default.nets, len(ds.holdout), seed + 11)
         acc = conditional_accuracy(trained, default.nets, len(ds.holdout), seed + 100)
@@ -179,7 +183,7 @@ def figure(root: Path, ds, path: Path, seed: int = 0) -> None:
     and BiGAN reconstructions (columns alternate x and G(E(x)))."""
     from divgen import plots
 
-    nets = {model: runs.load_run(root / model).nets for model in ("conv", "cgan", "vae", "bigan")}  # vae: Bernoulli
+    nets = {model: load_run(root / model).nets for model in ("conv", "cgan", "vae", "bigan")}  # vae: Bernoulli
     cgan = torch.cat([families.draw(nets["cgan"], 10, seed + k, label=k) for k in range(10)])
     x = torch.cat([ds.holdout[ds.holdout_labels == k][:5] for k in range(10)])
     with torch.no_grad():
@@ -231,13 +235,12 @@ def main(argv=None) -> int:
             for label, r in results.items()]
     print(markdown(["model", "Fréchet distance (× real baseline)", "classes covered", "label KL", "conditional accuracy",
                     "precision", "recall", "test bits/pixel (dequantized)", "seconds"], rows))
-    if "bigan" in extra:
-        b = extra["bigan"]
-        print("\nBiGAN encoder, on the held-out split:\n")
-        print(markdown(["representation", "linear probe accuracy"],
-                       [["BiGAN codes E(x)", f"{100 * b['probe']:.1f}%"], ["random encoder, same shape", f"{100 * b['random']:.1f}%"],
-                        ["raw pixels", f"{100 * b['pixels']:.1f}%"]]))
-        print(f"\nreconstructions G(E(x)) given the label of x by the classifier: {100 * b['reconstruction']:.1f}% (chance 10%)")
+    if extra:
+        print("\nEncoders, on the held-out split: linear probe accuracy of the codes E(x), and reconstructions G(E(x)) "
+              "given the label of x by the classifier (chance 10%):\n")
+        print(markdown(["model", "codes E(x)", "random encoder, same shape", "raw pixels", "reconstructions keep the class"],
+                       [[label, *(f"{100 * b[k]:.1f}%" for k in ("probe", "random", "pixels", "reconstruction"))]
+                        for label, b in extra.items()]))
     return 0
 
 

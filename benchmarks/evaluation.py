@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from divgen import densities, evaluate
+from divgen import catalog, densities, estimators, two_sample
 from divgen.tables import environment, markdown
 
 ALPHA = 0.05
@@ -62,7 +62,7 @@ ALTERNATIVES = {
 }
 
 
-def rejection_table(cases: dict, reps: int, n: int, seed: int, methods=evaluate.TESTS) -> str:
+def rejection_table(cases: dict, reps: int, n: int, seed: int, methods=tuple(catalog.TEST_METHODS)) -> str:
     """For every case and test: % of `reps` pairs rejected at α = 0.05, and seconds per test."""
     rows = []
     for case, make in cases.items():
@@ -72,7 +72,7 @@ def rejection_table(cases: dict, reps: int, n: int, seed: int, methods=evaluate.
             rejected, seconds = 0, 0.0
             for i, (a, b) in enumerate(pairs):
                 t0 = time.perf_counter()
-                rejected += evaluate.two_sample_test(a, b, method, seed=i).p_value <= ALPHA
+                rejected += two_sample.two_sample_test(a, b, method, seed=i).p_value <= ALPHA
                 seconds += time.perf_counter() - t0
             rows.append([case, f"`{method}`", n, reps, f"{100 * rejected / reps:.1f}%", f"{seconds / reps:.2f}"])
             print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
@@ -104,9 +104,9 @@ def estimation_table(reps: int, n: int, dims: tuple[int, ...]) -> str:
                 a = torch.randn(n, d, generator=g)
                 b = (mean + torch.randn(n, d, generator=g, dtype=torch.float64) @ chol.T).float()
                 t0 = time.perf_counter()
-                found = {e.divergence: e for e in evaluate.critic_estimates(a, b, ["kl", "js"], seed=i)}
+                found = {e.divergence: e for e in estimators.critic_estimates(a, b, ["kl", "js"], seed=i)}
                 seconds.append(time.perf_counter() - t0)
-                found["knn"] = evaluate.knn_estimate(a, b, "kl")
+                found["knn"] = estimators.knn_estimate(a, b, "kl")
                 for name, e in found.items():
                     truth = exact["kl" if name == "knn" else name]
                     s = stats[name]
@@ -155,7 +155,7 @@ def structured_table(reps: int, n: int) -> str:
                 torch.manual_seed(5000 + i)
                 a, b = p.sample((n,)), q.sample((n,))
             t0 = time.perf_counter()
-            e = evaluate.critic_estimates(a, b, ["js"], seed=i)[0]
+            e = estimators.critic_estimates(a, b, ["js"], seed=i)[0]
             seconds.append(time.perf_counter() - t0)
             estimates.append(e.estimate)
             lower += e.lower_bound <= truth
@@ -204,7 +204,7 @@ def wasserstein_table(reps: int, n: int) -> str:
         est, exact_w = [], []
         for i in range(reps):
             a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g) + shift(d, 1.0)
-            est.append(evaluate.critic_estimate(a, b, "wasserstein", seed=i).estimate)
+            est.append(estimators.critic_estimate(a, b, "wasserstein", seed=i).estimate)
             exact_w.append(densities.wasserstein_empirical(a[:2000], b[:2000], 1))
         rows.append([d, n, reps, "1.0000", f"{np.mean(exact_w):.4f}", f"{np.mean(est):.4f}",
                      f"{min(est):.4f} – {max(est):.4f}"])
@@ -221,7 +221,7 @@ def speed_table(n: int, d: int) -> str:
         a, b = Path(tmp) / "a.npy", Path(tmp) / "b.npy"
         np.save(a, rng.normal(size=(n, d)).astype(np.float32))
         np.save(b, rng.normal(size=(n, d)).astype(np.float32))
-        for method in evaluate.TESTS:
+        for method in catalog.TEST_METHODS:
             cmd = [sys.executable, "-m", "divgen", "test", str(a), str(b), "--method", method]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
@@ -237,7 +237,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few repetitions of small samples (the tables keep their shape)")
     parser.add_argument("--section", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
-    parser.add_argument("--method", choices=evaluate.TESTS, action="append",
+    parser.add_argument("--method", choices=tuple(catalog.TEST_METHODS), action="append",
                         help="--section tests: only these tests (repeatable; default: all)")
     parser.add_argument("--null-reps", type=int, default=200, help="pairs per null case (default: 200)")
     parser.add_argument("--power-reps", type=int, default=100, help="pairs per alternative (default: 100)")
@@ -251,7 +251,7 @@ def main() -> None:
         null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = (args.null_reps, args.power_reps, args.estimate_reps,
                                                                          500, 5000, (1, 5, 20), 5000)
     n_structured = 2000 if not args.quick else 400
-    methods = tuple(args.method or evaluate.TESTS)
+    methods = tuple(args.method or catalog.TEST_METHODS)
     command = "python benchmarks/evaluation.py" + (" --quick" if args.quick else "") + "".join(
         f" --section {s}" for s in (args.section or [])) + "".join(f" --method {m}" for m in (args.method or []))
     print(f"`{command}`\n")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from divgen import config, densities, families, fit
+from divgen import catalog, config, densities, fit
 from divgen import data as datasets
 from divgen.tables import environment, markdown
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table-from", metavar="JSON", help="print the table of an earlier --json file and exit")
     ap.add_argument("--quick", action="store_true", help="kl only, one seed, 30 steps: checks that the script runs")
     recipe = {k: v for k, v in config.resolve(config.Config(model="gaussian")).to_dict().items()
-              if k in families.FAMILIES["gaussian"].defaults and k != "divergence"}
+              if k in catalog.FAMILIES["gaussian"].defaults and k != "divergence"}
     for key, value in recipe.items():
         ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=value, help=f"adversarial fit (default: {value})")
     args = ap.parse_args(argv)

@@ -3,7 +3,7 @@
 Data as in PacGAN (Lin et al. 2018, after VEEGAN): `ring8-pacgan`, 8 Gaussians
 with means (cos 2πi/8, sin 2πi/8) and sd 0.01; `grid25`, 25 Gaussians with
 means {−4, −2, 0, 2, 4}² and sd 0.05. From 2,500 samples per run
-(evaluate.mode_stats): a sample is of high quality within 3 sd of its nearest
+(sample_metrics.mode_stats): a sample is of high quality within 3 sd of its nearest
 mode, a mode is captured when it is the nearest mode of a high-quality sample,
 and the reverse KL is KL(histogram of the high-quality samples over the modes ‖
 the true mixture weights). Mean ± sd over 5 seeds per row.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from divgen import data, evaluate, families
+from divgen import data, families, sample_metrics
 from divgen.config import Config
 from divgen.tables import environment, markdown
 from divgen.train import train
@@ -101,7 +101,7 @@ def one(job) -> dict:
     else:
         ds = data.load(name, n=2)
         modes, sd, weights = ds.modes, ds.mode_std, ds.mode_weights
-    m = evaluate.mode_stats(samples, modes, sd, weights=weights)
+    m = sample_metrics.mode_stats(samples, modes, sd, weights=weights)
     out = {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
            "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "seconds": seconds}
     done.write_text(json.dumps(out))

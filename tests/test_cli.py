@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot, train_tiny
-from divgen import cli, divergences, recipes, train
+from divgen import catalog, cli, divergences, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +75,7 @@ def test_divergences_table_json(divgen):
     result = divgen("divergences", "--json")
     assert result.code == 0
     obj = json.loads(result.out)
-    assert obj["names"] == list(recipes.NAMES)
+    assert obj["names"] == list(catalog.DIVERGENCES)
     by_name = {row["name"]: row for row in obj["divergences"]}
     assert list(by_name) == list(divergences.EXAMPLES)
     for name, row in by_name.items():
@@ -281,7 +281,7 @@ def test_bad_train_input(divgen, tmp_path, monkeypatch, case):
 def test_unknown_divergence_lists_valid_names(divgen, tmp_path):
     result = divgen(*_train("--divergence", "nope", out=tmp_path / "run"))
     assert_clean_failure(result)
-    for name in recipes.NAMES:
+    for name in catalog.DIVERGENCES:
         assert name in result.err
     result = divgen("divergences", "nope")
     assert_clean_failure(result)

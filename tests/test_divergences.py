@@ -15,7 +15,7 @@ from scipy import integrate, optimize, stats
 from torch.testing import assert_close
 
 from conftest import ALL_F
-from divgen import divergences, objectives, recipes
+from divgen import catalog, divergences, objectives
 from divgen.errors import InputError
 
 DT = torch.float64
@@ -391,17 +391,17 @@ def test_get_rejects_bad_names(bad):
 def test_unknown_name_lists_valid_names():
     with pytest.raises(InputError) as info:
         divergences.get("nope")
-    for name in divergences.F_DIVERGENCES:
+    for name in catalog.F_DIVERGENCES:
         assert name in str(info.value)
     with pytest.raises(InputError) as info:
-        recipes.check_name("nope")
-    for name in recipes.NAMES:
+        catalog.parse_divergence("nope")
+    for name in catalog.DIVERGENCES:
         assert name in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["wasserstein", "mmd"])
 def test_non_f_divergences(name):
-    assert recipes.check_name(name) == name
+    assert catalog.parse_divergence(name) == (name, None)
     with pytest.raises(InputError, match="not an f-divergence"):
         divergences.get(name)
 

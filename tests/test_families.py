@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from conftest import assert_clean_failure, metrics_without_timing
-from divgen import config, data, families, metrics, models, objectives, recipes, runs, train
+from divgen import catalog, config, data, families, metrics, models, objectives, recipes, runs, train
 from divgen.config import Config
 from divgen.errors import InputError
+from divgen.results import load_run
 
 FAST = dict(steps=4, width=16, batch_size=32, log_every=2, checkpoint_every=4, n_samples=64, figures=False, noise_dim=4)
 
@@ -32,7 +33,9 @@ def files(tmp_path_factory):
     return {name: str(root / f"{name}.{'npy' if name == 'unlabelled' else 'npz'}") for name in ("images", "vectors", "unlabelled")}
 
 
-CASES = [(m, d) for m in ("conv", "cgan", "bigan", "vae", "cvae") for d in ("images", "vectors") if not (m == "conv" and d == "vectors")]
+# every family on both kinds of data it can train on (mlp and gaussian: on vectors, their own tests)
+CASES = [(m, d) for m, f in catalog.FAMILIES.items() if m not in ("mlp", "gaussian")
+         for d in ("images", "vectors") if not (f.images_only and d == "vectors")]
 
 
 @pytest.mark.parametrize("model, kind", CASES)
@@ -43,12 +46,12 @@ def test_every_family_trains_on_images_and_vectors(model, kind, files, tmp_path)
     assert samples.shape == (64, spec.dim) and np.isfinite(samples).all()
     rows = runs.read_metrics(result.run)
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["estimate"]) for r in rows)
-    family = families.FAMILIES[model]
-    assert ("critic" in result.nets) == (family.recipe is None)
-    assert ("encoder" in result.nets) == (model in ("bigan", "vae", "cvae"))
+    family = catalog.FAMILIES[model]
+    assert ("critic" in result.nets) == (family.compares is not None)
+    assert ("encoder" in result.nets) == (family.encoder is not None) == (model in ("bigan", "vae", "cvae", "aae"))
     # conv networks for images, MLPs for vectors
     assert any(isinstance(m, torch.nn.Conv2d) for m in result.nets.modules()) == (kind == "images")
-    loaded = runs.load_run(result.run)
+    loaded = load_run(result.run)
     for key, value in result.nets.state_dict().items():
         assert torch.equal(value, loaded.nets.state_dict()[key]), key
     if family.conditional:  # the training labels' frequencies are kept for sampling
@@ -91,34 +94,9 @@ def test_bigan_resumes_bit_for_bit(files, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# ---------------------------------------------------------------- networks ---
-def test_projection_critic_adds_the_class_embedding_inner_product():
-    scaler = models.Standardize(torch.zeros(64), torch.ones(64))
-    critic = models.ConvCritic(scaler, (8, 8), 4, n_classes=3)
-    x, y = torch.rand(5, 64), torch.tensor([0, 1, 2, 1, 0])
-    with torch.no_grad():
-        phi = critic.features(x)
-        expected = critic.head(phi).squeeze(-1) + (critic.embed(y) * phi).sum(1)
-        torch.testing.assert_close(critic(x, y), expected)
-        assert not torch.equal(critic(x, y), critic(x, (y + 1) % 3))
-
-
-@pytest.mark.parametrize("shape", [(8, 8), (1, 28, 28), (3, 10, 12), (1, 9, 7)])
-def test_conv_networks_handle_any_image_size(shape):
-    d = math.prod(shape)
-    g = models.ConvGenerator(5, shape, 8, 0.0, 1.0)
-    x = g(torch.randn(4, 5))
-    assert x.shape == (4, d) and (x >= 0).all() and (x <= 1).all()
-    critic = models.ConvCritic(models.Standardize(torch.zeros(d), torch.ones(d)), shape, 8, latent_dim=5)
-    assert critic(x, torch.randn(4, 5)).shape == (4,)
-    enc = models.conv_encoder(models.Standardize(torch.zeros(d), torch.ones(d)), shape, 8, 6, gaussian=True)
-    mean, log_var = enc(x)
-    assert mean.shape == log_var.shape == (4, 6)
-
-
 def test_conditional_generator_uses_its_labels_and_draws_them_by_frequency():
     probs = torch.tensor([0.7, 0.0, 0.3])
-    nets = torch.nn.ModuleDict({"generator": models.MLPGenerator(2, models.Standardize(torch.zeros(3), torch.ones(3)),
+    nets = torch.nn.ModuleDict({"generator": models.mlp_generator(2, models.Standardize(torch.zeros(3), torch.ones(3)),
                                                                  8, 1, n_classes=3, class_probs=probs)})
     z = torch.randn(10, 2)
     with torch.no_grad():
@@ -137,13 +115,15 @@ def test_bigan_generator_step_trains_the_encoder_and_the_critic_step_does_not(fi
     ds = data.load(files["vectors"])
     cfg = config.resolve(Config(data=files["vectors"], model="bigan", **FAST), ds)
     recipe = recipes.build(cfg, ds.train)
-    nets = families.FAMILIES["bigan"].networks(cfg, ds.spec, ds.train, None, recipe, 0)
-    view, batch, z = families.BIDIRECTIONAL, data.Batch(ds.train[:16]), torch.randn(16, cfg.noise_dim)
-    loss = recipe.generator_loss(nets["critic"](*view.real(nets, batch)), nets["critic"](*view.fake(nets, z, None)))
+    nets = families.networks(cfg, ds.spec, ds.train, None, recipe, 0)
+    view, batch, z = families.view(cfg), data.Batch(ds.train[:16]), torch.randn(16, cfg.noise_dim)
+    assert view is families.VIEWS["pairs"] and view.real_moves
+    pair = view.pair(nets, batch, z)
+    loss = recipe.adversarial.generator_loss(nets["critic"](*pair.real), nets["critic"](*pair.fake))
     grads = torch.autograd.grad(loss, list(nets["encoder"].parameters()) + list(nets["generator"].parameters()))
     assert all(float(g.abs().sum()) > 0 for g in grads)
     with torch.no_grad():  # the critic step sees detached views
-        real = view.real(nets, batch)
+        real = view.pair(nets, batch, z).real
     assert not any(t.requires_grad for t in real)
 
 
@@ -152,7 +132,7 @@ def test_elbo_recipe_is_the_negative_elbo_by_hand(files):
     ds = data.load(files["images"])
     cfg = config.resolve(Config(data=files["images"], model="vae", **FAST), ds)
     recipe = recipes.build(cfg, ds.train)
-    nets = families.FAMILIES["vae"].networks(cfg, ds.spec, ds.train, None, recipe, 0)
+    nets = families.networks(cfg, ds.spec, ds.train, None, recipe, 0)
     x, z = ds.train[:8], torch.randn(8, nets["generator"].noise_dim)
     with torch.no_grad():
         mean, log_var = nets["encoder"](x)
@@ -160,8 +140,9 @@ def test_elbo_recipe_is_the_negative_elbo_by_hand(files):
         h = nets["generator"].body(code)
         log_px = (x * torch.nn.functional.logsigmoid(h) + (1 - x) * torch.nn.functional.logsigmoid(-h)).sum(1)
         kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
-        torch.testing.assert_close(recipe.sample_loss(nets, families.PLAIN, data.Batch(x), z), (kl - log_px).mean())
-    assert not recipe.uses_critic and recipe.kind == "elbo"
+        draw = train.Draw(data.Batch(x), z, None)
+        torch.testing.assert_close(recipe.sample_losses[0](nets, draw), (kl - log_px).mean())
+    assert not recipe.uses_critic and recipe.objective == "elbo"
 
 
 def test_gaussian_kl_to_standard_matches_torch_distributions():
@@ -275,3 +256,62 @@ def test_cli_sample_label_and_encode(divgen, files, tmp_path):
     for failure in failures:
         assert_clean_failure(failure)
     assert not any((tmp_path / f"z{i}.npy").exists() for i in (2, 3, 4))
+
+
+# ----------------------------------------------------- adversarial autoencoder ---
+def test_aae_critic_compares_prior_draws_with_codes_and_the_generator_side_reconstructs(files):
+    """The latent critic sees codes, not data: P is the prior N(0, I) (the step's noise), Q the codes E(x). The
+    generator side's loss is the reconstruction −log p(x | E(x)) (Bernoulli, by hand) plus the critic term, and
+    its gradient reaches the encoder and the decoder."""
+    ds = data.load(files["images"])
+    cfg = config.resolve(Config(data=files["images"], model="aae", **FAST), ds)
+    assert cfg.objective == "reconstruction + f-gan" and cfg.likelihood == "bernoulli"
+    recipe = recipes.build(cfg, ds.train)
+    nets = families.networks(cfg, ds.spec, ds.train, None, recipe, 0)
+    assert nets["critic"].in_features == cfg.noise_dim  # an MLP on the latent space
+    batch, z = data.Batch(ds.train[:8], None), torch.randn(8, cfg.noise_dim)
+    pair = families.view(cfg).pair(nets, batch, z)
+    code = nets["encoder"](batch.x)
+    assert torch.equal(pair.real[0], z) and torch.equal(pair.fake[0], code)
+    h = nets["generator"].body(code)
+    x = batch.x
+    recon = -(x * torch.nn.functional.logsigmoid(h) + (1 - x) * torch.nn.functional.logsigmoid(-h)).sum(1).mean()
+    torch.testing.assert_close(recipe.sample_losses[0](nets, train.Draw(batch, z, pair)), recon)
+    total = train._generator_loss(recipe, families.view(cfg), nets, train.Draw(batch, z, pair))
+    adversarial = recipe.adversarial.generator_loss(None, nets["critic"](code))
+    torch.testing.assert_close(total, recon + adversarial)
+    grads = torch.autograd.grad(total, list(nets["encoder"].parameters()) + list(nets["generator"].parameters()))
+    assert all(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_aae_with_mmd_is_a_wasserstein_autoencoder_without_a_critic(files):
+    """--divergence mmd: reconstruction plus the unbiased MMD² between prior draws and codes (WAE-MMD)."""
+    ds = data.load(files["vectors"])
+    cfg = config.resolve(Config(data=files["vectors"], model="aae", divergence="mmd", **FAST), ds)
+    recipe = recipes.build(cfg, ds.train)
+    assert cfg.objective == "reconstruction + mmd" and not recipe.uses_critic and len(recipe.sample_losses) == 2
+    nets = families.networks(cfg, ds.spec, ds.train, None, recipe, 0)
+    assert "critic" not in nets
+    batch, z = data.Batch(ds.train[:32], None), torch.randn(32, nets["generator"].noise_dim)
+    pair = families.view(cfg).pair(nets, batch, z)
+    h = objectives.median_bandwidth(recipes.prior_sample(cfg.noise_dim)[:1000], recipes.prior_sample(cfg.noise_dim)[1000:])
+    expected = objectives.mmd2_unbiased(z[:, : cfg.noise_dim], nets["encoder"](batch.x), h)
+    torch.testing.assert_close(recipe.sample_losses[1](nets, train.Draw(batch, z, pair)), expected)
+
+
+@pytest.mark.slow
+def test_aae_matches_its_codes_to_the_prior_and_encodes(files, tmp_path, divgen):
+    """Trained briefly on 3 clusters, the codes of held-out data are nearer N(0, I) than an untrained encoder's
+    (MMD² against prior draws), and `divgen encode` writes them."""
+    cfg = Config(data=files["vectors"], model="aae", steps=600, width=32, noise_dim=2, n_samples=64, figures=False)
+    result = train.train(cfg, tmp_path / "run", quiet=True)
+    ds = data.load(files["vectors"])
+    fresh = families.networks(result.config, ds.spec, ds.train, None, recipes.build(result.config, ds.train), 1)
+    prior = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gap = {name: float(objectives.mmd2_unbiased(prior, nets["encoder"](ds.train), 1.0))
+               for name, nets in (("trained", result.nets), ("untrained", fresh))}
+    assert gap["trained"] < 0.5 * gap["untrained"], gap
+    out = tmp_path / "codes.npy"
+    assert divgen("encode", result.run, files["unlabelled"], "-o", out).code == 0
+    assert np.load(out).shape == (150, 2)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,8 +27,9 @@ import torch
 
 from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot
 import divgen
-from divgen import cli, config, data, demo, evaluate, families, jsonout, limits, recipes, runs
+from divgen import catalog, cli, config, data, demo, estimators, families, jsonout, limits, recipes, runs, train, two_sample
 from divgen.config import Config
+from divgen.results import load_run
 
 SMALL = [*TINY, "--n-samples", "1000", "--no-figures"]
 GB = 10**9
@@ -64,7 +64,7 @@ def _run(divgen, out: Path, *extra, data="mog1d", steps=10):
 
 
 # ------------------------------------------ memory bombs: sized before allocation ---
-NETWORKS, TOY, MMD, DRAW = (families.Family, "networks"), (data, "sample_toy"), (evaluate, "mmd_test"), (families, "draw_chunks")
+NETWORKS, TOY, MMD, DRAW = (families, "networks"), (data, "sample_toy"), (two_sample, "mmd_test"), (families, "draw_chunks")
 # argv, the flag the refusal names, memory or disk, what must not have run when it is refused
 BOMBS = {
     "batch size": (["train", "--data", "mog1d", "--batch-size", "100000000"], "--batch-size 100000000", "memory", NETWORKS),
@@ -99,15 +99,15 @@ def test_requests_too_large_are_refused_before_any_allocation(divgen, files, tra
 
 def _measured(family: str, spec, width: int):
     """(estimated, built) parameters and (estimated, measured) activation values per sample of a family."""
-    kind = "kl" if families.FAMILIES[family].recipe == "elbo" else None
+    kind = "kl" if catalog.FAMILIES[family].own_loss == "elbo" else None
     cfg = config.resolve(Config(data="mog1d", model=family, width=width, divergence=kind))
     if cfg.likelihood == "auto":
         cfg = dataclasses.replace(cfg, likelihood="bernoulli")
     x = torch.rand(64, spec.dim)
     y = torch.arange(64) % spec.n_classes if spec.n_classes else None
-    recipe, fam = recipes.build(cfg, x), families.FAMILIES[family]
-    nets = fam.networks(cfg, spec, x, y, recipe, 0)
-    count = families.network_count(cfg, fam, recipe)
+    recipe = recipes.build(cfg, x)
+    nets = families.networks(cfg, spec, x, y, recipe, 0)
+    count = families.network_count(cfg, recipe)
     assert count == len(nets)
     built = sum(p.numel() for p in nets.parameters())
     values = []  # every leaf layer's output: what a training step keeps for its backward pass
@@ -116,19 +116,19 @@ def _measured(family: str, spec, width: int):
             m.register_forward_hook(lambda m, i, o: values.append(o.numel() if torch.is_tensor(o) else 0))
     b = 16
     y_b = None if y is None else y[:b]
-    with torch.no_grad():
-        fake = fam.view.fake(nets, torch.randn(b, nets["generator"].noise_dim), y_b)
-        real = fam.view.real(nets, data.Batch(x[:b], y_b))
-        if "critic" in nets:
-            nets["critic"](*fake), nets["critic"](*real)
-        elif "encoder" in nets:
-            nets["encoder"](x[:b]) if y_b is None else nets["encoder"](x[:b], y_b)
+    with torch.no_grad():  # the forward passes of a training step: the generator side's loss, the critic on both sides
+        batch, z = data.Batch(x[:b], y_b), torch.randn(b, nets["generator"].noise_dim)
+        view = families.view(cfg)
+        pair = None if view is None else view.pair(nets, batch, z)
+        train._generator_loss(recipe, view, nets, train.Draw(batch, z, pair))
+        if "critic" in nets and not view.real_moves:
+            nets["critic"](*pair.real)
     estimate = sum(limits.network_sizes(cfg, spec.event_shape, count).values())
     units = sum(limits.activation_units(cfg, spec.event_shape, count).values())
     return estimate / built, units / (sum(values) / b)
 
 
-SHAPES = {"vector": ((5,), ["mlp", "gaussian", "cgan", "bigan", "vae", "cvae"]),
+SHAPES = {"vector": ((5,), ["mlp", "gaussian", "cgan", "bigan", "vae", "cvae", "aae"]),
           "8x8": ((8, 8), ["conv", "cgan", "bigan", "vae", "cvae"]),
           "1x28x28": ((1, 28, 28), ["conv", "cgan", "bigan", "vae", "cvae"]),
           "3x32x32": ((3, 32, 32), ["conv", "cgan", "bigan", "vae"])}
@@ -434,7 +434,7 @@ def test_degenerate_inputs_are_refused(divgen, files, case):
 
 
 def test_knn_still_estimates_distinct_independent_samples(files):
-    e = evaluate.estimate(np.load(files / "a.npy"), np.load(files / "b.npy"), "kl", method="knn")
+    e = estimators.estimate(np.load(files / "a.npy"), np.load(files / "b.npy"), "kl", method="knn")
     assert 0.05 < e.estimate < 0.3  # KL of a shift by (0.5, 0.5): 0.25
 
 
@@ -483,9 +483,9 @@ def test_every_json_divgen_writes_is_strict(divgen, tmp_path, monkeypatch):
             _strict_loads(line)
 
     def non_finite(name, folds, confidence, n_a, n_b):  # what a degenerate estimate would give
-        return evaluate.Estimate(name, -math.inf, math.nan, math.nan, "critic", n_a, n_b)
+        return estimators.Estimate(name, -math.inf, math.nan, math.nan, "critic", n_a, n_b)
 
-    monkeypatch.setattr(evaluate, "_pooled", non_finite)
+    monkeypatch.setattr(estimators, "pooled", non_finite)
     result = divgen("evaluate", run, "--json")
     assert result.code == 0, result.err
     printed, saved = _strict_loads(result.out), _strict_loads((run / "eval.json").read_text())
@@ -585,7 +585,7 @@ def test_relative_data_path_from_another_directory(divgen, tmp_path, monkeypatch
 # ------------------------------------------------------------------ sample ---
 @pytest.mark.parametrize("ext", [".npy", ".npz", ".csv"])
 def test_sample_formats_hold_the_same_numbers_streamed(divgen, trained_run, tmp_path, monkeypatch, ext):
-    expected = families.draw(runs.load_run(trained_run).nets, 20_000, 3).numpy()  # 3 chunks of 8192
+    expected = families.draw(load_run(trained_run).nets, 20_000, 3).numpy()  # 3 chunks of 8192
     monkeypatch.setattr(families, "draw", lambda *a, **k: pytest.fail("sample must stream, not draw all at once"))
     out = tmp_path / f"s{ext}"
     result = divgen("sample", trained_run, "-n", 20_000, "--seed", 3, "-o", out, "--json")

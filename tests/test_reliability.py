@@ -455,7 +455,7 @@ def test_two_processes_match_one(divgen, tmp_path):
 
 
 # One torchrun launch runs several trainings in a row; a spy on train._loop (which gets
-# the networks as its third argument) saves each rank's final parameters, so equality
+# the run's Session, with its networks) saves each rank's final parameters, so equality
 # across ranks is checked directly. The process group is kept between trainings.
 RANK_SPY = '''
 import os, sys, torch
@@ -464,11 +464,11 @@ from divgen import cli, parallel, train
 
 original, last = train._loop, {}
 
-def spy(cfg, out, nets, *args):
+def spy(session):
     try:
-        return original(cfg, out, nets, *args)
+        return original(session)
     finally:
-        last["state"] = {k: v.clone() for k, v in nets.state_dict().items()}
+        last["state"] = {k: v.clone() for k, v in session.nets.state_dict().items()}
 
 train._loop = spy
 parallel.teardown = lambda world: None  # one process group for all the trainings below

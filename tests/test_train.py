@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_F, metrics_without_timing
+from conftest import metrics_without_timing
 from divgen import config, data, densities, families, fit, objectives, recipes, runs, train
 from divgen.config import Config
 from divgen.errors import InputError
-from divgen.models import GaussianModel, MLPCritic, MLPGenerator, Standardize, critic_pair
+from divgen.models import GaussianModel, MLPCritic, mlp_generator, Standardize, critic_pair
+from divgen.results import TrainResult, load_run
 
 
 def tiny(**kw) -> Config:
@@ -24,7 +25,7 @@ def tiny(**kw) -> Config:
     return Config(**{**base, **kw})
 
 
-def _finite_run(result: train.TrainResult):
+def _finite_run(result: TrainResult):
     cfg = result.config
     rows = runs.read_metrics(result.run)
     assert rows and rows[-1]["step"] == cfg.steps and rows[-1] == result.metrics
@@ -37,150 +38,6 @@ def _finite_run(result: train.TrainResult):
     return rows, samples
 
 
-# ------------------------------------------------------------------ config ---
-@pytest.mark.parametrize("bad", [
-    dict(divergence="nope"), dict(divergence="alpha:1"), dict(model="flow"), dict(generator_loss="saturating"),
-    dict(lipschitz="none"), dict(steps=0), dict(batch_size=0), dict(width=0), dict(n_samples=0),
-    dict(critic_steps=-1), dict(lr_critic=0.0), dict(lr_generator=-1e-3), dict(holdout=1.0), dict(device="tpu"),
-    dict(lr_critic=math.inf), dict(clip=math.nan), dict(clip=-0.01), dict(penalty_weight=-1.0), dict(steps="many"),
-    dict(pack=0), dict(pack=3), dict(ema=1.0), dict(ema=-0.1), dict(critic_penalty="l2"),
-])
-def test_config_rejects_bad_values(bad, tmp_path):
-    with pytest.raises(InputError):
-        config.resolve(Config(**bad))
-    # and train() refuses before creating anything
-    with pytest.raises(InputError):
-        train.train(tiny(**bad), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("family", families.NAMES)
-def test_unset_fields_take_the_family_defaults(family):
-    row = families.FAMILIES[family]
-    cfg = config.resolve(Config(model=family))
-    for name, value in row.defaults.items():
-        assert getattr(cfg, name) == value, name
-    for name, value in config.GLOBAL.items():
-        if name not in row.defaults:
-            expected = config.PENALTY_WEIGHTS[cfg.critic_penalty] if name == "penalty_weight" else value
-            assert getattr(cfg, name) == expected, name
-    # a value the user sets wins over the family's
-    assert config.resolve(Config(model=family, lr_critic=0.123, steps=7)).lr_critic == 0.123
-    # resolving is idempotent and leaves nothing unset
-    assert config.resolve(cfg) == cfg
-    assert all(v is not None for v in cfg.to_dict().values())
-
-
-def test_r1_weighs_more_on_images_and_an_explicit_weight_wins():
-    """The default R1 weight is per standard deviation (recipes.Penalty): small on vectors, larger on images,
-    the same for the GP on both; a --penalty-weight the user sets is kept on either."""
-    digits, ring = data.load("digits", seed=0), data.load("ring8", n=64, seed=0)
-    for family, ds, expected in (("mlp", ring, config.PENALTY_WEIGHTS["r1"]), ("conv", digits, config.IMAGE_PENALTY_WEIGHTS["r1"]),
-                                 ("cgan", digits, config.IMAGE_PENALTY_WEIGHTS["r1"])):
-        assert config.resolve(Config(data=ds.name, model=family), ds).penalty_weight == expected
-        assert config.resolve(Config(data=ds.name, model=family, penalty_weight=0.3), ds).penalty_weight == 0.3
-        assert config.resolve(Config(data=ds.name, model=family, critic_penalty="gp"), ds).penalty_weight == 10.0
-    assert config.IMAGE_PENALTY_WEIGHTS["r1"] > config.PENALTY_WEIGHTS["r1"]
-
-
-def test_auto_generator_loss_is_minimax_for_density_models_only():
-    assert config.resolve(Config(model="gaussian")).generator_loss == "minimax"
-    assert config.resolve(Config(model="mlp")).generator_loss == "nonsaturating"
-    assert config.resolve(Config(model="gaussian", generator_loss="nonsaturating")).generator_loss == "nonsaturating"
-    assert [f.name for f in families.FAMILIES.values() if f.parametric] == ["gaussian"]
-
-
-def test_config_from_dict_refuses_wrong_types():
-    with pytest.raises(InputError, match="steps"):
-        Config.from_dict({"data": "ring8", "steps": "many"})
-    with pytest.raises(InputError, match="data"):
-        Config.from_dict({"data": 5})
-    with pytest.raises(InputError, match="object"):
-        Config.from_dict(["not", "a", "dict"])
-    assert Config.from_dict({"steps": 5, "unknown": 1}).steps == 5
-
-
-# --------------------------------------------------------- the recipe table ---
-@pytest.mark.parametrize("name", [n for n in recipes.NAMES if ":" not in n] + ["alpha:0.5", "js-weighted:0.3"])
-def test_every_divergence_name_has_a_recipe(name):
-    recipe = recipes.build(config.resolve(Config(divergence=name)), torch.randn(100, 2))
-    assert recipe.name == name
-    assert (recipe.critic_loss is None) != (recipe.sample_loss is None)
-    assert recipe.uses_critic == (recipes.row(name).estimator is not None)
-
-
-def _one_step_gradients(name: str, kind: str):
-    """One critic loss and one generator loss of the recipe on a batch: gradients of both sides."""
-    cfg = config.resolve(tiny(divergence=name, generator_loss=kind))
-    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) + 1
-    recipe = recipes.build(cfg, x)
-    nets = families.FAMILIES["mlp"].networks(cfg, data.Spec((2,)), x, None, recipe, seed=0)
-    g, c = nets["generator"], nets["critic"]
-    fake = g(torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(1)))
-    loss_c = recipe.critic_loss(*critic_pair(c, x, fake.detach()))
-    loss_g = recipe.generator_loss(None, c(fake))
-    grads_c = torch.autograd.grad(loss_c, list(c.parameters()))
-    grads_g = torch.autograd.grad(loss_g, list(g.parameters()))
-    return loss_c, loss_g, grads_c, grads_g
-
-
-@pytest.mark.parametrize("kind", objectives.GENERATOR_LOSSES)
-@pytest.mark.parametrize("name", ALL_F)
-def test_every_f_divergence_gives_finite_nonzero_gradients_to_both_sides(name, kind):
-    loss_c, loss_g, grads_c, grads_g = _one_step_gradients(name, kind)
-    assert torch.isfinite(loss_c) and torch.isfinite(loss_g)
-    for grads in (grads_c, grads_g):
-        assert all(torch.isfinite(t).all() for t in grads)
-        assert sum(float(t.abs().sum()) for t in grads) > 0
-
-
-def test_minimax_generator_loss_is_the_bound_and_nonsaturating_is_not():
-    """minimax: loss_g = −E_Q[f*(T)] (the bound up to E_P[T]); nonsaturating: −E_Q[T]."""
-    div = recipes.divergences.get("kl")
-    v = torch.linspace(-3, 3, 7)
-    for kind, expected in (("minimax", -div.f_star_g(v).mean()), ("nonsaturating", -div.g(v).mean())):
-        recipe = recipes.build(config.resolve(Config(divergence="kl", generator_loss=kind)), torch.zeros(4, 1))
-        torch.testing.assert_close(recipe.generator_loss(None, v), expected)
-        # with encoded real views (BiGAN), the real side joins: the bound itself, or its roles flipped
-        real_term = div.g(v).mean() if kind == "minimax" else div.f_star_g(v).mean()
-        torch.testing.assert_close(recipe.generator_loss(v, v), expected + real_term)
-
-
-def test_mmd_recipe_has_no_critic_and_its_loss_is_the_unbiased_mmd():
-    x = torch.randn(600, 2, generator=torch.Generator().manual_seed(0))
-    y = torch.randn(300, 2, generator=torch.Generator().manual_seed(1)) + 0.5
-    recipe = recipes.build(config.resolve(Config(divergence="mmd")), x)
-    assert not recipe.uses_critic and recipe.penalty is None and recipe.constrain is None
-    h = objectives.median_bandwidth(x[:1000], x[1000:2000])
-    def loss(a, b):  # the recipe's loss with a "generator" that returns b whatever its noise
-        return recipe.sample_loss({"generator": lambda z, labels: b}, families.PLAIN, data.Batch(a), torch.zeros(len(b), 1))
-
-    torch.testing.assert_close(loss(x, y), objectives.mmd2_unbiased(x, y, h))
-    assert float(loss(x, y)) > 0.05 > abs(float(loss(x[:300], x[300:])))
-
-
-def test_wasserstein_lipschitz_methods():
-    x = torch.randn(64, 2)
-    gp = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="gp", penalty_weight=3.0)), x)
-    assert gp.penalty is not None and gp.constrain is None and not gp.spectral_norm
-    # a linear critic V(x) = w·x has gradient norm ‖w‖ everywhere: penalty = weight · (‖w‖ − 1)²
-    w = torch.tensor([3.0, 4.0])
-    value = gp.penalty(lambda x, *c: x @ w, (x,), (x + 1,), torch.Generator().manual_seed(0))
-    torch.testing.assert_close(value, torch.tensor(3.0 * (5.0 - 1.0) ** 2))
-
-    clip = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="clip", clip=0.05)), x)
-    critic = torch.nn.Linear(2, 1)
-    with torch.no_grad():
-        critic.weight.fill_(1.0)
-    clip.constrain(critic)
-    assert float(critic.weight.detach().abs().max()) == pytest.approx(0.05)
-
-    sn = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="sn")), x)
-    nets = families.FAMILIES["mlp"].networks(config.resolve(Config(divergence="wasserstein", lipschitz="sn")),
-                                             data.Spec((2,)), x, None, sn, seed=0)
-    assert sn.spectral_norm and any("parametrizations" in k for k in nets["critic"].state_dict())
-
-
 # ------------------------------------------------- one training per recipe ---
 @pytest.mark.parametrize("name, extra", [("js", {}), ("wasserstein", {"lipschitz": "gp"}), ("mmd", {})])
 def test_one_training_per_recipe_family(name, extra, tmp_path):
@@ -191,19 +48,19 @@ def test_one_training_per_recipe_family(name, extra, tmp_path):
     assert json.loads((result.run / "config.json").read_text()) == result.config.to_dict()
     assert not (result.run / "samples.png").exists(), "figures are off"
     recipe = recipes.build(result.config, torch.zeros(2, 2))
-    if recipe.penalty is not None:  # the critic's loss is minus its estimate plus a penalty ≥ 0
+    if recipe.uses_critic and recipe.adversarial.penalty is not None:  # the critic's loss is minus its estimate plus a penalty ≥ 0
         assert all(r["critic_loss"] >= -r["estimate"] - 1e-6 for r in rows)
     elif recipe.uses_critic:
         assert rows[-1]["estimate"] == pytest.approx(-rows[-1]["critic_loss"])
     else:
         assert rows[-1]["critic_loss"] == 0 and rows[-1]["estimate"] == rows[-1]["generator_loss"]
     # the networks returned are those of the newest checkpoint, and training moved them from their start
-    loaded = runs.load_run(result.run)
+    loaded = load_run(result.run)
     assert loaded.config == result.config
     for key, value in result.nets.state_dict().items():
         assert torch.equal(value, loaded.nets.state_dict()[key]), key
     ds = data.load(cfg.data, n=cfg.n_data, seed=cfg.seed)
-    fresh = families.FAMILIES["mlp"].networks(result.config, ds.spec, ds.train, None, recipe, cfg.seed)
+    fresh = families.networks(result.config, ds.spec, ds.train, None, recipe, cfg.seed)
     assert any(not torch.equal(a, b) for a, b in zip(result.nets.state_dict().values(), fresh.state_dict().values()))
 
 
@@ -213,7 +70,7 @@ def test_gaussian_model_run_writes_params_of_its_checkpoint(tmp_path):
     params = json.loads((result.run / "params.json").read_text())
     mean, cov = np.array(params["mean"]), np.array(params["cov"])
     assert mean.shape == (2,) and np.allclose(cov, cov.T) and (np.linalg.eigvalsh(cov) > 0).all()
-    np.testing.assert_allclose(families.density_model(runs.load_run(result.run).nets).params()["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(families.density_model(load_run(result.run).nets).params()["mean"], mean, rtol=1e-6)
     # samples.npy came from that Gaussian (sample mean within 5 standard errors)
     samples = np.load(result.run / "samples.npy")
     assert (np.abs(samples.mean(0) - mean) < 5 * np.sqrt(np.diag(cov) / len(samples))).all()
@@ -222,7 +79,7 @@ def test_gaussian_model_run_writes_params_of_its_checkpoint(tmp_path):
 def test_gaussian_model_starts_on_the_data_with_its_spread():
     x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5]) + 3
     cfg = config.resolve(Config(model="gaussian", init_std=0.5))
-    nets = families.FAMILIES["gaussian"].networks(cfg, data.Spec((3,)), x, None, recipes.build(cfg, x), seed=0)
+    nets = families.networks(cfg, data.Spec((3,)), x, None, recipes.build(cfg, x), seed=0)
     gen = nets["generator"]
     assert isinstance(gen, GaussianModel)
     assert (x == gen.mean.detach()).all(dim=1).any(), "the initial mean is one of the data points"
@@ -230,7 +87,7 @@ def test_gaussian_model_starts_on_the_data_with_its_spread():
     assert torch.equal(torch.tril(gen.scale_tril, -1), torch.zeros(3, 3))
     # building draws from `seed`, not from the global RNG
     before = torch.get_rng_state()
-    again = families.FAMILIES["gaussian"].networks(cfg, data.Spec((3,)), x, None, recipes.build(cfg, x), seed=0)
+    again = families.networks(cfg, data.Spec((3,)), x, None, recipes.build(cfg, x), seed=0)
     assert torch.equal(before, torch.get_rng_state())
     assert torch.equal(again["generator"].mean, gen.mean)
 
@@ -377,7 +234,7 @@ def test_checkpoints_are_kept_and_pruned(tmp_path):
 
 
 def test_draw_is_seeded():
-    nets = torch.nn.ModuleDict({"generator": MLPGenerator(4, Standardize(torch.zeros(2), torch.ones(2)), 8, 1)})
+    nets = torch.nn.ModuleDict({"generator": mlp_generator(4, Standardize(torch.zeros(2), torch.ones(2)), 8, 1)})
     a, b, c = families.draw(nets, 10_000, 1, chunk=3000), families.draw(nets, 10_000, 1), families.draw(nets, 10_000, 2)
     assert a.shape == (10_000, 2)
     assert torch.equal(a, b)  # chunking does not change the numbers
@@ -388,7 +245,7 @@ def test_load_run_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
     out = train.train(tiny(steps=20, checkpoint_every=10), tmp_path / "run", quiet=True).run
     newest = runs.checkpoints(out)[-1]
     newest.write_bytes(b"garbage")
-    nets = runs.load_run(out).nets
+    nets = load_run(out).nets
     assert "warning" in capsys.readouterr().err
     good = runs.load_checkpoint(runs.checkpoints(out)[-2])
     for key, value in nets.state_dict().items():
@@ -413,16 +270,39 @@ def test_importing_divgen_does_not_touch_matplotlib():
     subprocess.run([sys.executable, "-c", code], check=True, env={"MPLBACKEND": "svg", "PATH": ""})
 
 
-@pytest.mark.parametrize("flags", [dict(model="cgan"), dict(model="bigan"), dict(pack=2)])
-def test_a_critic_of_more_than_one_point_draws_its_figures_without_contours(tmp_path, flags):
+@pytest.mark.parametrize("flags, contours", [(dict(model="mlp"), True), (dict(model="cgan"), False),
+                                             (dict(model="bigan"), False), (dict(model="aae"), False),
+                                             (dict(pack=2), False)])
+def test_a_critic_of_more_than_one_point_draws_its_figures_without_contours(tmp_path, monkeypatch, flags, contours):
     """Found on a user's 2-D table: the figure drew T(x) contours by calling the critic on grid points alone,
-    which a conditional critic (labels), a BiGAN critic (codes) or a PacGAN critic (packs) cannot take,
-    and the run died at its last step."""
+    which a conditional critic (labels), a BiGAN critic (codes), a latent critic (AAE: it judges codes) or a
+    PacGAN critic (packs) cannot take, and the run died at its last step. Only a critic of one data point
+    gets contours, and T(x) on the grid is what the recipe's critic_t gives for the critic's output."""
+    from divgen import plots
+
+    drawn = {}
+    original = plots.samples_figure
+
+    def spy(path, data_x, samples, **kw):
+        drawn["critic"] = kw.get("critic")
+        return original(path, data_x, samples, **kw)
+
+    monkeypatch.setattr(plots, "samples_figure", spy)
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 400)
     np.savez(tmp_path / "table.npz", x=(np.stack([y, -y], 1) + 0.3 * rng.normal(size=(400, 2))).astype("f4"), y=y)
     result = train.train(tiny(data=str(tmp_path / "table.npz"), steps=4, figures=True, **flags), tmp_path / "run", quiet=True)
-    assert (result.run / "samples.png").stat().st_size > 0 and (result.run / "losses.png").stat().st_size > 0
+    assert (drawn["critic"] is not None) == contours
+    if contours:
+        grid = torch.randn(7, 2)
+        with torch.no_grad():
+            expected = recipes.build(result.config, grid).adversarial.critic_t(result.nets["critic"](grid))
+        torch.testing.assert_close(drawn["critic"](grid), expected)
+    import matplotlib.image
+
+    for name in ("samples.png", "losses.png"):  # whole PNGs with something drawn on them
+        pixels = matplotlib.image.imread(result.run / name)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 0.05, name
 
 
 def test_a_run_without_figures_never_loads_matplotlib(tmp_path):
@@ -534,7 +414,7 @@ def test_r1_penalty_of_a_linear_critic_is_half_its_squared_slope():
     critic = lambda x, y: x @ w + y.float()  # noqa: E731
     assert float(objectives.r1_penalty(critic, (x, torch.arange(10)))) == pytest.approx(0.5 * 169.0)
     recipe = recipes.build(config.resolve(Config(critic_penalty="r1", penalty_weight=0.2)), x)
-    assert float(recipe.penalty(critic, (x, torch.arange(10)), None, None)) == pytest.approx(0.2 * 0.5 * 169.0)
+    assert float(recipe.adversarial.penalty(critic, (x, torch.arange(10)), None, None)) == pytest.approx(0.2 * 0.5 * 169.0)
 
 
 def test_packed_critic_sees_pack_times_d_features_and_never_mixes_real_with_fake():

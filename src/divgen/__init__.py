@@ -18,13 +18,13 @@ __version__ = "0.2.0"
 # public name -> (module, attribute)
 _EXPORTS = {
     "Config": ("divgen.config", "Config"),
-    "load_run": ("divgen.runs", "load_run"),
+    "load_run": ("divgen.results", "load_run"),
     "Divergence": ("divgen.divergences", "Divergence"),
     "get_divergence": ("divgen.divergences", "get"),
     "ExactResult": ("divgen.densities", "ExactResult"),
     "exact_divergence": ("divgen.densities", "exact_divergence"),
-    "two_sample_test": ("divgen.evaluate", "two_sample_test"),
-    "estimate": ("divgen.evaluate", "estimate"),
+    "two_sample_test": ("divgen.two_sample", "two_sample_test"),
+    "estimate": ("divgen.estimators", "estimate"),
     "evaluate_run": ("divgen.evaluate", "evaluate_run"),
     "InputError": ("divgen.errors", "InputError"),
 }

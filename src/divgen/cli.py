@@ -3,8 +3,9 @@
 Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal
 failure, 130 interrupted. Only the chosen command's arguments are built, and
 each command imports what it needs (torch, numpy, matplotlib) when it runs, so
-`divgen --help` and `divgen COMMAND --help` stay fast (`train --help` reads
-the model families' defaults, which imports torch).
+`divgen --help` and `divgen COMMAND --help` stay fast: names, help strings
+and per-family defaults come from catalog.py and config.py, which import no
+torch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from divgen import __version__, jsonout, limits
+from divgen import __version__, catalog, config, jsonout, limits
 from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line
 from divgen.limits import AT_LEAST_1, PROBABILITY, SEED, number
 from divgen.progress import announce
@@ -30,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
     def error(self, message):
-        raise InputError(f"{self.prog}: {message}")
+        # "divgen: error: " is printed by main; the sub-command, if any, comes after it
+        command = self.prog.removeprefix("divgen").strip()
+        raise InputError(f"{command}: {message}" if command else message)
 
 
 def _emit(args, obj: dict, text: str) -> None:
@@ -41,12 +44,12 @@ def _emit(args, obj: dict, text: str) -> None:
 
 # ------------------------------------------------------------- divergences ---
 def cmd_divergences(args) -> int:
-    from divgen import divergences, recipes
+    from divgen import divergences
     from divgen.tables import markdown
 
     rows = divergences.table(args.names or divergences.EXAMPLES)
     if args.json:
-        print(jsonout.dumps({"divergences": rows, "names": list(recipes.NAMES)}))
+        print(jsonout.dumps({"divergences": rows, "names": list(catalog.DIVERGENCES)}))
         return 0
     cols = ["name", "f", "f*", "dom f*", "g_f", "f'(1)"]
     print(markdown([*cols, "maximum"], [[*(r[c] for c in cols), "∞" if r["maximum"] is None else r["maximum"]]
@@ -60,7 +63,8 @@ def cmd_divergences(args) -> int:
 # ------------------------------------------------------------------- train ---
 def cmd_train(args) -> int:
     from divgen import runs, train
-    from divgen.config import Config
+
+    Config = config.Config
 
     given = {f.name: getattr(args, f.name) for f in fields(Config) if f.metadata["flag"] and getattr(args, f.name, None) is not None}
     if args.resume:
@@ -81,33 +85,33 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from divgen import config
-
-    for f in fields(config.Config):
-        meta = f.metadata
-        if not meta["flag"]:
-            continue
-        flag = config.flag_name(f.name)
-        if meta["kind"] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{meta['help']} (default: {'yes' if f.default else 'no'})")
-            continue
-        p.add_argument(
-            flag,
-            type=number(meta["kind"], flag, meta["bounds"]) if meta["kind"] in (int, float) else meta["kind"],
-            default=None,  # None = not given; the Config and the model family hold the real default
-            metavar=f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
-            help=meta["help"] + ("" if config.default_text(f.name) == "None" else f" (default: {config.default_text(f.name)})"),
-        )
+def _add_config_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
+    by_name = {f.name: f for f in fields(config.Config)}
+    for title, names in config.FLAG_GROUPS.items():
+        p = groups[title]
+        for name in names:
+            meta = by_name[name].metadata
+            flag = config.flag_name(name)
+            if meta["kind"] is bool:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{meta['help']} (default: {'yes' if by_name[name].default else 'no'})")
+                continue
+            default = config.default_text(name)
+            p.add_argument(
+                flag,
+                type=number(meta["kind"], flag, meta["bounds"]) if meta["kind"] in (int, float) else meta["kind"],
+                default=None,  # None = not given; the Config and the model family hold the real default
+                metavar=name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}",
+                help=meta["help"] + ("" if default == "None" else f" (default: {default})"),
+            )
 
 
 # ------------------------------------------------------------------ sample ---
 def cmd_sample(args) -> int:
-    from divgen import runs, sample_files
+    from divgen import results, sample_files
 
     out = sample_files.check_output(args.output, args.overwrite)
-    trained = runs.load_run(Path(args.run))
+    trained = results.load_run(Path(args.run))
     sample_files.write(out, trained.nets, args.n, args.seed, trained.spec.event_shape, label=args.label, quiet=args.json)
     dim = trained.spec.dim
     _emit(args, {"output": str(out), "n": args.n, "dim": dim, "format": out.suffix.lower().lstrip(".")},
@@ -119,13 +123,13 @@ def cmd_sample(args) -> int:
 def cmd_encode(args) -> int:
     import numpy as np
 
-    from divgen import data, runs, sample_files
+    from divgen import data, files, results, sample_files
 
     out = sample_files.check_output(args.output, args.overwrite, formats=(".npy",))
-    trained = runs.load_run(Path(args.run))
+    trained = results.load_run(Path(args.run))
     x, y, shape = data.read_file(args.data)
-    codes = runs.encode(trained, x, y, shape)
-    runs.atomic_write(out, lambda fh: np.save(fh, codes.numpy()))
+    codes = results.encode(trained, x, y, shape)
+    files.atomic_write(out, lambda fh: np.save(fh, codes.numpy()))
     _emit(args, {"output": str(out), "n": codes.shape[0], "dim": codes.shape[1]},
           f"wrote {codes.shape[0]} codes of dimension {codes.shape[1]} to {out}")
     return 0
@@ -167,28 +171,15 @@ def _read_pair(args):
     return a, b
 
 
-# `divgen test --method` choices, the names of evaluate.TEST_METHODS (a literal here so that
-# `divgen --help` imports no torch; a test checks that the two agree), and what each statistic is
-TESTS = {
-    "mmd-agg": "smallest per-kernel permutation p-value: Gaussian MMD² at 6 bandwidths and the energy distance, "
-               "one min-p calibrated p-value (default; sees narrow modes and broad shifts)",
-    "energy": "unbiased energy distance, permutation p-value",
-    "c2st-logit": "mean held-out classifier logit on A minus on B, clipped to |logit| ≤ log n (Gaussian, quadratic "
-                  "or MLP classifier), exact permutation p-value",
-    "c2st": "held-out classifier accuracy, exact hypergeometric p-value",
-    "mmd": "unbiased MMD², Gaussian kernel at the median-heuristic bandwidth, permutation p-value",
-}
-
-
 def cmd_test(args) -> int:
-    from divgen import evaluate
+    from divgen import two_sample
 
     a, b = _read_pair(args)
     work = "training a classifier" if args.method == "c2st" else f"{args.permutations} permutations"  # c2st-logit: both
     with announce(f"test: {work} …", quiet=args.json):
-        result = evaluate.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
+        result = two_sample.two_sample_test(a, b, args.method, seed=args.seed, permutations=args.permutations)
     reject = result.p_value <= args.alpha
-    what = TESTS[result.method].split(",")[0]
+    what = catalog.TEST_METHODS[result.method].split(",")[0]
     verdict = "reject" if reject else "do not reject"
     _emit(args, jsonout.strict({**asdict(result), "alpha": args.alpha, "reject": reject}),
           f"{result.method}: statistic {result.statistic:.6g} ({what}), p-value {result.p_value:.4g}, "
@@ -197,14 +188,14 @@ def cmd_test(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from divgen import evaluate
+    from divgen import estimators
 
     a, b = _read_pair(args)
     with announce(f"estimate: {args.method} estimate of {args.divergence} …", quiet=args.json):
-        e = evaluate.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
+        e = estimators.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
     bound = (f"\n{e.divergence}(A‖B) ≥ {e.lower_bound:.6g} with {args.confidence:.0%} confidence (certified lower bound)"
              if e.lower_bound is not None else "\nno certified lower bound for this method")
-    note = evaluate.extrapolation_note(e.to_dict())
+    note = estimators.extrapolation_note(e.to_dict())
     _emit(args, e.to_dict(),
           f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   "
           + (f"{args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}] (the estimator's spread, not its bias)"
@@ -227,9 +218,9 @@ def _demo_args(p):
     p.add_argument("--out", help="directory for the runs and the figure (default: a new ./divgen-demo*)")
     p.add_argument("--quick", action="store_true", help="20 steps per run: checks that everything runs, in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
-    p.add_argument("--figure", choices=("disjoint", "film"),
-                   help="instead, one of the lecture's pictures: disjoint (a saturated GAN discriminator gives no gradient "
-                   "across disjoint supports, a WGAN critic does) or film (a 1-D GAN's training as a GIF and a strip)")
+    p.add_argument("--figure", choices=tuple(catalog.DEMO_FIGURES),
+                   help="instead, one of the lecture's pictures: "
+                   + "; ".join(f"{k} ({v})" for k, v in catalog.DEMO_FIGURES.items()))
 
 
 def _divergences_args(p):
@@ -237,10 +228,12 @@ def _divergences_args(p):
 
 
 def _train_args(p):
-    p.add_argument("--out", help="new run directory")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
-    _add_config_flags(p)
+    groups = {title: p.add_argument_group(title) for title in config.FLAG_GROUPS}
+    out = groups["run and output"]
+    out.add_argument("--out", help="new run directory")
+    out.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint")
+    out.add_argument("--overwrite", action="store_true", help="replace divgen's files in an existing --out (other files are kept)")
+    _add_config_flags(groups)
 
 
 def _seed(p, help):
@@ -256,12 +249,14 @@ def _sample_args(p):
                         ".csv (no header), or .png (a grid of images, for image data)")
     _seed(p, "noise seed")
     p.add_argument("--label", type=number(int, "--label", limits.NON_NEGATIVE),
-                   help="a conditional model (cgan, cvae): draw this class only")
+                   help="a conditional model (" + ", ".join(f.name for f in catalog.FAMILIES.values() if f.conditional)
+                   + "): draw this class only")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
 def _encode_args(p):
-    p.add_argument("run", help="run directory of a bigan, vae or cvae")
+    p.add_argument("run", help="run directory of a model with an encoder: "
+                   + ", ".join(f.name for f in catalog.FAMILIES.values() if f.encoder))
     p.add_argument("data", help="samples to encode: .npy/.npz/.csv (a cvae needs their labels: a .npz with 'y')")
     p.add_argument("-o", "--output", required=True, help="output .npy file, one code per row")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
@@ -282,8 +277,9 @@ def _compare_args(p):
 def _test_args(p):
     p.add_argument("a", help="samples A (.npy/.npz/.csv, one sample per row)")
     p.add_argument("b", help="samples B, same dimension")
-    p.add_argument("--method", default="mmd-agg", choices=tuple(TESTS), metavar="{" + ",".join(TESTS) + "}",
-                   help="; ".join(f"{k}: {v}" for k, v in TESTS.items()) + " (default: mmd-agg)")
+    tests = catalog.TEST_METHODS
+    p.add_argument("--method", default="mmd-agg", choices=tuple(tests), metavar="{" + ",".join(tests) + "}",
+                   help="; ".join(f"{k}: {v}" for k, v in tests.items()) + " (default: mmd-agg)")
     p.add_argument("--alpha", type=number(float, "--alpha", PROBABILITY), default=0.05,
                    help="significance level of the verdict, in (0, 1) (default: 0.05)")
     p.add_argument("--permutations", type=number(int, "--permutations", AT_LEAST_1), default=500,
@@ -295,7 +291,7 @@ def _estimate_args(p):
     p.add_argument("a", help="samples A, playing P (the data)")
     p.add_argument("b", help="samples B, playing Q (the model)")
     p.add_argument("--divergence", required=True, help="any f-divergence name (see `divgen divergences`) or wasserstein")
-    p.add_argument("--method", default="critic", choices=("critic", "knn"),
+    p.add_argument("--method", default="critic", choices=catalog.ESTIMATION_METHODS,
                    help="critic: cross-fitted classifier plug-in with a certified lower bound (wasserstein: a "
                         "gradient-penalty critic, an estimate only); knn: k-nearest neighbours, kl and "
                         "reverse-kl of continuous data (default: critic)")
@@ -319,14 +315,14 @@ COMMANDS = {
                     ("divgen.recipes",)),
     "train": (cmd_train, "train a generator by minimizing a divergence", _train_args, ("divgen.train",)),
     "sample": (cmd_sample, "draw samples from a trained run", _sample_args,
-               ("divgen.train", "divgen.sample_files")),
-    "encode": (cmd_encode, "latent codes of samples, from a model with an encoder (bigan: E(x); vae, cvae: the posterior mean)",
-               _encode_args, ("divgen.train", "divgen.sample_files")),
+               ("divgen.results", "divgen.sample_files")),
+    "encode": (cmd_encode, "latent codes of samples, from a model with an encoder (E(x); for a VAE the posterior mean)",
+               _encode_args, ("divgen.results", "divgen.sample_files")),
     "compare": (cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side",
-                _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.evaluate")),
-    "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.evaluate",)),
+                _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.estimators", "divgen.two_sample")),
+    "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.two_sample",)),
     "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval", _estimate_args,
-                 ("divgen.evaluate",)),
+                 ("divgen.estimators",)),
     "evaluate": (cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes",
                  _evaluate_args, ("divgen.evaluate", "divgen.train")),
 }

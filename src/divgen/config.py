@@ -1,7 +1,8 @@
 """The run configuration: every field with its one-line help, per-family defaults, validation.
 
 A field whose default is `None` takes its value from the model family's row
-(families.py), then from GLOBAL. `resolve(cfg)` returns the fully resolved
+(catalog.FAMILIES), then from catalog.GLOBAL. Like the catalog, this module
+imports no torch: `--help` is built from it. `resolve(cfg)` returns the fully resolved
 Config that is saved as config.json; `--help` shows each family's value.
 """
 
@@ -10,8 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from divgen import data as datasets
-from divgen import families, limits, recipes
+from divgen import catalog, limits
 from divgen.errors import InputError
 from divgen.limits import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED
 
@@ -34,24 +34,26 @@ def flag_name(name: str) -> str:
 class Config:
     """Everything that defines a training run; saved resolved as config.json."""
 
-    data: str = option("ring8", f"built-in data set ({', '.join(datasets.BUILTIN)}; digits' pixels are rescaled from "
+    data: str = option("ring8", f"built-in data set ({', '.join(catalog.DATASETS)}; digits' pixels are rescaled from "
                        "0–16 to [0, 1]) or a .npy/.npz/.csv file, one sample per row (a 1-D .npy is N×1; a CSV may have "
                        "a header row and # comment lines; images: N×H×W or N×C×H×W in a .npz); recorded as an absolute path")
     model: str = option("auto", "model family: auto (conv for image data, mlp otherwise); "
-                        + "; ".join(f"{f.name}: {f.help}" for f in families.FAMILIES.values()), ("auto", *families.NAMES))
-    divergence: str | None = option(None, f"divergence to minimize: {', '.join(recipes.NAMES)}", kind=str)
+                        + "; ".join(f"{f.name}: {f.help}" for f in catalog.FAMILIES.values()), catalog.MODELS)
+    divergence: str | None = option(None, f"divergence to minimize: {', '.join(catalog.DIVERGENCES)}", kind=str)
+    objective: str = option("", "the terms the run's loss adds up (recipes.TERMS), recorded by resolve from the family "
+                            "and the divergence: e.g. f-gan, elbo, reconstruction + f-gan", flag=False)
     generator_loss: str = option(
         "auto", "f-GAN generator loss: auto is minimax for density models (gaussian) and nonsaturating for neural "
         "generators; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
         "fixed point Q = P and avoids early saturation; minimax minimizes the bound itself, whose gradient at the "
-        "optimal critic is the gradient of the named divergence", recipes.GENERATOR_LOSSES)
+        "optimal critic is the gradient of the named divergence", catalog.GENERATOR_LOSSES)
     lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: weight clipping (--clip), the "
                             "gradient penalty (--critic-penalty gp), spectral normalization (--spectral-norm)",
-                            recipes.LIPSCHITZ)
+                            catalog.LIPSCHITZ)
     critic_penalty: str | None = option(None, "a penalty added to the critic's loss: gp, the gradient penalty "
                                         "E[(‖∇V(x̂)‖ − 1)²] at random interpolates of real and generated samples "
                                         "(Gulrajani et al. 2017); r1, ½E_P[‖∇V(x)‖²] on real data (Mescheder et al. "
-                                        "2018); none", recipes.PENALTIES, kind=str)
+                                        "2018); none", catalog.PENALTIES, kind=str)
     penalty_weight: float | None = option(None, "weight of --critic-penalty, which measures an f-GAN critic's slope per standard "
                                           "deviation of each coordinate, so a weight holds in any units (default: 10 "
                                           "for gp; 0.125 for r1, 8 on images)", kind=float,
@@ -108,14 +110,16 @@ class Config:
         return cls(**values)
 
 
-# Values every family shares unless its row says otherwise.
-GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128, depth=2,
-              noise_dim=8, critic_penalty="none", penalty_weight=None, spectral_norm=False, ema=0.0)
-# --penalty-weight when not given, by penalty; the penalty measures slopes per standard deviation
-# (recipes.Penalty). R1's was chosen on PacGAN's ring and grid (docs/modes.md); a conv critic on digits
-# did best with a pull about 64 times stronger (Fréchet distance 50 at 7 and 8, 59–64 at 1, 4 and 16; benchmarks/digits.py)
-PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 0.125}
-IMAGE_PENALTY_WEIGHTS = dict(PENALTY_WEIGHTS, r1=8.0)
+# `train --help` shows the flags in these groups, in this order.
+FLAG_GROUPS = {
+    "data": ("data", "n_data", "holdout"),
+    "model": ("model", "width", "depth", "noise_dim", "likelihood", "init_std"),
+    "objective": ("divergence", "generator_loss", "lipschitz", "clip"),
+    "stabilizers": ("critic_penalty", "penalty_weight", "spectral_norm", "pack", "ema"),
+    "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "on_nan", "bf16", "compile"),
+    "run and output": ("seed", "device", "log_every", "checkpoint_every", "keep_checkpoints", "n_samples", "figures",
+                       "tensorboard"),
+}
 # Keys that may change when a run is resumed; any other differing key is a conflict.
 RESUMABLE = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "on_nan", "figures", "tensorboard", "bf16", "compile"}
 
@@ -138,16 +142,16 @@ def family_default(name: str, family: str, image: bool = False):
     f = {x.name: x for x in fields(Config)}[name]
     if f.default is not None:
         return f.default
-    row = families.FAMILIES[family]
-    value = row.defaults.get(name, GLOBAL[name])
+    row = catalog.FAMILIES[family]
+    value = row.defaults.get(name, catalog.GLOBAL[name])
     return row.image_defaults.get(name, value) if image else value
 
 
 def default_text(name: str) -> str:
     """The default of a field for --help: one value, or the families that differ from the most common one."""
-    values = {fam: family_default(name, fam) for fam in families.NAMES}
+    values = {fam: family_default(name, fam) for fam in catalog.FAMILIES}
     values |= {f"{fam} on images": family_default(name, fam, image=True)
-               for fam, row in families.FAMILIES.items() if name in row.image_defaults}
+               for fam, row in catalog.FAMILIES.items() if name in row.image_defaults}
     texts = [repr(v) if isinstance(v, str) else str(v) for v in values.values()]
     common = max(set(texts), key=texts.count)
     others = [f"{t} for {fam}" for fam, t in zip(values, texts) if t != common]
@@ -164,15 +168,15 @@ def resolve(cfg: Config, data=None) -> Config:
     model = cfg.model
     if model == "auto":
         model = "conv" if data is not None and data.spec.image else "mlp"
-    if model not in families.FAMILIES:
-        raise InputError(f"--model {cfg.model!r} is not one of auto, {', '.join(families.NAMES)}")
-    family = families.FAMILIES[model]
+    if model not in catalog.FAMILIES:
+        raise InputError(f"--model {cfg.model!r} is not one of {', '.join(catalog.MODELS)}")
+    family = catalog.FAMILIES[model]
     out = replace(cfg, model=model)
     image = data is not None and data.spec.image
     if out.divergence is None:
         out = replace(out, divergence=family_default("divergence", model, image))
     # wasserstein's Lipschitz method decides the penalty and the normalization it leaves unset
-    if recipes.row(out.divergence).estimator == "lipschitz":
+    if catalog.divergence_kind(out.divergence) == "wasserstein":
         if out.critic_penalty is None:  # the Lipschitz method, not the family, decides the penalty
             out = replace(out, critic_penalty="gp" if out.lipschitz == "gp" else "none")
         if out.spectral_norm is None and out.lipschitz == "sn":
@@ -180,18 +184,23 @@ def resolve(cfg: Config, data=None) -> Config:
     filled = {f.name: family_default(f.name, model, image) for f in fields(Config) if getattr(out, f.name) is None}
     out = replace(out, **filled)
     if out.penalty_weight is None:
-        weights = IMAGE_PENALTY_WEIGHTS if image else PENALTY_WEIGHTS
+        weights = catalog.IMAGE_PENALTY_WEIGHTS if image else catalog.PENALTY_WEIGHTS
         out = replace(out, penalty_weight=weights.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
         out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
-    if out.data not in datasets.BUILTIN:  # a file: the run must find it again from any directory
+    if out.data not in catalog.DATASETS:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
     inside = data is not None and bool(((data.train >= 0) & (data.train <= 1)).all())  # Bernoulli's range
-    if out.likelihood == "auto" and data is not None and family.recipe == "elbo":
+    if out.likelihood == "auto" and data is not None and family.decoder:
         out = replace(out, likelihood="bernoulli" if inside else "gaussian")
     if family.divergences is not None and out.divergence not in family.divergences:
-        raise InputError(f"--model {model} trains by {family.recipe or 'its own objective'} "
+        raise InputError(f"--model {model} trains by {family.own_loss or 'its own objective'} "
                          f"(divergence {' or '.join(family.divergences)}), not {out.divergence!r}")
+    objective = family.objective(out.divergence)  # the objective, chosen here once; recipes.build looks it up
+    if out.objective not in ("", objective):
+        raise InputError(f"objective {out.objective!r} is not what --model {model} with --divergence {out.divergence} "
+                         f"trains by ({objective!r}); was config.json edited?")
+    out = replace(out, objective=objective)
     if data is not None:
         family.check(data.spec)
         if out.likelihood == "bernoulli" and not inside:
@@ -212,7 +221,7 @@ def validate(cfg: Config) -> Config:
             raise InputError(f"{flag} {value!r} is not one of {', '.join(choices)}")
         if f.metadata["bounds"] is not None:
             f.metadata["bounds"].check(flag, value)
-    recipes.check_name(cfg.divergence)
+    catalog.parse_divergence(cfg.divergence)
     if cfg.compile and cfg.critic_penalty != "none" and cfg.penalty_weight > 0:
         # the penalty differentiates the critic's gradient; compiled graphs have no double backward
         raise InputError(f"--compile: the {cfg.critic_penalty} penalty needs a second derivative, which compiled "

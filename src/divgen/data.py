@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from divgen import limits
+from divgen import catalog, limits
 from divgen.densities import CurveMixture, gaussian_mixture
 from divgen.errors import InputError, warn
 
@@ -144,7 +144,6 @@ TOYS: dict[str, Toy] = {
     "swissroll": Toy(lambda: CurveMixture([_swissroll], sigma=0.1)),
     "moons": Toy(lambda: CurveMixture([_moon_upper, _moon_lower], sigma=0.1)),
 }
-BUILTIN = tuple(TOYS) + ("digits", "mnist1d")
 FILE_TYPES = (".npy", ".npz", ".csv")
 
 
@@ -224,7 +223,7 @@ def _toy_bytes(name: str, n: int, holdout: float) -> int:
 def fingerprint(name: str, expected: str = "") -> str:
     """SHA-256 of a data file's bytes ("" for a built-in set). InputError if it differs from
     `expected` (a run's config.json): the file changed since the run was trained."""
-    if name in BUILTIN:
+    if name in catalog.DATASETS:
         return ""
     h = hashlib.sha256()
     try:
@@ -278,7 +277,7 @@ def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
         raise InputError(f"data {str(path)!r} is a directory; give a .npy, .npz or .csv file")
     if ext not in FILE_TYPES:
         raise InputError(
-            f"data {str(path)!r}: not a built-in data set ({', '.join(BUILTIN)}) "
+            f"data {str(path)!r}: not a built-in data set ({', '.join(catalog.DATASETS)}) "
             f"nor a {'/'.join(FILE_TYPES)} file"
         )
     if not path.is_file():
@@ -401,20 +400,6 @@ def check_varies(x, where: str) -> None:
     if len(x) and (x == x[:1]).all():
         raise InputError(f"data {where!r} is constant: all {len(x)} rows are the same point, so there is no "
                          "distribution to fit or compare (zero variance)")
-
-
-def duplicate_rows(x, y=None) -> int:
-    """Rows of x (N, d) that repeat an earlier row of x, or, with y (M, d), rows of x that also occur in y."""
-    x = np.asarray(x)
-    if y is None:
-        return len(x) - len(np.unique(x, axis=0))
-    y = np.unique(np.asarray(y), axis=0)
-    both = np.concatenate([np.unique(x, axis=0), y])
-    shared = len(both) - len(np.unique(both, axis=0))  # distinct rows of x that are rows of y
-    if not shared:
-        return 0
-    in_y = {row.tobytes() for row in y}
-    return sum(row.tobytes() in in_y for row in x)
 
 
 def _validate_labels(y, n: int, where: str) -> np.ndarray | None:

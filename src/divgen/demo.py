@@ -18,6 +18,7 @@ from divgen import data as datasets
 from divgen import families, plots, runs
 from divgen.config import Config
 from divgen.fit import fit_mle
+from divgen.results import load_run
 from divgen.train import train
 
 # Every run uses its family's defaults: the Gaussian model's `auto` generator loss
@@ -110,14 +111,13 @@ def _figure(path: Path, out: Path, fits: dict) -> None:
 
 
 # ------------------------------------------------------------- the lecture's pictures ---
-FIGURES = ("disjoint", "film")
 
 
 def disjoint(out: Path, quick: bool = False) -> dict:
     """Disjoint supports: data N(0, 0.1²), model N(4, 0.1²), fixed samples of each.
 
     A GAN discriminator (logistic regression of data against model samples) and
-    a WGAN-GP critic are trained on them to convergence (evaluate.fit_critic).
+    a WGAN-GP critic are trained on them to convergence (critics.fit_critic).
     The generator's gradient at its samples: for the GAN's minimax loss
     E log(1 − D(G(z))), ∂/∂x log(1 − D(x)) = −σ(V(x))·V'(x), which vanishes once D
     saturates at 0 on the model's samples; for WGAN, ∂V/∂x, whose magnitude the
@@ -126,22 +126,22 @@ def disjoint(out: Path, quick: bool = False) -> dict:
     import torch
     from torch import nn
 
-    from divgen import config, evaluate, recipes
+    from divgen import config, critics, recipes
     from divgen.models import critic_pair
 
     gen = torch.Generator().manual_seed(0)
     p = 0.1 * torch.randn(2000, 1, generator=gen)
     q = 4 + 0.1 * torch.randn(2000, 1, generator=gen)
     steps = 50 if quick else 3000
-    gan = evaluate.new_critic(p, q, 64, 2, seed=1, activation=nn.ReLU)
-    evaluate.fit_critic(gan, evaluate.logistic_objective, p, q, gen, steps=steps, lr=1e-3, val_fraction=0.0)
+    gan = critics.new_critic(p, q, 64, 2, seed=1, activation=nn.ReLU)
+    critics.fit_critic(gan, critics.logistic_objective, p, q, gen, steps=steps, lr=1e-3, val_fraction=0.0)
     recipe = recipes.build(config.resolve(Config(divergence="wasserstein", lipschitz="gp")), p)
 
     def wgan_objective(critic, a, b, rng):  # the training recipe's own critic loss, to maximize
-        return -(recipe.critic_loss(*critic_pair(critic, a, b)) + recipe.penalty(critic, (a,), (b,), rng))
+        return -(recipe.adversarial.critic_loss(*critic_pair(critic, a, b)) + recipe.adversarial.penalty(critic, (a,), (b,), rng))
 
-    wgan = evaluate.new_critic(p, q, 64, 2, seed=2, activation=nn.ReLU)
-    evaluate.fit_critic(wgan, wgan_objective, p, q, gen, steps=steps, lr=1e-3, val_fraction=0.0)
+    wgan = critics.new_critic(p, q, 64, 2, seed=2, activation=nn.ReLU)
+    critics.fit_critic(wgan, wgan_objective, p, q, gen, steps=steps, lr=1e-3, val_fraction=0.0)
 
     x = q.clone().requires_grad_(True)  # the model's samples
     (g_gan,) = torch.autograd.grad(-torch.nn.functional.softplus(gan(x)).sum(), x)  # log(1 − σ(V)) = −softplus(V)
@@ -187,7 +187,7 @@ def film(out: Path, quick: bool = False, frames: int = 12) -> dict:
     p = ds.density.log_prob(u).exp()
     images = []
     for path in runs.checkpoints(run):
-        trained = runs.load_run(run, checkpoint=path)
+        trained = load_run(run, checkpoint=path)
         x = families.draw(trained.nets, 5000, 1).numpy()[:, 0]
         with torch.no_grad():
             d = torch.sigmoid(trained.nets["critic"](u))

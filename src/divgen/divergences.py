@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from divgen import catalog
 from divgen.errors import InputError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -361,42 +362,18 @@ _FIXED: dict[str, Callable[[], Divergence]] = {
     "gan": _gan,
     "tv": _tv,
 }
-PARAMETRIC = ("alpha:A", "js-weighted:PI")
-F_DIVERGENCES = tuple(_FIXED) + PARAMETRIC
 # Representative parameters, used by the table and the tests.
 EXAMPLES = tuple(_FIXED) + ("alpha:-1", "alpha:0.5", "alpha:2", "alpha:3", "js-weighted:0.25")
 
 
-def _parameter(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"divergence {name!r}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise InputError(f"divergence {name!r}: the parameter must be finite")
-    return value
-
-
-class UnknownDivergence(InputError):
-    """No f-divergence has this name (it may still name another divergence; see recipes.NAMES)."""
-
-
 def get(name: str) -> Divergence:
-    """The f-divergence called `name` (see F_DIVERGENCES); InputError if there is none."""
-    if name in _FIXED:
-        return _FIXED[name]()
-    head, sep, tail = name.partition(":")
-    if sep and head == "alpha":
-        a = _parameter(name, tail)
-        if a in (0.0, 1.0):
-            raise InputError(f"divergence {name!r}: α must not be 0 or 1 (those limits are reverse-kl and kl)")
-        return _alpha(a)
-    if sep and head == "js-weighted":
-        pi = _parameter(name, tail)
-        if not 0 < pi < 1:
-            raise InputError(f"divergence {name!r}: π must lie strictly between 0 and 1")
-        return _js_weighted(pi)
-    raise UnknownDivergence(f"{name!r} is not an f-divergence; valid: {', '.join(F_DIVERGENCES)}")
+    """The f-divergence called `name` (one of catalog.F_DIVERGENCES, parameters filled in); InputError if there is none."""
+    head, parameter = catalog.parse_divergence(name)
+    if parameter is not None:
+        return _alpha(parameter) if head == "alpha" else _js_weighted(parameter)
+    if head not in _FIXED:
+        raise InputError(f"{name!r} is not an f-divergence; valid: {', '.join(catalog.F_DIVERGENCES)}")
+    return _FIXED[head]()
 
 
 def table(names=EXAMPLES) -> list[dict]:

@@ -1,94 +1,93 @@
-"""Model families (`--model`): one record per family, and the loop never names one.
+"""Model families (`--model`): the networks of each row of catalog.FAMILIES, and what its divergence compares.
 
-A family says which networks it builds, what the critic sees of real data and
-of model samples (its *view*), what data it needs (labels, images), which
-objective trains it when that is not the divergence's own (the ELBO of a VAE),
-and its own defaults: a Gaussian density model wants a few critic steps per
-generator step and a large learning rate, an MLP generator the usual GAN
-settings. Networks live in one `nn.ModuleDict`; the one named "critic" is the
+A family's row (catalog.py) says what it needs: a decoder or a plain generator,
+an encoder, labels, and which space its divergence compares (`compares`: data,
+labelled data, (x, code) pairs, or latent codes against the prior). This module
+builds the networks those fields ask for, and the *view* of each space: what the
+critic (or a kernel) sees of a data batch and of the model. The loop never names
+a family. Networks live in one `nn.ModuleDict`; the one named "critic" is the
 critic side, every other one the generator side (generator, encoder).
 Checkpoints, resume, distributed training, sampling and loading iterate over
 that dict.
 
-The latent and conditional families use convolutional networks for image data
-(an event shape (H, W) or (C, H, W)) and MLPs for vectors.
+The networks are convolutional for image data (an event shape (H, W) or
+(C, H, W)) and MLPs for vectors; a latent critic is always an MLP.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
 
-from divgen import recipes
+from divgen import catalog
 from divgen.data import Batch, Spec
 from divgen.errors import InputError
-from divgen.models import (ConvCritic, ConvGenerator, ConvUp, Decoder, GaussianModel, MLPCritic, MLPGenerator,
+from divgen.models import (ConvCritic, conv_generator, ConvUp, Decoder, GaussianModel, MLPCritic, mlp_generator,
                            Standardize, Views, conv_encoder, mlp, mlp_encoder)
 
 CRITIC = "critic"  # the name of the critic-side network in every family's ModuleDict
 EMA = "generator_ema"  # the moving average of the generator's weights, when --ema is on
 
 
+class Pair(NamedTuple):
+    """What the divergence compares in one step: views of P (the data side) and of Q (the model side)."""
+
+    real: Views
+    fake: Views
+
+
 @dataclass(frozen=True)
 class View:
-    """What the critic sees: of a data batch, and of generated samples x = G(z, y)."""
+    """How a space is seen: pair(nets, batch, z) -> Pair, for a data batch and the step's noise z."""
 
-    real: Callable[[nn.ModuleDict, Batch], Views]
-    fake: Callable[[nn.ModuleDict, torch.Tensor, torch.Tensor | None], Views]  # (nets, z, y)
+    pair: Callable[[nn.ModuleDict, Batch, torch.Tensor], Pair]
     # the real views move with the generator side (an encoder's codes E(x)), which then trains on them
-    real_trains_generator: bool = False
+    real_moves: bool = False
 
 
-# The critic sees samples only.
-PLAIN = View(real=lambda nets, batch: (batch.x,), fake=lambda nets, z, y: (nets["generator"](z, y),))
-# Conditional GAN: the critic sees (x, y), generated samples carry the real batch's labels.
-CONDITIONAL = View(real=lambda nets, batch: (batch.x, batch.y), fake=lambda nets, z, y: (nets["generator"](z, y), y))
-# BiGAN (Donahue et al. 2017; ALI, Dumoulin et al. 2017): the critic tells (x, E(x)) from (G(z), z).
-BIDIRECTIONAL = View(real=lambda nets, batch: (batch.x, nets["encoder"](batch.x)),
-                     fake=lambda nets, z, y: (nets["generator"](z), z), real_trains_generator=True)
+def _codes(nets: nn.ModuleDict, batch: Batch) -> torch.Tensor:
+    return nets["encoder"](batch.x, batch.y)
 
 
-@dataclass(frozen=True)
-class Family:
-    """A row of the family table."""
+# One per key of catalog.COMPARES.
+VIEWS: dict[str, View] = {
+    # the critic sees samples only (an unconditional generator ignores the labels)
+    "data": View(lambda nets, batch, z: Pair((batch.x,), (nets["generator"](z, batch.y),))),
+    # conditional GAN: the critic sees (x, y); generated samples carry the real batch's labels
+    "labelled": View(lambda nets, batch, z: Pair((batch.x, batch.y), (nets["generator"](z, batch.y), batch.y))),
+    # BiGAN (Donahue et al. 2017; ALI, Dumoulin et al. 2017): the critic tells (x, E(x)) from (G(z), z)
+    "pairs": View(lambda nets, batch, z: Pair((batch.x, _codes(nets, batch)), (nets["generator"](z), z)), real_moves=True),
+    # adversarial autoencoder (Makhzani et al. 2015): prior draws z ~ N(0, I) against codes E(x) ~ q(z)
+    "latent": View(lambda nets, batch, z: Pair((z[:, : nets["encoder"].latent_dim],), (_codes(nets, batch),))),
+}
 
-    name: str
-    help: str
-    build: Callable  # (cfg, spec, x (N, d), y (N,) or None, gen) -> nn.ModuleDict of the generator side
-    defaults: dict = field(default_factory=dict)  # Config fields this family sets differently
-    image_defaults: dict = field(default_factory=dict)  # and on image data, where it differs again
-    view: View = PLAIN
-    # a density model: the `auto` generator loss is minimax, whose gradient at the
-    # optimal critic is the gradient of the named divergence even when the model
-    # cannot match the data; see config.resolve
-    parametric: bool = False
-    conditional: bool = False  # needs labels; `sample --label K` draws class K
-    images_only: bool = False
-    recipe: str | None = None  # the objective that trains it regardless of --divergence ("elbo")
-    divergences: tuple[str, ...] | None = None  # the only divergence names it accepts (None: any)
 
-    def check(self, spec: Spec) -> None:
-        """InputError if the data cannot train this family."""
-        if self.conditional and not spec.n_classes:
-            raise InputError(f"--model {self.name} needs labelled data (a .npz with integer labels 'y', or digits, mnist1d)")
-        if self.images_only and not spec.image:
-            raise InputError(f"--model {self.name} needs image data (N×H×W or N×C×H×W); got samples of shape {spec.event_shape}")
+def view(cfg) -> View | None:
+    """The view of a resolved Config's family, None if its divergence compares nothing (a VAE)."""
+    compares = catalog.FAMILIES[cfg.model].compares
+    return None if compares is None else VIEWS[compares]
 
-    def networks(self, cfg, spec: Spec, x: torch.Tensor, y: torch.Tensor | None, recipe, seed: int) -> nn.ModuleDict:
-        """The family's networks for data like x (N, d) with labels y, initialized from `seed`
-        without touching the global RNG."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            nets = self.build(cfg, spec, x, y, torch.Generator().manual_seed(seed))
-            if recipe.uses_critic:
-                nets[CRITIC] = _critic(cfg, spec, x, recipe.spectral_norm, self.view, nets)
-        if cfg.ema:  # the averaged generator: no gradients, updated by the loop, saved with the networks
-            nets[EMA] = copy.deepcopy(nets["generator"]).requires_grad_(False)
-        return nets
+
+def networks(cfg, spec: Spec, x: torch.Tensor, y: torch.Tensor | None, recipe, seed: int) -> nn.ModuleDict:
+    """The networks of a resolved Config's family for data like x (N, d) with labels y, initialized from
+    `seed` without touching the global RNG: the generator (or decoder), an encoder if the row has one, a
+    critic if the recipe has an adversarial term, and the generator's moving average with --ema."""
+    family = catalog.FAMILIES[cfg.model]
+    k = spec.n_classes if family.conditional else 0  # labels into the generator side
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nets = nn.ModuleDict({"generator": _generator(cfg, family, spec, x, y, k, torch.Generator().manual_seed(seed))})
+        if family.encoder:
+            nets["encoder"] = _encoder(cfg, spec, x, k, gaussian=family.encoder == "gaussian")
+        if recipe.uses_critic:
+            nets[CRITIC] = _critic(cfg, family, spec, x, recipe.adversarial)
+    if cfg.ema:  # the averaged generator: no gradients, updated by the loop, saved with the networks
+        nets[EMA] = copy.deepcopy(nets["generator"]).requires_grad_(False)
+    return nets
 
 
 # ---------------------------------------------------------------- builders ---
@@ -105,101 +104,45 @@ def _class_probs(y: torch.Tensor | None, spec: Spec) -> torch.Tensor | None:
     return None if y is None else torch.bincount(y, minlength=spec.n_classes).float() / len(y)
 
 
-def _generator(cfg, spec: Spec, x: torch.Tensor, y, n_classes: int) -> nn.Module:
+def _generator(cfg, family: catalog.Family, spec: Spec, x: torch.Tensor, y, k: int, gen: torch.Generator) -> nn.Module:
+    probs = _class_probs(y, spec) if k else None
+    if family.parametric:
+        # start at a random data point with the data's spread: not at the data mean,
+        # which is a saddle point for mode-seeking divergences on symmetric data
+        start = x[torch.randint(len(x), (1,), generator=gen)][0]
+        return GaussianModel(start, Standardize.of(x).std * cfg.init_std)
+    if family.decoder:
+        z = cfg.noise_dim
+        body = ConvUp(z + k, spec.event_shape, _channels(cfg)) if spec.image else mlp(z + k, spec.dim, cfg.width, cfg.depth)
+        return Decoder(body, z, cfg.likelihood, _scaler(spec, x), k, probs)
     if spec.image:
-        return ConvGenerator(cfg.noise_dim, spec.event_shape, _channels(cfg), float(x.min()), float(x.max()), n_classes,
-                             _class_probs(y, spec) if n_classes else None)
-    return MLPGenerator(cfg.noise_dim, _scaler(spec, x), cfg.width, cfg.depth, n_classes, _class_probs(y, spec) if n_classes else None)
+        return conv_generator(cfg.noise_dim, spec.event_shape, _channels(cfg), float(x.min()), float(x.max()), k, probs)
+    return mlp_generator(cfg.noise_dim, _scaler(spec, x), cfg.width, cfg.depth, k, probs)
 
 
-def _critic(cfg, spec: Spec, x, spectral_norm: bool, view: View, nets) -> nn.Module:
-    n_classes = spec.n_classes if view is CONDITIONAL else 0
-    latent = cfg.noise_dim if view is BIDIRECTIONAL else 0
-    lipschitz = recipes.row(cfg.divergence).estimator == "lipschitz"  # its output in the data's units
+def _encoder(cfg, spec: Spec, x, k: int, gaussian: bool) -> nn.Module:
     if spec.image:
-        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), spectral_norm, n_classes, latent, cfg.pack,
-                          lipschitz)
-    return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, spectral_norm, n_classes=n_classes, latent_dim=latent,
-                     pack=cfg.pack, lipschitz=lipschitz)
+        return conv_encoder(_scaler(spec, x), spec.event_shape, _channels(cfg), cfg.noise_dim, k, gaussian)
+    return mlp_encoder(_scaler(spec, x), cfg.width, cfg.depth, cfg.noise_dim, k, gaussian)
 
 
-def _encoder(cfg, spec: Spec, x, latent: int, n_classes: int = 0, gaussian: bool = False) -> nn.Module:
+def _critic(cfg, family: catalog.Family, spec: Spec, x, adversarial) -> nn.Module:
+    sn, lipschitz = adversarial.spectral_norm, adversarial.lipschitz  # lipschitz: its output in the data's units
+    if family.compares == "latent":  # codes, in the prior's units
+        prior = Standardize(torch.zeros(cfg.noise_dim), torch.ones(cfg.noise_dim))
+        return MLPCritic(prior, cfg.width, cfg.depth, sn, pack=cfg.pack, lipschitz=lipschitz)
+    n_classes = spec.n_classes if family.compares == "labelled" else 0
+    latent = cfg.noise_dim if family.compares == "pairs" else 0
     if spec.image:
-        return conv_encoder(_scaler(spec, x), spec.event_shape, _channels(cfg), latent, n_classes, gaussian)
-    return mlp_encoder(_scaler(spec, x), cfg.width, cfg.depth, latent, n_classes, gaussian)
+        return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), sn, n_classes, latent, cfg.pack, lipschitz)
+    return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, sn, n_classes=n_classes, latent_dim=latent, pack=cfg.pack,
+                     lipschitz=lipschitz)
 
 
-def _gan(conditional: bool):
-    def build(cfg, spec, x, y, gen):
-        return nn.ModuleDict({"generator": _generator(cfg, spec, x, y, spec.n_classes if conditional else 0)})
-    return build
-
-
-def _bigan(cfg, spec, x, y, gen):
-    return nn.ModuleDict({"generator": _generator(cfg, spec, x, y, 0), "encoder": _encoder(cfg, spec, x, cfg.noise_dim)})
-
-
-def _vae(conditional: bool):
-    def build(cfg, spec, x, y, gen):
-        k = spec.n_classes if conditional else 0
-        latent = cfg.noise_dim
-        body = ConvUp(latent + k, spec.event_shape, _channels(cfg)) if spec.image else mlp(latent + k, spec.dim, cfg.width, cfg.depth)
-        decoder = Decoder(body, latent, cfg.likelihood, _scaler(spec, x), k, _class_probs(y, spec) if k else None)
-        return nn.ModuleDict({"generator": decoder, "encoder": _encoder(cfg, spec, x, latent, k, gaussian=True)})
-    return build
-
-
-def _gaussian(cfg, spec, x, y, gen):
-    # start at a random data point with the data's spread: not at the data mean,
-    # which is a saddle point for mode-seeking divergences on symmetric data
-    start = x[torch.randint(len(x), (1,), generator=gen)][0]
-    return nn.ModuleDict({"generator": GaussianModel(start, Standardize.of(x).std * cfg.init_std)})
-
-
-# Chosen on PacGAN's ring and grid (benchmarks/modes.py, docs/modes.md): the R1 penalty keeps
-# every mode, a 3×256 generator with a 5e-4 learning rate places samples sharply, and the
-# moving average of its weights removes the last jitter of the optimizer
-_GAN_DEFAULTS = dict(divergence="js", steps=10_000, critic_steps=1, batch_size=256, lr_generator=5e-4, lr_critic=5e-4,
-                     width=256, depth=3, critic_penalty="r1", ema=0.999)
-# a GAN on images: conv nets (see _gan), smaller batches, a larger latent
-_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000, width=128, depth=2, lr_generator=2e-4, lr_critic=2e-4)
-
-FAMILIES: dict[str, Family] = {
-    "mlp": Family("mlp", "an MLP generator x = G(z), z ~ N(0, I)", _gan(False), _GAN_DEFAULTS),
-    "conv": Family("conv", "a convolutional generator and critic, for images", _gan(False), dict(_GAN_DEFAULTS, **_ON_IMAGES),
-                   images_only=True),
-    "gaussian": Family(
-        "gaussian", "a Gaussian N(μ, LLᵀ) with learned μ and L (params.json); a density model", _gaussian,
-        # A few critic steps per generator step keep the critic near its optimum, so
-        # that the minimax gradient is the divergence's; a generator learning rate of
-        # 2e-3 moves the mean ~2 data units in ~1000 steps. On held-out 1-D mixtures
-        # these land within 0.001 nats of the exact minimizers (benchmarks/exact_vs_adversarial.py).
-        dict(divergence="js", steps=3000, critic_steps=5, batch_size=512, lr_generator=2e-3, lr_critic=1e-3,
-             width=64, depth=2),
-        parametric=True,
-    ),
-    "cgan": Family("cgan", "a conditional GAN: labels into the generator and the critic (projection for images)",
-                   _gan(True), _GAN_DEFAULTS, _ON_IMAGES, view=CONDITIONAL, conditional=True),
-    "bigan": Family("bigan", "BiGAN: a generator and an encoder E; the critic tells (x, E(x)) from (G(z), z)",
-                    _bigan, _GAN_DEFAULTS,
-                    # on digits an 8-D code and no penalty on the (x, z) pairs keep the encoder
-                    # informative: reconstructions keep their class 45% of the time, against 10%
-                    # with a 32-D code or R1 (benchmarks/digits.py)
-                    dict(_ON_IMAGES, noise_dim=8, critic_penalty="none"), view=BIDIRECTIONAL),
-    "vae": Family("vae", "a variational autoencoder trained on the ELBO (approximate maximum likelihood: kl)",
-                  _vae(False), dict(divergence="kl", steps=4000, batch_size=128, lr_generator=1e-3, noise_dim=16),
-                  recipe="elbo", divergences=("kl",)),
-    "cvae": Family("cvae", "a conditional VAE: labels into the encoder and the decoder",
-                   _vae(True), dict(divergence="kl", steps=4000, batch_size=128, lr_generator=1e-3, noise_dim=16),
-                   conditional=True, recipe="elbo", divergences=("kl",)),
-}
-NAMES = tuple(FAMILIES)
-
-
-def network_count(cfg, family: Family, recipe) -> int:
-    """How many networks `family` trains with `recipe`: the generator, an encoder (BiGAN, VAE), a critic,
-    the generator's moving average (--ema); limits.py sizes them before they are built."""
-    return 1 + int(family.view is BIDIRECTIONAL or family.recipe == "elbo") + int(recipe.uses_critic) + int(cfg.ema > 0)
+def network_count(cfg, recipe) -> int:
+    """How many networks a resolved Config trains with `recipe`: the generator, an encoder, a critic, the
+    generator's moving average (--ema); limits.py sizes them before they are built."""
+    return 1 + bool(catalog.FAMILIES[cfg.model].encoder) + recipe.uses_critic + bool(cfg.ema)
 
 
 def generator_side(nets: nn.ModuleDict) -> list[nn.Parameter]:

@@ -14,7 +14,6 @@ table with the exact forward KL, reverse KL and JS of every fit.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from torch.distributions import Distribution, MultivariateNormal
 
 from divgen import data as datasets
-from divgen import densities, divergences, objectives, recipes, runs
+from divgen import catalog, densities, divergences, files, recipes, runs
 from divgen.errors import InputError
 
 MODELS = ("gaussian",)
@@ -68,7 +67,7 @@ def parse_methods(text: str | list[str]) -> list[str]:
         if kind == "exact" and sep:
             divergences.get(name)  # only f-divergences have an exact E_Q[f(p/q)]
         elif kind == "adversarial" and sep:
-            recipes.check_name(name)
+            catalog.parse_divergence(name)
         else:
             raise InputError(f"unknown method {m!r}; valid: mle, exact:NAME, adversarial:NAME (NAME a divergence)")
     if len(set(items)) != len(items):
@@ -198,17 +197,17 @@ def held_out_comparison(real: torch.Tensor, samples_1: torch.Tensor, samples_2: 
                         seed: int = 0) -> dict:
     """How much closer samples_2 are to held-out real data than samples_1, by divergence `name`.
 
-    The paired difference of independent critics' estimates (evaluate.paired_difference),
+    The paired difference of independent critics' estimates (estimators.paired_difference),
     with its 95% interval; for a kernel divergence the difference of MMD² statistics
     (no interval). Positive: samples_2 are closer.
     """
-    from divgen import evaluate
+    from divgen import estimators, two_sample
 
     if recipes.row(name).estimator is None:
-        d1 = evaluate.mmd_test(real, samples_1, permutations=1, seed=seed).statistic
-        d2 = evaluate.mmd_test(real, samples_2, permutations=1, seed=seed).statistic
+        d1 = two_sample.mmd_test(real, samples_1, permutations=1, seed=seed).statistic
+        d2 = two_sample.mmd_test(real, samples_2, permutations=1, seed=seed).statistic
         return {"difference": d1 - d2, "ci_low": None, "ci_high": None}
-    r = evaluate.paired_difference(real, samples_1, samples_2, name, seed=seed)
+    r = estimators.paired_difference(real, samples_1, samples_2, name, seed=seed)
     return {"difference": r.difference, "ci_low": r.ci_low, "ci_high": r.ci_high}
 
 
@@ -332,7 +331,7 @@ def compare(
     }
     compare_figure(out / "compare.png", ds, fits, title=f"{model} fitted to {Path(data).name}")
     (out / "compare.md").write_text(markdown_table(fits, ds.density is not None) + "\n")
-    runs.write_json(out / "compare.json", result)
+    files.write_json(out / "compare.json", result)
     return result
 
 
@@ -430,7 +429,7 @@ def check_discriminator(p: Distribution, q: Distribution, steps: int = 2000, bat
     maximizing E_P[log D] + E_Q[log(1 − D)] is D* = p/(p + q), and the maximum
     is 2·JS(P, Q) − log 4.
     """
-    from divgen import evaluate
+    from divgen import critics
 
     p64, q64 = densities.as_double(p), densities.as_double(q)
     d = densities.dim(p64)
@@ -440,11 +439,11 @@ def check_discriminator(p: Distribution, q: Distribution, steps: int = 2000, bat
         torch.manual_seed(seed)
         n = batch_size * 40  # a fixed pair of samples, large next to what one step sees
         x_p, x_q = p.sample((n,)).float().reshape(n, d), q.sample((n,)).float().reshape(n, d)
-    critic = evaluate.new_critic(x_p, x_q, width, depth, seed, activation=torch.nn.ReLU)
+    critic = critics.new_critic(x_p, x_q, width, depth, seed, activation=torch.nn.ReLU)
     rng = torch.Generator().manual_seed(seed)
     # the discriminator's cross-entropy, minibatches of `batch_size`, every step kept (no early stopping)
-    evaluate.fit_critic(critic, evaluate.logistic_objective, x_p, x_q, rng, steps=steps, lr=lr, batch_size=batch_size,
-                        val_fraction=0.0, betas=(0.5, 0.999))
+    critics.fit_critic(critic, critics.logistic_objective, x_p, x_q, rng, steps=steps, lr=lr, batch_size=batch_size,
+                       val_fraction=0.0, betas=(0.5, 0.999))
 
     points, weights = densities.trapezoid_grid(densities.box([p64, q64]), 4001 if d == 1 else 301)
     with torch.no_grad():

@@ -10,12 +10,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from divgen import data as datasets
+from divgen import files, sample_metrics
 from divgen.errors import InputError
 from divgen.models import ConvDown, Standardize, mlp
 from divgen.progress import Progress
@@ -82,8 +81,6 @@ def classifier(ds: datasets.Dataset, quiet: bool = True) -> Trained:
     split, architecture) matches, else trained on the training split and cached."""
     if not ds.n_classes:
         raise InputError(f"data {ds.name!r} has no labels: the image metrics need a labelled data set")
-    from divgen import runs
-
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(ds.name).name)[:40]
     path = cache_dir() / "classifiers" / f"{name}-{_key(ds)}.pt"
     with torch.random.fork_rng(devices=[]):  # the same initial weights whatever ran before
@@ -91,14 +88,14 @@ def classifier(ds: datasets.Dataset, quiet: bool = True) -> Trained:
         model = Classifier(ds.spec, Standardize.of(ds.train, pooled=ds.spec.image))
     if path.is_file():
         try:
-            state = runs.load_checkpoint(path)
+            state = files.load_checked(path, ("model", "test_accuracy"), what="classifier cache")
             model.load_state_dict(state["model"])
             return Trained(model.eval(), float(state["test_accuracy"]), path)
         except (InputError, RuntimeError, KeyError):
             pass  # damaged or stale: train again
     accuracy = _fit(model, ds, quiet)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs.save_checkpoint_file(path, {"step": 0, "model": model.state_dict(), "test_accuracy": accuracy})
+    files.save_checked(path, {"model": model.state_dict(), "test_accuracy": accuracy})
     return Trained(model.eval(), accuracy, path)
 
 
@@ -172,16 +169,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(value, 0.0)
 
 
-def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
-    """Precision, recall, density and coverage (Naeem et al. 2020) with k nearest neighbours, by the
-    `prdc` package (its progress print silenced)."""
-    from prdc import compute_prdc
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        out = compute_prdc(real.astype(np.float32), fake.astype(np.float32), nearest_k=k)
-    return {key: float(value) for key, value in out.items()}
-
-
 @dataclass(frozen=True)
 class ClassCoverage:
     """The classifier's labels of generated samples against the training label frequencies."""
@@ -215,8 +202,8 @@ def image_metrics(ds: datasets.Dataset, nets, seed: int = 0, quiet: bool = True)
         "classifier": {"test_accuracy": trained.test_accuracy, "cache": str(trained.cache)},
         "frechet": {"model_vs_test": frechet_distance(f_fake, f_test), "train_vs_test": frechet_distance(f_train, f_test),
                     "n": n},
-        "prdc": prdc(f_test, f_fake),
-        "prdc_train_vs_test": prdc(f_test, f_train),
+        "prdc": asdict(sample_metrics.prdc(f_test, f_fake, max_samples=None)),
+        "prdc_train_vs_test": asdict(sample_metrics.prdc(f_test, f_train, max_samples=None)),
         "classes": vars(class_coverage(predictions(model, fake), ds.train_labels, ds.n_classes)),
         "conditional_accuracy": None,
     }

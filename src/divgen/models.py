@@ -182,14 +182,14 @@ class Generator(nn.Module):
         return self.out(self.body(z))
 
 
-def MLPGenerator(noise_dim: int, scaler: Standardize, width: int, depth: int, n_classes: int = 0,
+def mlp_generator(noise_dim: int, scaler: Standardize, width: int, depth: int, n_classes: int = 0,
                  class_probs: torch.Tensor | None = None) -> Generator:
     """An MLP generator in the data's units (the network works in standardized units)."""
     return Generator(mlp(noise_dim + n_classes, scaler.mean.shape[0], width, depth), Unstandardize(scaler),
                      noise_dim, n_classes, class_probs)
 
 
-def ConvGenerator(noise_dim: int, event_shape, width: int, lo: float, hi: float, n_classes: int = 0,
+def conv_generator(noise_dim: int, event_shape, width: int, lo: float, hi: float, n_classes: int = 0,
                   class_probs: torch.Tensor | None = None) -> Generator:
     """A convolutional image generator whose pixels stay inside the data's range [lo, hi]."""
     return Generator(ConvUp(noise_dim + n_classes, event_shape, width), Squash(lo, hi), noise_dim, n_classes, class_probs)
@@ -403,10 +403,6 @@ class Decoder(nn.Module):
         if self.likelihood == "bernoulli":
             return torch.sigmoid(h)
         return torch.addcmul(self.scaler.inverse(h), z[:, self.latent_dim :], self.sigma())
-
-
-def mlp_decoder_body(latent_dim: int, n_classes: int, d: int, width: int, depth: int) -> nn.Module:
-    return mlp(latent_dim + n_classes, d, width, depth)
 
 
 # ------------------------------------------------------------------ utils ---

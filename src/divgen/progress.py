@@ -1,6 +1,6 @@
 """Progress of long jobs on stderr: a bar on a terminal, plain lines otherwise (logs, CI, pipes).
 
-Training has its own (runs.MetricsLog, with the losses in each line); this is
+Training has its own (logs.MetricsLog, with the losses in each line); this is
 for the rest: sampling, evaluation, the fits of `compare`.
 """
 

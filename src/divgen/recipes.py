@@ -1,18 +1,16 @@
-"""Training objectives: one record per divergence name, composed from the pure losses of objectives.py.
+"""Training objectives: the terms a run's loss adds up, composed from the pure losses of objectives.py.
 
-A recipe says what training by one divergence needs and does: whether there
-is a critic, the critic's loss and the generator's loss as functions of
-critic outputs (or, with no critic, of the samples themselves), the
-constraint applied after each critic step (weight clipping), whether the
-critic is spectrally normalized, the penalty added to the critic's loss, and
-what the logged estimate means. The training loop calls these fields and
-never names a divergence; neither does evaluation, which asks `estimator`
-how an independent critic measures the divergence.
+`config.resolve` records a run's objective once, as the names of its terms joined by " + ": the
+divergence's term ("f-gan", "wasserstein" or "mmd"), the family's own loss ("elbo",
+"reconstruction"), or both ("reconstruction + f-gan": an adversarial autoencoder). A term is either
+adversarial, a critic's loss and the generator's loss as functions of critic outputs, with its
+penalty, constraint and normalization, or a loss of the step's samples. The training loop calls
+these fields and names no divergence and no family; evaluation asks `row(name).estimator` how an
+independent critic measures a divergence.
 
     recipe = recipes.build(cfg, x_train)
-    loss_c = recipe.critic_loss(v_real, v_fake)       # + recipe.penalty(...)
-    loss_g = recipe.generator_loss(v_real, v_fake)    # v_real is None unless the
-                                                      # real views depend on the generator side (BiGAN)
+    loss_c = recipe.adversarial.critic_loss(v_real, v_fake)   # + recipe.adversarial.penalty(...)
+    loss_g = recipe.adversarial.generator_loss(v_real, v_fake) + Σ term(nets, draw) for term in recipe.sample_losses
 """
 
 from __future__ import annotations
@@ -23,19 +21,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from divgen import divergences, objectives
+from divgen import catalog, divergences, objectives
 from divgen.errors import InputError
 
 Tensor = torch.Tensor
-GENERATOR_LOSSES = ("auto", *objectives.GENERATOR_LOSSES)
-LIPSCHITZ = ("clip", "gp", "sn")
-# How an independent critic estimates a divergence (evaluate.py): by a classifier
-# whose logit estimates log p/q, plugged into the f-GAN bound; by a critic kept
-# Lipschitz; or not at all (a kernel statistic is not a variational bound).
-ESTIMATORS = ("classifier", "lipschitz", None)
-
-
-PENALTIES = ("none", "gp", "r1")
+# How an independent critic estimates a divergence of each kind (evaluate.py): by a classifier whose
+# logit estimates log p/q, plugged into the f-GAN bound; by a critic kept Lipschitz; or not at all
+# (a kernel statistic is not a variational bound).
+ESTIMATORS = {"f-gan": "classifier", "wasserstein": "lipschitz", "mmd": None}
 
 
 @dataclass(frozen=True)
@@ -74,30 +67,49 @@ def _penalty(cfg, lipschitz: bool = False) -> Penalty | None:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How training by one divergence works. Exactly one of critic_loss and sample_loss is set."""
+class Adversarial:
+    """A critic's term: pure functions of critic outputs V, (B,) each."""
 
-    name: str  # the divergence name, as the user typed it
-    kind: str  # "f-gan", "wasserstein" or "mmd": the row of the table it came from
-    estimate: str  # what the logged `estimate` means
-    # with a critic: pure functions of critic outputs V, (B,) each
-    critic_loss: Callable[[Tensor, Tensor], Tensor] | None = None  # (v_real, v_fake) -> loss; estimate = −loss
-    generator_loss: Callable[[Tensor | None, Tensor], Tensor] | None = None  # (v_real or None, v_fake) -> loss
-    # without a critic: a loss of the data batch and the model, which is also the estimate
-    sample_loss: Callable | None = None  # (nets, view, real: Batch, z: noise) -> loss
-    critic_t: Callable[[Tensor], Tensor] | None = None  # T as a function of the raw output V (figures)
+    critic_loss: Callable[[Tensor, Tensor], Tensor]  # (v_real, v_fake) -> loss; the logged estimate is −loss
+    generator_loss: Callable[[Tensor | None, Tensor], Tensor]  # (v_real, or None unless the real views move, v_fake)
+    critic_t: Callable[[Tensor], Tensor]  # T as a function of the raw output V (figures)
     penalty: Penalty | None = None
     constrain: Callable[[nn.Module], None] | None = None  # applied to the critic after each of its steps
     spectral_norm: bool = False
+    lipschitz: bool = False  # the critic's output is in the data's units (W1), see models.MLPCritic
+
+
+# A loss of one step's draw (train.Draw: its batch, noise and the views the divergence compares), summed
+# into the generator side's loss.
+SampleLoss = Callable[[nn.ModuleDict, object], Tensor]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of an objective: adversarial, or a loss of the samples, with what its value means."""
+
+    estimate: str
+    adversarial: Adversarial | None = None
+    sample_loss: SampleLoss | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a run trains: the sum of its terms. At most one term is adversarial (the run has one critic)."""
+
+    objective: str  # the term names, as config.resolve recorded them
+    estimate: str  # what the logged `estimate` means
+    adversarial: Adversarial | None
+    sample_losses: tuple[SampleLoss, ...]
 
     @property
     def uses_critic(self) -> bool:
-        return self.critic_loss is not None
+        return self.adversarial is not None
 
 
-# --------------------------------------------------------------- the rows ---
-def _fgan(name: str, cfg) -> Recipe:
-    div = divergences.get(name)
+# --------------------------------------------------------------- the terms ---
+def _fgan(cfg, space: Tensor) -> Term:
+    div = divergences.get(cfg.divergence)
 
     def generator_loss(v_real, v_fake):
         # the fake side: objectives' minimax or non-saturating loss; the real side matters
@@ -109,18 +121,19 @@ def _fgan(name: str, cfg) -> Recipe:
             loss = loss + (div.g(v).mean() if cfg.generator_loss == "minimax" else div.f_star_g(v).mean())
         return loss
 
-    return Recipe(
-        name=name, kind="f-gan",
-        estimate=f"the training critic's lower bound on {name}(P‖Q), E_P[T] − E_Q[f*(T)]",
-        critic_loss=lambda v_real, v_fake: objectives.fgan_critic_loss(div, v_real, v_fake),
-        generator_loss=generator_loss,
-        critic_t=lambda v: div.g(objectives.capped(div, v)),
-        penalty=_penalty(cfg),
-        spectral_norm=cfg.spectral_norm,
+    return Term(
+        estimate=f"the training critic's lower bound on {cfg.divergence}(P‖Q), E_P[T] − E_Q[f*(T)]",
+        adversarial=Adversarial(
+            critic_loss=lambda v_real, v_fake: objectives.fgan_critic_loss(div, v_real, v_fake),
+            generator_loss=generator_loss,
+            critic_t=lambda v: div.g(objectives.capped(div, v)),
+            penalty=_penalty(cfg),
+            spectral_norm=cfg.spectral_norm,
+        ),
     )
 
 
-def _wasserstein(name: str, cfg) -> Recipe:
+def _wasserstein(cfg, space: Tensor) -> Term:
     def generator_loss(v_real, v_fake):
         loss = objectives.wasserstein_generator_loss(v_fake)
         return loss if v_real is None else loss + v_real.mean()
@@ -130,84 +143,89 @@ def _wasserstein(name: str, cfg) -> Recipe:
             for p in critic.parameters():
                 p.clamp_(-cfg.clip, cfg.clip)
 
-    return Recipe(
-        name=name, kind="wasserstein",
+    return Term(
         estimate="E_P[V] − E_Q[V] of the training critic: W1(P, Q) if the critic is 1-Lipschitz",
-        critic_loss=objectives.wasserstein_critic_loss,
-        generator_loss=generator_loss,
-        critic_t=lambda v: v,
-        penalty=_penalty(cfg, lipschitz=True),
-        constrain=clip if cfg.lipschitz == "clip" else None,
-        spectral_norm=cfg.spectral_norm,
+        adversarial=Adversarial(
+            critic_loss=objectives.wasserstein_critic_loss,
+            generator_loss=generator_loss,
+            critic_t=lambda v: v,
+            penalty=_penalty(cfg, lipschitz=True),
+            constrain=clip if cfg.lipschitz == "clip" else None,
+            spectral_norm=cfg.spectral_norm,
+            lipschitz=True,
+        ),
     )
 
 
-def _mmd(name: str, cfg, x_train: Tensor) -> Recipe:
-    # the median heuristic on the training data, fixed for the run; the second half may be empty
-    h = objectives.median_bandwidth(x_train[:1000], x_train[1000:2000])
-    return Recipe(
-        name=name, kind="mmd",
+def _mmd(cfg, space: Tensor) -> Term:
+    # the median heuristic on samples of the compared space, fixed for the run; the second half may be empty
+    h = objectives.median_bandwidth(space[:1000], space[1000:2000])
+    return Term(
         estimate="unbiased MMD²(P, Q) of the batch, Gaussian kernel with the median-heuristic bandwidth",
-        sample_loss=lambda nets, view, real, z: objectives.mmd2_unbiased(real.x, view.fake(nets, z, real.y)[0], h),
+        sample_loss=lambda nets, draw: objectives.mmd2_unbiased(draw.views.real[0], draw.views.fake[0], h),
     )
 
 
-def _elbo(name: str, cfg, x_train: Tensor) -> Recipe:
+def _elbo(cfg, space: Tensor) -> Term:
     """The VAE's objective (Kingma & Welling 2014): maximize the evidence lower bound
     E_q[log p(x | z)] − KL(q(z | x) ‖ N(0, I)) ≤ log p(x), i.e. approximate maximum
     likelihood, which minimizes KL(P‖Q). The reparametrized z = μ + σ·ε takes its ε
     from the loop's noise stream, so runs reproduce and resume bit for bit."""
 
-    def loss(nets, view, real, z):
+    def loss(nets, draw):
+        real = draw.batch
         mean, log_var = nets["encoder"](real.x, real.y)
-        eps = z[:, : mean.shape[1]]
+        eps = draw.z[:, : mean.shape[1]]
         code = torch.addcmul(mean, torch.exp(0.5 * log_var), eps)
         log_px = nets["generator"].log_likelihood(real.x, code, real.y)
         return (objectives.gaussian_kl_to_standard(mean, log_var) - log_px).mean()
 
-    return Recipe(name=name, kind="elbo", estimate="−ELBO of the batch, nats per sample (≥ −log q(x))", sample_loss=loss)
+    return Term(estimate="−ELBO of the batch, nats per sample (≥ −log q(x))", sample_loss=loss)
+
+
+def _reconstruction(cfg, space: Tensor) -> Term:
+    """−E log p(x | z = E(x)): the decoder reconstructs each sample from its code (an autoencoder's loss,
+    in nats per sample; Makhzani et al. 2015 use the squared error, which is the Gaussian case)."""
+
+    def loss(nets, draw):
+        real = draw.batch
+        return -nets["generator"].log_likelihood(real.x, nets["encoder"](real.x, real.y), real.y).mean()
+
+    return Term(estimate="−log p(x | E(x)) of the batch, nats per sample", sample_loss=loss)
+
+
+# Every term an objective can name: the divergence kinds of catalog.DIVERGENCE_KINDS, the families' own losses.
+TERMS: dict[str, Callable[[object, Tensor], Term]] = {
+    "f-gan": _fgan, "wasserstein": _wasserstein, "mmd": _mmd, "elbo": _elbo, "reconstruction": _reconstruction,
+}
 
 
 @dataclass(frozen=True)
 class Row:
-    """An entry of the table: how to build the recipe, and how evaluation estimates the divergence."""
+    """A divergence name's entry: the term that trains by it, and how evaluation estimates it."""
 
-    make: Callable  # (name, cfg, x_train) -> Recipe
-    estimator: str | None  # one of ESTIMATORS
-
-
-FGAN = Row(lambda name, cfg, x: _fgan(name, cfg), "classifier")  # every f-divergence name
-TABLE: dict[str, Row] = {
-    "wasserstein": Row(lambda name, cfg, x: _wasserstein(name, cfg), "lipschitz"),
-    "mmd": Row(_mmd, None),
-}
-NAMES = divergences.F_DIVERGENCES + tuple(TABLE)
-# Objectives that a model family names itself (families.Family.recipe), whatever the divergence.
-BY_FAMILY: dict[str, Row] = {"elbo": Row(_elbo, "classifier")}
-# Every run is evaluated by these besides its own divergence (evaluate.py).
-EVALUATED = ("js", "wasserstein")
+    kind: str  # a key of TERMS
+    estimator: str | None  # a value of ESTIMATORS
 
 
 def row(name: str) -> Row:
-    """The table entry of any divergence name; InputError lists the valid names."""
-    if name in TABLE:
-        return TABLE[name]
-    try:
-        divergences.get(name)
-    except divergences.UnknownDivergence:
-        raise InputError(f"unknown divergence {name!r}; valid: {', '.join(NAMES)}") from None
-    return FGAN
+    """The entry of any divergence name; InputError lists the valid names."""
+    kind = catalog.divergence_kind(name)
+    return Row(kind, ESTIMATORS[kind])
 
 
-def check_name(name: str) -> str:
-    """Validate any divergence name, f-divergence or not."""
-    row(name)
-    return name
+def prior_sample(latent_dim: int, n: int = 2000) -> Tensor:
+    """Draws of the prior N(0, I) in `latent_dim` dimensions, fixed (seed 0): the space a latent term compares."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(0))
 
 
 def build(cfg, x_train: Tensor) -> Recipe:
-    """The recipe of the run (a resolved Config): its family's own objective, or cfg.divergence's."""
-    from divgen.families import FAMILIES
-
-    own = FAMILIES[cfg.model].recipe
-    return (BY_FAMILY[own] if own else row(cfg.divergence)).make(cfg.divergence, cfg, x_train)
+    """The recipe of a resolved Config: the terms of cfg.objective, on the space its family compares."""
+    family = catalog.FAMILIES[cfg.model]
+    space = prior_sample(cfg.noise_dim) if family.compares == "latent" else x_train
+    terms = [TERMS[name](cfg, space) for name in cfg.objective.split(" + ")]
+    adversarial = [t.adversarial for t in terms if t.adversarial is not None]
+    if len(adversarial) > 1:
+        raise InputError(f"objective {cfg.objective!r} has {len(adversarial)} critic terms; a run has one critic")
+    return Recipe(cfg.objective, "; ".join(t.estimate for t in terms), adversarial[0] if adversarial else None,
+                  tuple(t.sample_loss for t in terms if t.sample_loss is not None))

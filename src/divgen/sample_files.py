@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from divgen import families, limits, runs
+from divgen import families, files, limits
 from divgen.errors import InputError
 from divgen.progress import Progress
 
@@ -76,13 +76,13 @@ def write(path: Path, nets, n: int, seed: int, event_shape, label: int | None = 
     try:
         if ext == ".png":
             images = np.concatenate(list(chunks()))
-            runs.atomic_write(path, lambda fh: plots.image_grid(fh, images, event_shape))
+            files.atomic_write(path, lambda fh: plots.image_grid(fh, images, event_shape))
         elif ext == ".csv":
-            runs.atomic_write(path, lambda fh: [np.savetxt(fh, part, delimiter=",", fmt="%.9g") for part in chunks()])
+            files.atomic_write(path, lambda fh: [np.savetxt(fh, part, delimiter=",", fmt="%.9g") for part in chunks()])
         elif ext == ".npz":
-            runs.atomic_write(path, lambda fh: _npz(fh, chunks(), n, dim, labels))
+            files.atomic_write(path, lambda fh: _npz(fh, chunks(), n, dim, labels))
         else:
-            runs.atomic_write(path, lambda fh: _npy(fh, chunks(), n, dim))
+            files.atomic_write(path, lambda fh: _npy(fh, chunks(), n, dim))
     finally:
         progress.close()
 

@@ -13,36 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from divgen import config as configs
 from divgen import data as datasets
-from divgen import families, limits, parallel, recipes, runs
+from divgen import families, files, limits, logs, parallel, recipes, runs
 from divgen.config import Config
-from divgen.data import Batch, Spec
-from divgen.errors import InputError, Interrupted, TrainingDiverged, warn  # noqa: F401 (train.Interrupted, as before)
+from divgen.data import Batch
+from divgen.errors import InputError, Interrupted, TrainingDiverged, warn
 from divgen.families import CRITIC
 from divgen.models import critic_pair
+from divgen.results import TrainResult, finish, read_run_config
 
 MAX_ROLLBACKS = 3
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A trained run: where it is, how it was configured, how it ended, and its networks."""
-
-    run: Path
-    config: Config  # resolved
-    metrics: dict  # the last row of metrics.jsonl
-    nets: nn.ModuleDict  # "generator", "critic", ... (see families.py), in eval mode
-    spec: Spec | None = None  # the data's event shape and classes, as the networks were built for
 
 
 def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
@@ -61,7 +50,7 @@ def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = 
     if resume and overwrite:
         raise InputError("--resume continues a run and --overwrite replaces it; pass one of them")
     out = Path(out)
-    saved = runs.read_run_config(out) if resume else None  # its own errors name config.json, not a flag
+    saved = read_run_config(out) if resume else None  # its own errors name config.json, not a flag
     configs.resolve(cfg)  # every setting checked before the data are read
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)  # refuses a toy set too large to draw
     cfg = configs.resolve(cfg, ds)
@@ -271,19 +260,38 @@ def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, world:
 
 
 # --------------------------------------------------------------- the run ---
+@dataclass
+class Session:
+    """What the loop works with: built by _train, read and advanced (step, rollbacks) by _loop."""
+
+    cfg: Config
+    out: Path
+    nets: nn.ModuleDict
+    recipe: recipes.Recipe
+    view: families.View | None  # what the divergence compares; None for a family's own loss alone
+    opts: dict  # side -> optimizer
+    sides: dict  # side -> parameters
+    stream: Stream
+    ckpt: runs.CheckpointState
+    log: logs.MetricsLog
+    stop: StopSignal
+    world: parallel.World
+    step: int
+    rollbacks: int = 0
+
+
 def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, device, resume: bool, overwrite: bool,
            quiet: bool) -> TrainResult:
     if cfg.batch_size % world.size:
         raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
     cfg = replace(cfg, data_sha256=datasets.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
     recipe = recipes.build(cfg, ds.train)
-    family = families.FAMILIES[cfg.model]
-    count = families.network_count(cfg, family, recipe)
+    count = families.network_count(cfg, recipe)
     limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count),
                    limits.memory_available(device))
     limits.require_disk(limits.training_disk(cfg, ds.spec.event_shape, count), out / runs.CONFIG)
     start = _resume_point(cfg, out) if resume else None
-    nets = family.networks(cfg, ds.spec, ds.train, ds.train_labels, recipe, cfg.seed).to(device)
+    nets = families.networks(cfg, ds.spec, ds.train, ds.train_labels, recipe, cfg.seed).to(device)
     sides = {"generator": families.generator_side(nets), "critic": list(nets[CRITIC].parameters()) if recipe.uses_critic else []}
     lrs = {"generator": cfg.lr_generator, "critic": cfg.lr_critic}
     # fused: one kernel per optimizer step instead of several per parameter tensor
@@ -295,7 +303,7 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
         if world.main:
             try:
                 runs.prepare(out, overwrite, resumable=True)
-                runs.write_json(out / runs.CONFIG, cfg.to_dict())
+                files.write_json(out / runs.CONFIG, cfg.to_dict())
             except InputError as e:
                 error = str(e)
         if error := parallel.broadcast(world, error):
@@ -306,19 +314,19 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
         step = ckpt.restore(out) if start is not None else ckpt.save(out, 0, cfg.keep_checkpoints)
         if resume and world.main:  # only now that the run is known to continue: record the new step count
             runs.remove(out, runs.RESULTS)  # the old results no longer describe the run
-            runs.write_json(out / runs.CONFIG, cfg.to_dict())
-        log = runs.MetricsLog(out, cfg, world, quiet, start=step)
+            files.write_json(out / runs.CONFIG, cfg.to_dict())
+        log = logs.MetricsLog(out, cfg, world, quiet, start=step)
     except BaseException:
         stop.restore()
         raise
     try:
-        _loop(cfg, out, nets, recipe, family.view, opts, sides, stream, ckpt, log, stop, world, step)
+        _loop(Session(cfg, out, nets, recipe, families.view(cfg), opts, sides, stream, ckpt, log, stop, world, step))
     finally:
         stop.restore()
         log.close()
     nets.eval()
     if world.main:
-        runs.finish(out, cfg, ds, nets, recipe, quiet)
+        finish(out, cfg, ds, nets, recipe, quiet)
     parallel.barrier(world)
     return TrainResult(out, cfg, log.last, nets, ds.spec)
 
@@ -335,73 +343,99 @@ def _resume_point(cfg: Config, out: Path) -> int | None:
     return step
 
 
-def _loop(cfg, out, nets, recipe, view, opts, sides, stream, ckpt, log, stop, world, step) -> None:
-    run = compiled(nets, stream.device) if cfg.compile else nets  # the networks the steps call
-    critic = run[CRITIC] if recipe.uses_critic else None
-    n_critic = cfg.critic_steps if critic is not None else 0
-    amp = torch.autocast("cuda", torch.bfloat16) if cfg.bf16 and stream.device.type == "cuda" else contextlib.nullcontext()
-    faults, rollbacks = Faults(), 0
-    ema = Average(nets, cfg.ema) if cfg.ema else None
-    zero = torch.zeros((), device=stream.device)
-    while step < cfg.steps:
-        step += 1
-        loss_c = bound = zero  # bound: the critic's loss without its penalty, minus the logged estimate
-        for i in range(n_critic):
-            real = stream.batch()
-            # the last critic step's samples serve the generator step too (as in PyTorch's DCGAN
-            # example): generated once, with their graph, and detached for the critic
-            with torch.set_grad_enabled(i == n_critic - 1), amp:
-                fake, real_v = view.fake(run, stream.noise(), real.y), view.real(run, real)
-            fake_c, real_c = _detached(fake), _detached(real_v)
-            with amp:
-                loss_c = bound = recipe.critic_loss(*critic_pair(critic, real_c, fake_c))
-                if recipe.penalty is not None:
-                    loss_c = loss_c + recipe.penalty(critic, real_c, fake_c, stream.local)
-            _update(opts["critic"], loss_c, sides["critic"], world, only=False)
-            if recipe.constrain is not None:
-                recipe.constrain(critic)
+class Draw(NamedTuple):
+    """One step's draw: a data batch, the noise, and the views of them that the divergence compares."""
 
-        # generator step: gradients reach the generator side only
-        with amp:
-            if critic is None:
-                loss_g = recipe.sample_loss(run, view, stream.batch(), stream.noise())
-                bound = -loss_g.detach()
-            else:
-                v_real = critic(*real_v) if view.real_trains_generator else None
-                loss_g = recipe.generator_loss(v_real, critic(*fake))
-        _update(opts["generator"], loss_g, sides["generator"], world, only=True)
+    batch: Batch
+    z: torch.Tensor
+    views: families.Pair | None
+
+
+def _loop(s: Session) -> None:
+    """Critic steps, a generator step, log, checkpoint; until cfg.steps, a fault, or a stop request."""
+    cfg = s.cfg
+    run = compiled(s.nets, s.stream.device) if cfg.compile else s.nets  # the networks the steps call
+    amp = torch.autocast("cuda", torch.bfloat16) if cfg.bf16 and s.stream.device.type == "cuda" else contextlib.nullcontext()
+    faults, ema = Faults(), Average(s.nets, cfg.ema) if cfg.ema else None
+    while s.step < cfg.steps:
+        s.step += 1
+        draw, loss_c, bound = _critic_steps(s, run, amp)
+        with amp:  # the generator step, on the last critic step's draw: gradients reach the generator side only
+            loss_g = _generator_loss(s.recipe, s.view, run, draw)
+        _update(s.opts["generator"], loss_g, s.sides["generator"], s.world, only=True)
         if ema is not None:
-            ema.update(step)
-
-        faults.record(step, loss_c, loss_g)
-        at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        interrupted = stop.agreed(world)
-        log.advance()
-        if not (at_checkpoint or interrupted or step % cfg.log_every == 0):
+            ema.update(s.step)
+        faults.record(s.step, loss_c, loss_g)
+        at_checkpoint = s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps
+        interrupted = s.stop.agreed(s.world)
+        s.log.advance()
+        if not (at_checkpoint or interrupted or s.step % cfg.log_every == 0):
             continue
-        fault = faults.check(world, nets if at_checkpoint else None)
+        fault = faults.check(s.world, s.nets if at_checkpoint else None)
         if fault:
-            what, failed = fault
-            failed = step if failed < 0 else failed
-            if cfg.on_nan != "rollback" or rollbacks == MAX_ROLLBACKS:
-                raise TrainingDiverged(f"{what} became non-finite at step {failed} (divergence {cfg.divergence}); "
-                                       f"the last good checkpoint in {out / runs.CHECKPOINTS} is kept; "
-                                       "try lower learning rates or --on-nan rollback")
-            rollbacks += 1
-            step = ckpt.restore(out)
-            for opt in opts.values():
-                for group in opt.param_groups:
-                    group["lr"] /= 2
-            log.rewind(step)
-            log.note(f"{what} became non-finite at step {failed}; rolled back to step {step} "
-                     f"and halved the learning rates (rollback {rollbacks} of {MAX_ROLLBACKS})")
+            _roll_back(s, *fault)
             continue
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            values = parallel.mean(world, torch.stack([loss_c.detach().float(), loss_g.detach().float(), -bound.detach().float()]))
-            log.row(step, dict(zip(("critic_loss", "generator_loss", "estimate"), values.tolist())), opts)
+        if s.step % cfg.log_every == 0 or s.step == cfg.steps:
+            estimate = loss_g if bound is None else -bound  # the critic's bound, else the sample loss itself
+            values = torch.stack([loss_c.detach().float(), loss_g.detach().float(), estimate.detach().float()])
+            s.log.row(s.step, dict(zip(("critic_loss", "generator_loss", "estimate"), parallel.mean(s.world, values).tolist())),
+                      s.opts)
         if interrupted:
-            ckpt.save(out, step, cfg.keep_checkpoints)
-            raise Interrupted(f"stopped at step {step} with a checkpoint; continue with: divgen train --resume {out}")
+            s.ckpt.save(s.out, s.step, cfg.keep_checkpoints)
+            raise Interrupted(f"stopped at step {s.step} with a checkpoint; continue with: divgen train --resume {s.out}")
         if at_checkpoint:
-            ckpt.save(out, step, cfg.keep_checkpoints)
-            log.figure(step, stream.x, lambda: families.draw(nets, 1000, cfg.seed + 1))
+            s.ckpt.save(s.out, s.step, cfg.keep_checkpoints)
+            s.log.figure(s.step, s.stream.x, lambda: families.draw(s.nets, 1000, cfg.seed + 1))
+
+
+def _critic_steps(s: Session, run, amp) -> tuple[Draw, torch.Tensor, torch.Tensor | None]:
+    """The critic's steps of one generator step: (the last draw, the critic's loss, its loss without the penalty,
+    None without a critic). Each step draws a batch and noise; the last draw keeps its graph for the generator
+    step (generated once, as in PyTorch's DCGAN example), detached for the critic. Without a critic, one draw."""
+    adversarial = s.recipe.adversarial
+    critic = run[CRITIC] if adversarial is not None else None
+    n = s.cfg.critic_steps if critic is not None else 0
+    loss_c = bound = torch.zeros((), device=s.stream.device)
+    for i in range(max(n, 1)):
+        batch, z = s.stream.batch(), s.stream.noise()
+        with torch.set_grad_enabled(i == max(n, 1) - 1), amp:
+            views = None if s.view is None else s.view.pair(run, batch, z)
+        if critic is None:
+            return Draw(batch, z, views), loss_c, None
+        real, fake = _detached(views.real), _detached(views.fake)
+        with amp:
+            loss_c = bound = adversarial.critic_loss(*critic_pair(critic, real, fake))
+            if adversarial.penalty is not None:
+                loss_c = loss_c + adversarial.penalty(critic, real, fake, s.stream.local)
+        _update(s.opts["critic"], loss_c, s.sides["critic"], s.world, only=False)
+        if adversarial.constrain is not None:
+            adversarial.constrain(critic)
+    return Draw(batch, z, views), loss_c, bound
+
+
+def _generator_loss(recipe: recipes.Recipe, view: families.View | None, run, draw: Draw) -> torch.Tensor:
+    """The generator side's loss: the adversarial term on the critic's outputs, plus every sample loss."""
+    losses = [term(run, draw) for term in recipe.sample_losses]
+    if recipe.adversarial is not None:
+        critic = run[CRITIC]
+        v_real = critic(*draw.views.real) if view.real_moves else None
+        losses.insert(0, recipe.adversarial.generator_loss(v_real, critic(*draw.views.fake)))
+    return losses[0] if len(losses) == 1 else sum(losses[1:], losses[0])
+
+
+def _roll_back(s: Session, what: str, failed: int) -> None:
+    """A non-finite loss or parameter: stop (TrainingDiverged), or with --on-nan rollback continue from the last
+    good checkpoint with halved learning rates, at most MAX_ROLLBACKS times."""
+    failed = s.step if failed < 0 else failed
+    if s.cfg.on_nan != "rollback" or s.rollbacks == MAX_ROLLBACKS:
+        raise TrainingDiverged(f"{what} became non-finite at step {failed} (divergence {s.cfg.divergence}); "
+                               f"the last good checkpoint in {s.out / runs.CHECKPOINTS} is kept; "
+                               "try lower learning rates or --on-nan rollback")
+    s.rollbacks += 1
+    s.step = s.ckpt.restore(s.out)
+    for opt in s.opts.values():
+        for group in opt.param_groups:
+            group["lr"] /= 2
+    s.log.rewind(s.step)
+    s.log.note(f"{what} became non-finite at step {failed}; rolled back to step {s.step} "
+               f"and halved the learning rates (rollback {s.rollbacks} of {MAX_ROLLBACKS})")

@@ -1,0 +1,185 @@
+"""The names a user types and what each one means: data sets, divergences, model families, their defaults.
+
+Plain data and no torch, so that the command line can build every `--help`
+from it in a few milliseconds. The modules that do the work look their rows up
+here: `families.py` builds a family's networks from its row, `recipes.py`
+builds the objective that `config.resolve` records, `data.py` draws the data
+sets, `divergences.py` holds each f-divergence's formulas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from divgen.errors import InputError
+
+# ------------------------------------------------------------------- data ---
+TOY_DATA = ("mog1d", "mog2d", "ring8", "ring8-pacgan", "grid25", "swissroll", "moons")
+DATASETS = TOY_DATA + ("digits", "mnist1d")
+
+# ------------------------------------------------------------ divergences ---
+# f-divergences trained through the f-GAN bound (divergences.py has their formulas); `alpha:A` and
+# `js-weighted:PI` take a parameter
+F_DIVERGENCES = ("kl", "reverse-kl", "pearson", "neyman", "hellinger", "jeffrey", "js", "gan", "tv",
+                 "alpha:A", "js-weighted:PI")
+# How each kind of divergence trains and how evaluation estimates it: an f-divergence through a critic
+# whose output estimates log p/q (estimated by a classifier); W1 through a Lipschitz critic; MMD by a kernel
+# statistic of the samples, with no critic and no variational bound.
+DIVERGENCE_KINDS = {"wasserstein": "wasserstein", "mmd": "mmd"}  # every other name: "f-gan"
+DIVERGENCES = F_DIVERGENCES + tuple(DIVERGENCE_KINDS)
+
+
+# Every run is evaluated by these besides its own divergence (evaluate.py).
+EVALUATED = ("js", "wasserstein")
+
+
+def parse_divergence(name: str) -> tuple[str, float | None]:
+    """(name, None) for a fixed name, (head, parameter) for `alpha:A` and `js-weighted:PI`; InputError
+    naming the valid names for anything else."""
+    if name in DIVERGENCES and ":" not in name:
+        return name, None
+    head, sep, tail = name.partition(":")
+    if sep and head in ("alpha", "js-weighted"):
+        try:
+            value = float(tail)
+        except ValueError:
+            raise InputError(f"divergence {name!r}: {tail!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InputError(f"divergence {name!r}: the parameter must be finite")
+        if head == "alpha" and value in (0.0, 1.0):
+            raise InputError(f"divergence {name!r}: α must not be 0 or 1 (those limits are reverse-kl and kl)")
+        if head == "js-weighted" and not 0 < value < 1:
+            raise InputError(f"divergence {name!r}: π must lie strictly between 0 and 1")
+        return head, value
+    raise InputError(f"unknown divergence {name!r}; valid: {', '.join(DIVERGENCES)}")
+
+
+def divergence_kind(name: str) -> str:
+    """'f-gan', 'wasserstein' or 'mmd' (a key of recipes.TERMS): how divergence `name` trains; InputError
+    for a name that is none of DIVERGENCES."""
+    parse_divergence(name)
+    return DIVERGENCE_KINDS.get(name, "f-gan")
+
+
+GENERATOR_LOSSES = ("auto", "nonsaturating", "minimax")
+LIPSCHITZ = ("clip", "gp", "sn")
+PENALTIES = ("none", "gp", "r1")
+# --penalty-weight when not given, by penalty; the penalty measures slopes per standard deviation
+# (recipes.Penalty). R1's was chosen on PacGAN's ring and grid (docs/modes.md); a conv critic on digits
+# did best with a pull about 64 times stronger (Fréchet distance 50 at 7 and 8, 59–64 at 1, 4 and 16; benchmarks/digits.py)
+PENALTY_WEIGHTS = {"none": 0.0, "gp": 10.0, "r1": 0.125}
+IMAGE_PENALTY_WEIGHTS = dict(PENALTY_WEIGHTS, r1=8.0)
+
+
+# -------------------------------------------------------- model families ---
+# What the divergence of a run compares, P against Q (families.VIEWS builds each):
+COMPARES = {
+    "data": "data x against samples G(z)",
+    "labelled": "(x, y) against (G(z, y), y): labels enter the generator and the critic",
+    "pairs": "(x, E(x)) against (G(z), z): an encoder E learns to invert G",
+    "latent": "prior draws z ~ N(0, I) against codes E(x): the aggregate posterior q(z) is matched to the prior",
+}
+# A family's own loss of a data batch, added to the divergence term (recipes.TERMS):
+OWN_LOSSES = {
+    "elbo": "−ELBO: the VAE's bound on −log p(x), approximate maximum likelihood",
+    "reconstruction": "−log p(x | E(x)): the decoder's reconstruction of the encoder's code",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A row of the family table: what the family is, what it needs, and its defaults."""
+
+    name: str
+    help: str
+    defaults: dict = field(default_factory=dict)  # Config fields this family sets differently from GLOBAL
+    image_defaults: dict = field(default_factory=dict)  # and on image data, where it differs again
+    compares: str | None = "data"  # a key of COMPARES, or None: the family's own loss alone trains it
+    own_loss: str | None = None  # a key of OWN_LOSSES
+    encoder: str | None = None  # "deterministic" (E(x)) or "gaussian" (q(z | x)); None: no encoder
+    decoder: bool = False  # the generator is a decoder with a likelihood p(x | z) (--likelihood)
+    # a density model: the `auto` generator loss is minimax, whose gradient at the optimal critic is the
+    # gradient of the named divergence even when the model cannot match the data (config.resolve)
+    parametric: bool = False
+    conditional: bool = False  # needs labels; `sample --label K` draws class K
+    images_only: bool = False
+    divergences: tuple[str, ...] | None = None  # the only divergence names it accepts (None: any)
+
+    def check(self, spec) -> None:
+        """InputError if data of this data.Spec cannot train the family."""
+        if self.conditional and not spec.n_classes:
+            raise InputError(f"--model {self.name} needs labelled data (a .npz with integer labels 'y', or digits, mnist1d)")
+        if self.images_only and not spec.image:
+            raise InputError(f"--model {self.name} needs image data (N×H×W or N×C×H×W); "
+                             f"got samples of shape {spec.event_shape}")
+
+    def objective(self, divergence: str) -> str:
+        """The objective this family trains by with `divergence`, as term names of recipes.TERMS joined by
+        " + ": its own loss, the divergence's term, or both (an adversarial autoencoder)."""
+        parts = [self.own_loss] if self.own_loss else []
+        if self.compares is not None:
+            parts.append(divergence_kind(divergence))
+        return " + ".join(parts)
+
+
+# Values every family shares unless its row says otherwise.
+GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_generator=2e-4, lr_critic=2e-4, width=128,
+              depth=2, noise_dim=8, critic_penalty="none", penalty_weight=None, spectral_norm=False, ema=0.0)
+# Chosen on PacGAN's ring and grid (benchmarks/modes.py, docs/modes.md): the R1 penalty keeps every mode,
+# a 3×256 generator with a 5e-4 learning rate places samples sharply, and the moving average of its
+# weights removes the last jitter of the optimizer
+GAN = dict(divergence="js", steps=10_000, critic_steps=1, batch_size=256, lr_generator=5e-4, lr_critic=5e-4,
+           width=256, depth=3, critic_penalty="r1", ema=0.999)
+# a GAN on images: conv nets, smaller batches, a larger latent
+GAN_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000, width=128, depth=2, lr_generator=2e-4, lr_critic=2e-4)
+VAE = dict(divergence="kl", steps=4000, batch_size=128, lr_generator=1e-3, noise_dim=16)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("mlp", "an MLP generator x = G(z), z ~ N(0, I)", GAN),
+    Family("conv", "a convolutional generator and critic, for images", dict(GAN, **GAN_ON_IMAGES), images_only=True),
+    # A few critic steps per generator step keep the critic near its optimum, so that the minimax gradient
+    # is the divergence's; a generator learning rate of 2e-3 moves the mean ~2 data units in ~1000 steps.
+    # On held-out 1-D mixtures these land within 0.001 nats of the exact minimizers
+    # (benchmarks/exact_vs_adversarial.py).
+    Family("gaussian", "a Gaussian N(μ, LLᵀ) with learned μ and L (params.json); a density model",
+           dict(divergence="js", steps=3000, critic_steps=5, batch_size=512, lr_generator=2e-3, lr_critic=1e-3,
+                width=64, depth=2), parametric=True),
+    Family("cgan", "a conditional GAN: labels into the generator and the critic (projection for images)",
+           GAN, GAN_ON_IMAGES, compares="labelled", conditional=True),
+    # on digits an 8-D code and no penalty on the (x, z) pairs keep the encoder informative:
+    # reconstructions keep their class 45% of the time, against 10% with a 32-D code or R1 (benchmarks/digits.py)
+    Family("bigan", "BiGAN: a generator and an encoder E; the critic tells (x, E(x)) from (G(z), z)",
+           GAN, dict(GAN_ON_IMAGES, noise_dim=8, critic_penalty="none"), compares="pairs", encoder="deterministic"),
+    Family("vae", "a variational autoencoder trained on the ELBO (approximate maximum likelihood: kl)", VAE,
+           compares=None, own_loss="elbo", encoder="gaussian", decoder=True, divergences=("kl",)),
+    Family("cvae", "a conditional VAE: labels into the encoder and the decoder", VAE,
+           compares=None, own_loss="elbo", encoder="gaussian", decoder=True, conditional=True, divergences=("kl",)),
+    # Makhzani et al. 2015; with mmd, the Wasserstein autoencoder of Tolstikhin et al. 2018
+    Family("aae", "an adversarial autoencoder: a decoder reconstructs x from the code E(x) while a latent critic "
+           "matches the codes' distribution q(z) to the prior N(0, I) under the divergence (mmd: WAE)",
+           dict(GAN, steps=4000, batch_size=128, lr_generator=1e-3, noise_dim=8),
+           dict(noise_dim=16, width=128, depth=2),
+           compares="latent", own_loss="reconstruction", encoder="deterministic", decoder=True),
+)}
+MODELS = ("auto", *FAMILIES)
+
+
+# --------------------------------------------------------- two-sample tests ---
+# `divgen test --method`: name -> what the statistic is (two_sample.py implements each)
+TEST_METHODS = {
+    "mmd-agg": "smallest per-kernel permutation p-value: Gaussian MMD² at 6 bandwidths and the energy distance, "
+               "one min-p calibrated p-value (default; sees narrow modes and broad shifts)",
+    "energy": "unbiased energy distance, permutation p-value",
+    "c2st-logit": "mean held-out classifier logit on A minus on B, clipped to |logit| ≤ log n (Gaussian, quadratic "
+                  "or MLP classifier), exact permutation p-value",
+    "c2st": "held-out classifier accuracy, exact hypergeometric p-value",
+    "mmd": "unbiased MMD², Gaussian kernel at the median-heuristic bandwidth, permutation p-value",
+}
+ESTIMATION_METHODS = ("critic", "knn")
+
+# `divgen demo --figure`: name -> what the picture shows (demo.py draws each)
+DEMO_FIGURES = {
+    "disjoint": "a saturated GAN discriminator gives no gradient across disjoint supports, a WGAN critic does",
+    "film": "a 1-D GAN's training as a GIF and a strip",
+}

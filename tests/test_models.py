@@ -1,0 +1,85 @@
+"""Networks: nn.Modules mapping tensors to tensors, checked against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from divgen import models
+
+
+# ---------------------------------------------------------------- networks ---
+def test_projection_critic_adds_the_class_embedding_inner_product():
+    scaler = models.Standardize(torch.zeros(64), torch.ones(64))
+    critic = models.ConvCritic(scaler, (8, 8), 4, n_classes=3)
+    x, y = torch.rand(5, 64), torch.tensor([0, 1, 2, 1, 0])
+    with torch.no_grad():
+        phi = critic.features(x)
+        expected = critic.head(phi).squeeze(-1) + (critic.embed(y) * phi).sum(1)
+        torch.testing.assert_close(critic(x, y), expected)
+        assert not torch.equal(critic(x, y), critic(x, (y + 1) % 3))
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (1, 28, 28), (3, 10, 12), (1, 9, 7)])
+def test_conv_networks_handle_any_image_size(shape):
+    d = math.prod(shape)
+    g = models.conv_generator(5, shape, 8, 0.0, 1.0)
+    x = g(torch.randn(4, 5))
+    assert x.shape == (4, d) and (x >= 0).all() and (x <= 1).all()
+    critic = models.ConvCritic(models.Standardize(torch.zeros(d), torch.ones(d)), shape, 8, latent_dim=5)
+    assert critic(x, torch.randn(4, 5)).shape == (4,)
+    enc = models.conv_encoder(models.Standardize(torch.zeros(d), torch.ones(d)), shape, 8, 6, gaussian=True)
+    mean, log_var = enc(x)
+    assert mean.shape == log_var.shape == (4, 6)
+
+
+def test_standardize_maps_the_data_to_mean_0_sd_1_and_back():
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])  # the second coordinate is constant: sd 1, not 0
+    scaler = models.Standardize.of(x)
+    torch.testing.assert_close(scaler(x), torch.tensor([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]))
+    torch.testing.assert_close(scaler.inverse(scaler(x)), x)
+    # pooled (images): one mean, 3.5, and one sd, for every coordinate; spread = rms of the coordinates' sd
+    pooled = models.Standardize.of(torch.tensor([[1.0, 4.0], [3.0, 6.0]]), pooled=True)
+    torch.testing.assert_close(pooled.mean, torch.full((2,), 3.5))
+    assert models.Standardize(torch.zeros(2), torch.tensor([3.0, 4.0])).spread == pytest.approx(math.sqrt(12.5))
+
+
+def test_mlp_generator_outputs_in_the_datas_units_and_squash_in_its_range():
+    scaler = models.Standardize(torch.tensor([100.0]), torch.tensor([10.0]))
+    g = models.mlp_generator(2, scaler, 8, 1)
+    with torch.no_grad():
+        g.body[-1].weight.zero_()
+        g.body[-1].bias.fill_(0.5)  # half a standard deviation above the mean
+        torch.testing.assert_close(g(torch.randn(3, 2)), torch.full((3, 1), 105.0))
+    squash = models.Squash(-1.0, 3.0)
+    torch.testing.assert_close(squash(torch.tensor([0.0, -1e9, 1e9])), torch.tensor([1.0, -1.0, 3.0]))
+
+
+def test_a_packed_critic_judges_rows_in_packs_and_critic_pair_splits_by_pack():
+    """pack 2: rows (0, 1) and (2, 3) are one input each; a linear critic gives w·[x0, x1] per pack."""
+    critic = models.MLPCritic(models.Standardize(torch.zeros(1), torch.ones(1)), 4, 1, pack=2)
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        net.bias.zero_()
+    critic.net = net
+    a, b = torch.tensor([[1.0], [2.0], [3.0], [4.0]]), torch.tensor([[5.0], [6.0]])
+    torch.testing.assert_close(critic(a), torch.tensor([21.0, 43.0]))
+    v_a, v_b = models.critic_pair(critic, a, b)
+    torch.testing.assert_close(v_a, torch.tensor([21.0, 43.0]))
+    torch.testing.assert_close(v_b, torch.tensor([65.0]))
+
+
+def test_gaussian_model_density_is_the_multivariate_normal_of_its_parameters():
+    g = models.GaussianModel(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.5]))
+    with torch.no_grad():
+        g.tril[1, 0] = 0.3
+    L = torch.tensor([[2.0, 0.0], [0.3, 0.5]])
+    torch.testing.assert_close(g.scale_tril.detach(), L)
+    z = torch.tensor([[1.0, 2.0]])
+    torch.testing.assert_close(g(z).detach(), torch.tensor([[1.0, -1.0]]) + z @ L.T)
+    x = torch.tensor([[0.0, 0.0]])
+    expected = torch.distributions.MultivariateNormal(torch.tensor([1.0, -1.0]), scale_tril=L).log_prob(x)
+    torch.testing.assert_close(g.log_prob(x).detach(), expected)
