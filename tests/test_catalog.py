@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 import pytest
+import torch
 
 from divgen import catalog, config, data, demo, divergences, recipes, two_sample
 from divgen.errors import InputError
@@ -18,7 +19,10 @@ def test_every_name_the_catalog_lists_is_implemented():
     fixed = [n for n in catalog.F_DIVERGENCES if ":" not in n]
     assert [divergences.get(n).name for n in fixed] == fixed
     assert divergences.get("alpha:0.5").name == "alpha:0.5" and divergences.get("js-weighted:0.3").name == "js-weighted:0.3"
-    assert set(catalog.TEST_METHODS) == set(two_sample._RUN)
+    a, b = torch.randn(40, 2, generator=torch.Generator().manual_seed(0)), torch.randn(40, 2) + 3
+    for method in catalog.TEST_METHODS:  # each name runs its own test, and the default is the catalog's
+        assert two_sample.two_sample_test(a, b, method, permutations=19).method == method
+    assert two_sample.two_sample_test(a, b, permutations=19).method == catalog.DEFAULT_TEST
     assert all(callable(getattr(demo, name)) for name in catalog.DEMO_FIGURES)
     assert set(catalog.DIVERGENCE_KINDS.values()) | {"f-gan"} | set(catalog.OWN_LOSSES) == set(recipes.TERMS)
 

@@ -176,6 +176,7 @@ TEST_METHODS = {
     "c2st": "held-out classifier accuracy, exact hypergeometric p-value",
     "mmd": "unbiased MMD², Gaussian kernel at the median-heuristic bandwidth, permutation p-value",
 }
+DEFAULT_TEST = "mmd-agg"
 ESTIMATION_METHODS = ("critic", "knn")
 
 # `divgen demo --figure`: name -> what the picture shows (demo.py draws each)

@@ -278,8 +278,8 @@ def _test_args(p):
     p.add_argument("a", help="samples A (.npy/.npz/.csv, one sample per row)")
     p.add_argument("b", help="samples B, same dimension")
     tests = catalog.TEST_METHODS
-    p.add_argument("--method", default="mmd-agg", choices=tuple(tests), metavar="{" + ",".join(tests) + "}",
-                   help="; ".join(f"{k}: {v}" for k, v in tests.items()) + " (default: mmd-agg)")
+    p.add_argument("--method", default=catalog.DEFAULT_TEST, choices=tuple(tests), metavar="{" + ",".join(tests) + "}",
+                   help="; ".join(f"{k}: {v}" for k, v in tests.items()) + f" (default: {catalog.DEFAULT_TEST})")
     p.add_argument("--alpha", type=number(float, "--alpha", PROBABILITY), default=0.05,
                    help="significance level of the verdict, in (0, 1) (default: 0.05)")
     p.add_argument("--permutations", type=number(int, "--permutations", AT_LEAST_1), default=500,

@@ -321,11 +321,10 @@ _RUN: dict[str, Callable[..., TestResult]] = {
     "c2st": lambda a, b, seed, permutations: c2st(a, b, seed=seed),
     "mmd": lambda a, b, seed, permutations: mmd_test(a, b, permutations=permutations, seed=seed),
 }
-DEFAULT_TEST = "mmd-agg"
 KERNEL_TESTS = ("mmd-agg", "energy", "mmd")
 
 
-def two_sample_test(a, b, method: str = DEFAULT_TEST, seed: int = 0, permutations: int = 500) -> TestResult:
+def two_sample_test(a, b, method: str = catalog.DEFAULT_TEST, seed: int = 0, permutations: int = 500) -> TestResult:
     """Test H0: A and B have the same distribution, by any method of catalog.TEST_METHODS."""
     if method not in _RUN:
         raise InputError(f"unknown test method {method!r}; valid: {', '.join(catalog.TEST_METHODS)}")
