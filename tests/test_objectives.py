@@ -99,7 +99,7 @@ EXTREME = torch.cat([
 ]).float()
 
 
-@pytest.mark.parametrize("kind", objectives.GENERATOR_LOSSES)
+@pytest.mark.parametrize("kind", ("nonsaturating", "minimax"))
 @pytest.mark.parametrize("name", ALL_F)
 def test_losses_finite_with_finite_gradients_in_float32(name, kind):
     div = divergences.get(name)
@@ -116,7 +116,7 @@ def test_losses_finite_with_finite_gradients_in_float32(name, kind):
     assert torch.isfinite(g_gen).all(), f"generator gradient not finite at v_fake = {EXTREME.flip(0)[~torch.isfinite(g_gen)][:5].tolist()}"
 
 
-@pytest.mark.parametrize("kind", objectives.GENERATOR_LOSSES)
+@pytest.mark.parametrize("kind", ("nonsaturating", "minimax"))
 @pytest.mark.parametrize("name", ALL_F)
 def test_generator_loss_pushes_critic_output_up(name, kind):
     """Both generator losses decrease as the critic scores fakes more like data (g_f and f* increase)."""

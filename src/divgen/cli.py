@@ -64,19 +64,17 @@ def cmd_divergences(args) -> int:
 def cmd_train(args) -> int:
     from divgen import runs, train
 
-    Config = config.Config
-
-    given = {f.name: getattr(args, f.name) for f in fields(Config) if f.metadata["flag"] and getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(config.Config) if f.metadata["flag"] and getattr(args, f.name, None) is not None}
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise InputError("--resume DIR continues DIR; do not pass a different --out")
         out = Path(args.resume)
         # the flags given override the run's settings; train() refuses any that may not change
-        cfg = replace(Config.from_dict(runs.read_config(out), str(out / runs.CONFIG)), **given)
+        cfg = replace(config.Config.from_dict(runs.read_config(out), str(out / runs.CONFIG)), **given)
     else:
         if not args.out:
             raise InputError("train: --out DIR is required (or --resume DIR)")
-        cfg, out = Config(**given), Path(args.out)
+        cfg, out = config.Config(**given), Path(args.out)
     result = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.json)
     run = result.run
     figures = "  ".join(f"{name}: {run / f'{name}.png'}" for name in ("samples", "losses") if (run / f"{name}.png").exists())

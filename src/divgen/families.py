@@ -26,8 +26,8 @@ from torch import nn
 from divgen import catalog
 from divgen.data import Batch, Spec
 from divgen.errors import InputError
-from divgen.models import (ConvCritic, conv_generator, ConvUp, Decoder, GaussianModel, MLPCritic, mlp_generator,
-                           Standardize, Views, conv_encoder, mlp, mlp_encoder)
+from divgen.models import (ConvCritic, ConvUp, Decoder, GaussianModel, MLPCritic, Standardize, Views, conv_encoder,
+                           conv_generator, mlp, mlp_encoder, mlp_generator)
 
 CRITIC = "critic"  # the name of the critic-side network in every family's ModuleDict
 EMA = "generator_ema"  # the moving average of the generator's weights, when --ema is on

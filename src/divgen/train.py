@@ -357,9 +357,10 @@ def _loop(s: Session) -> None:
     run = compiled(s.nets, s.stream.device) if cfg.compile else s.nets  # the networks the steps call
     amp = torch.autocast("cuda", torch.bfloat16) if cfg.bf16 and s.stream.device.type == "cuda" else contextlib.nullcontext()
     faults, ema = Faults(), Average(s.nets, cfg.ema) if cfg.ema else None
+    zero = torch.zeros((), device=s.stream.device)  # the critic's loss of a run without a critic
     while s.step < cfg.steps:
         s.step += 1
-        draw, loss_c, bound = _critic_steps(s, run, amp)
+        draw, loss_c, bound = _critic_steps(s, run, amp, zero)
         with amp:  # the generator step, on the last critic step's draw: gradients reach the generator side only
             loss_g = _generator_loss(s.recipe, s.view, run, draw)
         _update(s.opts["generator"], loss_g, s.sides["generator"], s.world, only=True)
@@ -388,14 +389,14 @@ def _loop(s: Session) -> None:
             s.log.figure(s.step, s.stream.x, lambda: families.draw(s.nets, 1000, cfg.seed + 1))
 
 
-def _critic_steps(s: Session, run, amp) -> tuple[Draw, torch.Tensor, torch.Tensor | None]:
+def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch.Tensor, torch.Tensor | None]:
     """The critic's steps of one generator step: (the last draw, the critic's loss, its loss without the penalty,
     None without a critic). Each step draws a batch and noise; the last draw keeps its graph for the generator
     step (generated once, as in PyTorch's DCGAN example), detached for the critic. Without a critic, one draw."""
     adversarial = s.recipe.adversarial
     critic = run[CRITIC] if adversarial is not None else None
     n = s.cfg.critic_steps if critic is not None else 0
-    loss_c = bound = torch.zeros((), device=s.stream.device)
+    loss_c = bound = zero
     for i in range(max(n, 1)):
         batch, z = s.stream.batch(), s.stream.noise()
         with torch.set_grad_enabled(i == max(n, 1) - 1), amp:
