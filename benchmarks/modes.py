@@ -50,7 +50,7 @@ ROWS = {
     "wasserstein, clip": dict(SMALL, divergence="wasserstein", lipschitz="clip"),
     "wasserstein, gp": dict(SMALL, divergence="wasserstein", lipschitz="gp"),
     "wasserstein, sn": dict(SMALL, divergence="wasserstein", lipschitz="sn"),
-    "mmd": dict(SMALL, divergence="mmd"),
+    "mmd": dict(SMALL, divergence="mmd", lr_critic=None),  # no critic: no critic learning rate
     "**divgen recommended (every default)**": {},
 }
 # (modes, high quality %, reverse KL) as published; None where not reported

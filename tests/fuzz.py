@@ -51,12 +51,14 @@ def build(root: Path) -> None:
     os.chdir(root)
     try:
         _files(np.random.default_rng(0))
+        _format_files(np.random.default_rng(1))
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             for out, extra in (("run", []), ("run32", ["--width", "32"]), ("run-mine", ["--data", "mine.npy"]),
                                ("run-cd", ["--data", "cd.npy"]), ("run-cgan", ["--data", "labelled.npz", "--model", "cgan"])):
                 argv = ["train", "--data", "mog1d", *TINY, *extra, "--out", out]
                 assert cli.main(argv) == 0, argv
         _variants()
+        _run_files()
     finally:
         os.chdir(cwd)
 
@@ -64,6 +66,7 @@ def build(root: Path) -> None:
 def _files(rng) -> None:
     x = rng.normal(size=(300, 2))
     np.save("a.npy", x)
+    np.save("wide.npy", rng.normal(size=(4, 200_000)).astype(np.float32))  # a d × d scale matrix of 160 GB
     np.save("b.npy", rng.normal(size=(300, 2)) + 1)
     np.save("three.npy", rng.normal(size=(300, 3)))
     np.save("small.npy", rng.normal(size=(10, 2)))
@@ -200,7 +203,7 @@ def _train(*flags, data="mog1d", out="new"):
     return ["train", "--data", data, *TINY, "--out", out, *flags]
 
 
-DATA_FILES = ["channels-last.npy", "tiny-images.npy", "const-images.npz", "nothing.npy", "folder.npy", "userdir", "data.txt", "const.npy", "const.csv", "const.npz", "nan.npy",
+DATA_FILES = ["tiny-images.npy", "const-images.npz", "nothing.npy", "folder.npy", "userdir", "data.txt", "const.npy", "const.csv", "const.npz", "nan.npy",
               "inf.npy", "nan.csv", "inf.csv", "big.npy", "big.csv", "words.csv", "comments.csv", "empty.csv",
               "blank.csv", "header.csv", "ragged.csv", "binary.csv", "onerow.npy", "zerorows.npy", "zerocols.npy",
               "fived.npy", "strings.npy", "complex.npy", "object.npy", "corrupt.npy", "corrupt.npz", "truncated.npy",
@@ -215,6 +218,98 @@ def _data_cases() -> list[tuple[str, list[str]]]:
                   (f"test {name}", ["test", name, "a.npy"]),
                   (f"estimate {name}", ["estimate", "a.npy", name, "--divergence", "kl"]),
                   (f"compare --data {name}", ["compare", "--data", name, "--methods", "mle", "--out", "new"])]
+    return cases
+
+
+# ------------------------------------------------- data formats, misreads ---
+def idx_bytes(a: np.ndarray) -> bytes:
+    """An array as a uint8 IDX file: 0, 0, type code 0x08, number of dimensions, each dimension as a
+    big-endian uint32, the bytes."""
+    return bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.astype(np.uint8).tobytes()
+
+
+def _format_files(rng) -> None:
+    """Under formats/: files of every format data_files.py reads, each wrong in one way that a reader could
+    misread silently (or allocate for) rather than refuse."""
+    import gzip
+    import zipfile
+
+    from PIL import Image
+
+    root = Path("formats")
+    root.mkdir()
+    for name, text in {"comment.csv": "1,2 # first sample\n3,4\n5,6\n", "underscore.csv": "1_000,2\n3,4\n5,6\n",
+                       "fullwidth.csv": "１,2\n3,4\n5,6\n", "gap.csv": "1,,3\n4,5,6\n7,8,9\n",
+                       "longfield.csv": "1,2\n" + "9" * 200_000 + ",1\n"}.items():
+        (root / name).write_text(text, encoding="utf-8")
+    np.savez(root / "only-y.npz", y=np.arange(300) % 3)
+    np.savez(root / "huge-labels.npz", x=rng.normal(size=(300, 2)), y=np.r_[np.zeros(299, int), 10**12])
+    np.savez(root / "keras-shapes.npz", x_train=rng.random((20, 6, 6)), x_test=rng.random((5, 7, 6)))
+    np.save(root / "alpha.npy", rng.random((10, 8, 8, 4)))  # channels last, a varying alpha channel
+    with open(root / "lying.npy", "wb") as fh:  # a header promising 10¹¹ rows, 4 rows behind it
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False, "shape": (10**11, 2)})
+        fh.write(np.zeros(8).tobytes())
+    with zipfile.ZipFile(root / "lying.npz", "w") as z:
+        z.write(root / "lying.npy", "x.npy")
+    images, labels = rng.integers(0, 256, (30, 6, 6)), np.arange(30) % 3
+    files = {"train-images-idx3-ubyte": idx_bytes(images), "train-labels-idx1-ubyte": idx_bytes(labels),
+             "t10k-images-idx3-ubyte": idx_bytes(images[:10]), "t10k-labels-idx1-ubyte": idx_bytes(labels[:10])}
+    lying = files["train-images-idx3-ubyte"][:4] + (10**9).to_bytes(4, "big") + files["train-images-idx3-ubyte"][8:]
+    damaged = {"idx-cut": {"t10k-images-idx3-ubyte": files["t10k-images-idx3-ubyte"][:200]},
+               "idx-lying": {"train-images-idx3-ubyte": lying},  # 10⁹ images of 6×6 promised
+               "idx-count": {"train-labels-idx1-ubyte": idx_bytes(labels[:29])},
+               "idx-no-t10k-labels": {"t10k-labels-idx1-ubyte": None}}
+    for folder, changes in damaged.items():
+        (root / folder).mkdir()
+        for name, content in {**files, **changes}.items():
+            if content is not None:
+                (root / folder / name).write_bytes(content)
+    (root / "idx-gz-cut").mkdir()
+    for name, content in files.items():
+        packed = gzip.compress(content)
+        (root / "idx-gz-cut" / f"{name}.gz").write_bytes(packed[:-30] if "train-images" in name else packed)
+    (root / "labels-file").mkdir()
+    (root / "labels-file" / "train-labels-idx1-ubyte").write_bytes(files["train-labels-idx1-ubyte"])
+    grey = rng.integers(0, 256, (6, 6)).astype(np.uint8)
+    folders = {"images-sizes": {"a.png": grey, "b.png": grey[:, :5]},
+               "images-modes": {"a.png": grey, "b.png": np.stack([grey] * 3, axis=-1)},
+               "images-mixed": {"a.png": grey, "k/b.png": grey},
+               "images-empty-class": {"j/a.png": grey, "k/b.png": grey, "empty/notes.txt": None},
+               "images-bmp": {"a.png": grey, "b.bmp": grey},
+               "images-broken": {"a.png": grey, "b.png": b"\x89PNG\r\n\x1a\n broken"}}
+    for folder, layout in folders.items():
+        for name, content in layout.items():
+            path = root / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                path.write_text("notes")
+            elif isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                Image.fromarray(content).save(path)
+
+
+FORMAT_FILES = ["comment.csv", "underscore.csv", "fullwidth.csv", "gap.csv", "longfield.csv", "only-y.npz",
+                "huge-labels.npz", "keras-shapes.npz", "alpha.npy", "lying.npy", "lying.npz", "idx-cut", "idx-lying",
+                "idx-count", "idx-gz-cut", "idx-no-t10k-labels", "labels-file/train-labels-idx1-ubyte",
+                "images-sizes", "images-modes", "images-mixed", "images-empty-class", "images-bmp", "images-broken"]
+
+
+def _format_cases() -> list[tuple[str, list[str]]]:
+    """Each misread-prone file through train and test; the names of data sets divgen does not ship; numbers
+    that only Python's int() and float() read, or that overflow float32."""
+    cases = []
+    for name in FORMAT_FILES:
+        cases += [(f"train --data formats/{name}", _train(data=f"formats/{name}")),
+                  (f"test formats/{name}", ["test", f"formats/{name}", "a.npy"])]
+    cases += [(f"train --data {name} (not shipped)", _train(data=name)) for name in ("mnist", "Fashion-MNIST", "cifar10")]
+    cases += [("train --steps full-width", _train("--steps", "２０")),
+              ("train --steps 1_000", _train("--steps", "1_000")),
+              ("train --penalty-weight 1e308", _train("--penalty-weight", "1e308")),
+              ("train --lr-critic 1e39", _train("--lr-critic", "1e39")),
+              ("sample --label full-width", ["sample", "run-cgan", "-n", "10", "--label", "２", "-o", "s.npy"]),
+              ("test --alpha full-width", ["test", "a.npy", "b.npy", "--alpha", "０.5"]),
+              ("evaluate --seed Arabic-Indic", ["evaluate", "run", "--seed", "٣"])]
     return cases
 
 
@@ -356,8 +451,107 @@ CASES: list[tuple[str, list[str]]] = [
 ]
 
 
+def _objective_cases() -> list[tuple[str, list[str]]]:
+    """Families, objectives and flags that cannot work together, and parameters a float32 run cannot hold."""
+    flags = {
+        "mmd with cgan": ("--model", "cgan", "--divergence", "mmd"),
+        "mmd with bigan": ("--model", "bigan", "--divergence", "mmd"),
+        "vae with critic flags": ("--model", "vae", "--spectral-norm", "--critic-penalty", "gp", "--pack", "4"),
+        "mmd with r1": ("--divergence", "mmd", "--critic-penalty", "r1"),
+        "mmd with --critic-steps": ("--divergence", "mmd", "--critic-steps", "3"),
+        "--clip 0": ("--divergence", "wasserstein", "--lipschitz", "clip", "--clip", "0"),
+        "--clip without clipping": ("--divergence", "wasserstein", "--lipschitz", "gp", "--clip", "0.1"),
+        "--lipschitz with js": ("--divergence", "js", "--lipschitz", "sn"),
+        "--likelihood on an mlp": ("--likelihood", "gaussian"),
+        "--init-std on an mlp": ("--init-std", "3"),
+        "--penalty-weight without a penalty": ("--critic-penalty", "none", "--penalty-weight", "5"),
+        "--generator-loss with wasserstein": ("--divergence", "wasserstein", "--generator-loss", "minimax"),
+        "alpha:1e300": ("--divergence", "alpha:1e300"),
+        "alpha:1e-300": ("--divergence", "alpha:1e-300"),
+        "js-weighted:1e-300": ("--divergence", "js-weighted:1e-300"),
+    }
+    data = {"mmd with cgan": "labelled.npz"}
+    cases = [(f"train {name}", _train(*f, data=data.get(name, "mog1d"))) for name, f in flags.items()]
+    cases += [(f"estimate {d}", ["estimate", "a.npy", "b.npy", "--divergence", d]) for d in ("alpha:1e300", "alpha:-1e-300")]
+    cases.append(("train a gaussian in 200,000 dimensions", _train("--model", "gaussian", data="wide.npy")))
+    return cases
+
+
+# ------------------------------------------------ run files and the OS ---
+def _run_files() -> None:
+    """Copies of `run` with a file where divgen keeps a folder or the reverse, a user's file named like a
+    checkpoint; and dl/, a user's folder holding data named like a run's output."""
+
+    def folder_for(run: str, name: str) -> None:
+        shutil.copytree("run", run)
+        (Path(run) / name).unlink()
+        (Path(run) / name).mkdir()
+
+    for run, name in (("run-metricsdir", "metrics.jsonl"), ("run-samplesdir", "samples.npy"),
+                      ("run-configdir", "config.json")):
+        folder_for(run, name)
+    shutil.copytree("run", "run-evaldir")
+    Path("run-evaldir/eval.json").mkdir()
+    shutil.copytree("run", "run-ckfile")
+    shutil.rmtree("run-ckfile/checkpoints")
+    Path("run-ckfile/checkpoints").write_text("a file where divgen keeps its checkpoints")
+    shutil.copytree("run", "run-tbfile")
+    Path("run-tbfile/tensorboard").write_text("a file where divgen keeps its TensorBoard logs")
+    shutil.copytree("run", "run-stepmine")
+    shutil.rmtree("run-stepmine/checkpoints")
+    Path("run-stepmine/checkpoints").mkdir()
+    Path("run-stepmine/checkpoints/step-mine.pt").write_text("the user's, not a checkpoint")
+    Path("dl").mkdir()
+    shutil.copy("a.npy", "dl/samples.npy")
+    from PIL import Image
+
+    Path("imgdir").mkdir()  # an unlabelled image folder: good data
+    for i, pixels in enumerate(np.random.default_rng(2).integers(0, 256, (10, 8, 8), dtype=np.uint8)):
+        Image.fromarray(pixels).save(f"imgdir/{i}.png")
+
+
+LONG = "x" * 300  # a name longer than any file system allows (255)
+
+
+def _file_cases() -> list[tuple[str, list[str]]]:
+    """Outputs that would replace the data or a file divgen did not write, run folders with a file where a
+    folder belongs (or the reverse), names too long, and outputs where no file can be created."""
+    cases = [
+        ("train --data an output's name, --out its folder", _train("--overwrite", data="dl/samples.npy", out="dl")),
+        ("train --overwrite a folder holding the user's samples.npy", _train("--overwrite", out="dl")),
+        ("train --data a run's samples.npy --out the run", _train("--overwrite", data="run/samples.npy", out="run")),
+        ("train --out inside the data folder", _train(data="imgdir", out="imgdir/run")),
+        ("encode -o its own data file", ["encode", "run", "a.npy", "-o", "a.npy", "--overwrite"]),
+        ("evaluate eval.json a folder", ["evaluate", "run-evaldir"]),
+        ("evaluate checkpoints a file", ["evaluate", "run-ckfile"]),
+        ("evaluate config.json a folder", ["evaluate", "run-configdir"]),
+        ("evaluate only a user's step-mine.pt", ["evaluate", "run-stepmine"]),
+        ("sample checkpoints a file", ["sample", "run-ckfile", "-n", "10", "-o", "s.npy"]),
+        ("sample config.json a folder", ["sample", "run-configdir", "-n", "10", "-o", "s.npy"]),
+        ("sample only a user's step-mine.pt", ["sample", "run-stepmine", "-n", "10", "-o", "s.npy"]),
+        *[(f"train --resume {run}", ["train", "--resume", run, "--steps", "20"])
+          for run in ("run-metricsdir", "run-samplesdir", "run-evaldir", "run-ckfile", "run-configdir", "run-tbfile")],
+        ("sample -o a name too long", ["sample", "run", "-n", "10", "-o", f"{LONG}.npy"]),
+        ("sample a run name too long", ["sample", LONG, "-n", "10", "-o", "s.npy"]),
+        ("train --out a name too long", _train(out=LONG)),
+        ("train --resume a name too long", ["train", "--resume", LONG, "--steps", "20"]),
+        ("evaluate a name too long", ["evaluate", LONG]),
+        ("encode -o a name too long", ["encode", "run", "a.npy", "-o", f"{LONG}.npy"]),
+        ("test a name too long", ["test", f"{LONG}.npy", "a.npy"]),
+        ("compare --out a name too long", ["compare", "--data", "mog1d", "--methods", "mle", "--out", LONG]),
+        ("demo --out a name too long", ["demo", "--out", LONG]),
+    ]
+    if os.path.isdir("/proc/self"):  # a virtual file system: no file can be created there
+        cases += [("sample -o under /proc", ["sample", "run", "-n", "10", "-o", "/proc/divgen-s.npy"]),
+                  ("train --out under /proc", _train(out="/proc/divgen-run")),
+                  ("encode -o under /proc", ["encode", "run", "a.npy", "-o", "/proc/divgen-codes.npy"]),
+                  ("compare --out under /proc", ["compare", "--data", "mog1d", "--methods", "mle", "--out", "/proc/divgen"]),
+                  ("demo --out under /proc", ["demo", "--out", "/proc/divgen-demo"])]
+    return cases
+
+
 def all_cases() -> list[tuple[str, list[str]]]:
-    cases = CASES + _numeric_cases() + _data_cases()
+    cases = CASES + _numeric_cases() + _data_cases() + _objective_cases() + _format_cases() + _file_cases()
     names = [name for name, _ in cases]
     assert len(set(names)) == len(names), "case names must be unique"
     return cases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -44,7 +45,7 @@ def test_unset_fields_take_the_family_defaults(family):
             expected = catalog.PENALTY_WEIGHTS[cfg.critic_penalty] if name == "penalty_weight" else value
             assert getattr(cfg, name) == expected, name
     # a value the user sets wins over the family's
-    assert config.resolve(Config(model=family, lr_critic=0.123, steps=7)).lr_critic == 0.123
+    assert config.resolve(Config(model=family, lr_generator=0.123, steps=7)).lr_generator == 0.123
     # resolving is idempotent and leaves nothing unset
     assert config.resolve(cfg) == cfg
     assert all(v is not None for v in cfg.to_dict().values())
@@ -89,3 +90,95 @@ def test_the_objective_is_recorded_once_and_an_edited_one_is_refused():
     assert config.resolve(Config(model="vae")).objective == "elbo"
     with pytest.raises(InputError, match="'elbo'.*'f-gan'|'f-gan'.*'elbo'"):
         config.resolve(Config(model="mlp", objective="elbo"))
+
+
+# ------------------------------------------------ flags that cannot work ---
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(model="cgan", divergence="mmd"), "--divergence mmd"),
+    (dict(model="bigan", divergence="mmd"), "--divergence mmd"),
+    (dict(model="vae", spectral_norm=True), "--spectral-norm"),
+    (dict(model="vae", critic_penalty="gp"), "--critic-penalty"),
+    (dict(model="vae", pack=4), "--pack"),
+    (dict(model="cvae", critic_steps=5), "--critic-steps"),
+    (dict(model="mlp", divergence="mmd", critic_penalty="r1"), "--critic-penalty"),
+    (dict(model="mlp", divergence="mmd", lr_critic=1e-3), "--lr-critic"),
+    (dict(model="mlp", divergence="js", lipschitz="sn"), "--lipschitz"),
+    (dict(model="mlp", divergence="wasserstein", lipschitz="gp", clip=0.05), "--clip"),
+    (dict(model="mlp", divergence="kl", clip=0.05), "--clip"),
+    (dict(model="mlp", divergence="js", critic_penalty="none", penalty_weight=5.0), "--penalty-weight"),
+    (dict(model="mlp", likelihood="gaussian"), "--likelihood"),
+    (dict(model="cgan", init_std=2.0), "--init-std"),
+    (dict(model="mlp", divergence="wasserstein", generator_loss="minimax"), "--generator-loss"),
+    (dict(model="vae", generator_loss="minimax"), "--generator-loss"),
+])
+def test_a_flag_that_does_nothing_or_cannot_work_is_refused_by_name(kwargs, flag):
+    with pytest.raises(InputError, match=flag):
+        config.resolve(Config(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(model="aae", divergence="mmd"),  # a latent critic's space: the kernel compares codes with prior draws
+    dict(model="mlp", divergence="wasserstein", lipschitz="clip", clip=0.05),
+    dict(model="mlp", divergence="wasserstein", lipschitz="sn"),
+    dict(model="mlp", divergence="js", critic_penalty="gp", penalty_weight=5.0),
+    dict(model="vae", likelihood="gaussian"),
+    dict(model="gaussian", init_std=2.0),
+    dict(model="mlp", divergence="kl", generator_loss="minimax"),
+    dict(model="mlp", pack=4, critic_steps=2, lr_critic=1e-3),
+])
+def test_flags_that_work_are_kept(kwargs):
+    cfg = config.resolve(Config(**kwargs))
+    assert all(getattr(cfg, k) == v for k, v in kwargs.items())
+    assert config.resolve(cfg) == cfg  # and the recorded config passes again
+
+
+def test_a_run_without_a_critic_records_no_critic_settings():
+    """mlp's defaults carry R1; an MMD run has no critic, and its config.json says so."""
+    cfg = config.resolve(Config(model="mlp", divergence="mmd"))
+    assert (cfg.critic_penalty, cfg.penalty_weight, cfg.spectral_norm) == ("none", 0.0, False)
+
+
+@pytest.mark.parametrize("name", ["alpha:1e300", "alpha:1e-300", "alpha:-101", "alpha:0.9995", "alpha:1.0005",
+                                  "js-weighted:1e-300", "js-weighted:0.9999"])
+def test_divergence_parameters_outside_float32s_reach_are_refused(name):
+    with pytest.raises(InputError, match="must lie in"):
+        catalog.parse_divergence(name)
+
+
+@pytest.mark.parametrize("name", ["alpha:100", "alpha:-100", "alpha:0.001", "alpha:1.001", "js-weighted:0.001"])
+def test_divergence_parameters_at_the_edges_are_accepted(name):
+    assert catalog.parse_divergence(name)[1] == float(name.split(":")[1])
+
+
+# --------------------------------------- config.json against the checkpoint ---
+def test_a_config_edited_after_training_is_caught_by_the_checkpoints_record():
+    recorded = config.recorded(config.resolve(Config(data="mog1d")))
+    assert "steps" not in recorded and "holdout" in recorded
+    config.check_recorded(recorded, dict(recorded), "config.json")  # the same: accepted
+    config.check_recorded(None, dict(recorded, holdout=0.9), "config.json")  # nothing recorded: nothing to compare
+    moved = dict(recorded, data="/elsewhere/mog.npy", steps=9000, log_every=7)  # moved data; resumable settings
+    config.check_recorded(dict(recorded, data_sha256="ab"), dict(recorded, data_sha256="cd"), "c")  # data's own check
+    with pytest.raises(InputError, match="data_sha256"):  # but a digest edited away is caught
+        config.check_recorded(dict(recorded, data_sha256="ab"), dict(recorded, data_sha256=""), "config.json")
+    config.check_recorded(recorded, moved, "config.json")
+    for key, value in (("holdout", 0.9), ("model", "cgan"), ("seed", 3)):
+        with pytest.raises(InputError, match=rf"^config.json differs from the run's checkpoint in {key} "):
+            config.check_recorded(recorded, dict(recorded, **{key: value}), "config.json")
+
+
+@pytest.mark.parametrize("key, value", [("holdout", 0.9), ("model", "cgan")])
+def test_evaluate_and_resume_refuse_an_edited_config_json(divgen, tmp_path, key, value):
+    from conftest import TINY
+
+    run = tmp_path / "run"
+    assert divgen("train", "--data", "mog1d", *TINY, "--steps", "10", "--no-figures",
+                  "--n-samples", "100", "--out", str(run)).code == 0
+    raw = json.loads((run / "config.json").read_text())
+    raw[key] = value
+    (run / "config.json").write_text(json.dumps(raw))
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for argv in (("evaluate", str(run)), ("train", "--resume", str(run), "--steps", "20")):
+        r = divgen(*argv)
+        assert r.code == 2 and len(r.err_lines) == 1, r.err
+        assert "was it edited" in r.err or "needs labelled data" in r.err, r.err
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -11,7 +11,7 @@ from pairs import FirstCoordinate, gaussian_pair, ring
 from scipy import stats
 
 from divgen import divergences, estimators
-from divgen.critics import CriticFit
+from divgen.critics import Candidates, CriticFit
 from divgen.densities import exact_divergence
 from divgen.errors import InputError
 from divgen.estimators import Fold
@@ -220,6 +220,29 @@ def test_the_folds_swap_halves_and_score_every_point_once():
     assert sorted(torch.cat([f.test_b for f in folds])[:, 0].tolist()) == list(range(100, 130))
     again, _ = estimators.split_folds(a, b + 1, seed=0)  # A's split depends on len(A) and the seed only
     assert torch.equal(again[0].test_a, first.test_a)
+
+
+def test_each_folds_classifier_is_chosen_on_its_own_training_half(monkeypatch):
+    """Fold 2's validation points lie in fold 1's held-out half: choosing fold 1's classifier on both folds'
+    validation scores let the points its bound is evaluated on pick its critic. Here fold 1's own scores
+    prefer candidate 0 (V ≡ 0) and fold 2's prefer candidate 1 (V ≡ 2) by more, so pooled scores would
+    give both folds candidate 1; each fold must take the one its own training half prefers."""
+    g = torch.Generator().manual_seed(0)
+
+    def scores(*means):  # per candidate: validation log-likelihoods on A and on B, 50 points each
+        return [(m / 2 + 0.01 * torch.randn(50, generator=g).double(), m / 2 + 0.01 * torch.randn(50, generator=g).double())
+                for m in means]
+
+    flat, steep = (lambda x: torch.zeros(len(x))), (lambda x: torch.full((len(x),), 2.0))
+    own = {0: scores(-1.2, -1.3), 1: scores(-1.8, -1.0)}  # fold 1 prefers flat, fold 2 steep
+    monkeypatch.setattr(estimators, "fold_classifier",
+                        lambda fold, k, seed, fit=None, progress=None: Candidates([flat, steep], own[k]))
+    a, b = torch.randn(40, 1, generator=g), torch.randn(40, 1, generator=g) + 1
+    jobs, finish = estimators.cross_fit_jobs(a, b, ["js"], seed=0)
+    terms = finish([job() for _, job in jobs]).terms["js"]
+    js = divergences.get("js")
+    torch.testing.assert_close(terms[0].estimate_a, estimators.plugin_terms(js, torch.zeros(20)))  # flat: 0
+    torch.testing.assert_close(terms[1].estimate_a, estimators.plugin_terms(js, torch.full((20,), 2.0)))
 
 
 def test_within_odds_cuts_an_interval_to_log_n():

@@ -118,8 +118,10 @@ def test_cli_json_fields(files, capsys):
     assert {"method", "statistic", "p_value", "n_a", "n_b"} <= set(out) and out["reject"] is True
     assert main(["estimate", files["a"], files["b"], "--divergence", "kl", "--method", "knn", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"divergence", "estimate", "ci_low", "ci_high", "lower_bound", "extrapolated", "method", "n_a", "n_b"}
+    assert set(out) == {"divergence", "estimate", "ci_low", "ci_high", "lower_bound", "extrapolated", "method", "n_a", "n_b",
+                        "note"}
     assert out["lower_bound"] is None  # knn certifies nothing
+    assert out["note"] is None  # every row used
     assert 0.2 < out["estimate"] < 0.9  # KL of a unit mean shift is 0.5
 
 
@@ -145,3 +147,90 @@ def test_an_infinite_estimate_is_printed_without_a_nan_interval(files, capsys, m
     assert main(["estimate", files["a"], files["b"], "--divergence", "kl"]) == 0
     out = capsys.readouterr().out
     assert "kl(A‖B) ≈ inf" in out and "no confidence interval" in out and "nan" not in out
+
+
+# ------------------------------------------------------- long work speaks ---
+def test_estimate_on_more_rows_than_it_uses_says_so_and_counts_its_steps(tmp_path, divgen, monkeypatch):
+    """Above CRITIC_MAX_ROWS per side the critics see a random subset: the JSON's note and n_a, n_b say how many
+    rows of how many; without --json the fits' steps are counted in plain lines on stderr (not a terminal)."""
+    from divgen import progress
+
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", g.normal(size=(300, 1)))
+    np.save(tmp_path / "b.npy", g.normal(size=(150, 1)) + 1)
+    monkeypatch.setattr(estimators, "CRITIC_MAX_ROWS", 100)
+    monkeypatch.setattr(progress, "EVERY", 0.0)  # a line at every count, not every 5 s
+    result = divgen("estimate", tmp_path / "a.npy", tmp_path / "b.npy", "--divergence", "js", "--json")
+    out = json.loads(result.out)
+    assert (out["n_a"], out["n_b"]) == (100, 100)
+    assert "estimated on 100 of 300 rows of A and 100 of 150 rows of B, drawn at random" in out["note"]
+    assert result.err == ""  # --json: quiet
+    result = divgen("estimate", tmp_path / "a.npy", tmp_path / "b.npy", "--divergence", "js")
+    assert result.code == 0 and "estimated on 100 of 300 rows of A" in result.out
+    counted = [line for line in result.err_lines if re.fullmatch(r"estimate: \d+/6000 critic steps \(\d+%, about \d+ s left\)", line)]
+    assert counted, result.err  # two folds of at most 3,000 steps each
+
+
+def test_at_most_keeps_samples_that_fit_whole():
+    a, b = np.zeros((5, 2)), np.ones((7, 2))
+    import torch
+
+    ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+    same_a, same_b, note = estimators.at_most(ta, tb, 7, seed=0)
+    assert note is None and same_a is ta and same_b is tb
+    cut_a, cut_b, note = estimators.at_most(ta, tb, 6, seed=0)
+    assert (len(cut_a), len(cut_b)) == (5, 6) and "5 of 5 rows of A and 6 of 7 rows of B" in note
+    assert bool((cut_b == 1).all())  # rows of B, not of A
+
+
+def test_announce_repeats_a_line_for_work_that_cannot_count_itself(capsys):
+    import time
+
+    from divgen.progress import announce
+
+    with announce("evaluate: something long …", after=0.01, every=0.05):
+        time.sleep(0.4)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "evaluate: something long …"
+    assert len(lines) >= 3 and all(re.fullmatch(r"evaluate: something long … \(\d+ s so far\)", x) for x in lines[1:])
+    with announce("never printed", after=10, every=0.01):
+        pass
+    with announce("quiet", quiet=True, after=0.0, every=0.01):
+        time.sleep(0.05)
+    assert capsys.readouterr().err == ""
+
+
+def test_model_metrics_say_what_they_run_and_how_big(monkeypatch):
+    """The classifier's metrics and a VAE's likelihood bounds count no steps of their own: evaluate names
+    each, with its size (rows, classes, importance samples), before it runs."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import torch
+
+    said = []
+
+    @contextmanager
+    def record(text, quiet=False, after=3.0, every=None):
+        said.append((text, every))
+        yield
+
+    monkeypatch.setattr(evaluate, "announce", record)
+    monkeypatch.setattr(evaluate.metrics, "image_metrics", lambda ds, nets, seed, quiet: {"ok": 1})
+    seen_k = []
+    monkeypatch.setattr(evaluate.metrics, "held_out_likelihood",
+                        lambda ds, nets, k, seed: seen_k.append(k) or SimpleNamespace())
+    monkeypatch.setattr(evaluate, "asdict", lambda x: {"bounds": 1})
+    ds = SimpleNamespace(n_classes=10_000, holdout=torch.zeros(360, 2))
+    nets = {"generator": SimpleNamespace(n_classes=10_000)}
+    out = evaluate._model_metrics(ds, nets, SimpleNamespace(own_loss="elbo"), seed=0, quiet=False)
+    assert out == {"classifier_metrics": {"ok": 1}, "likelihood": {"bounds": 1}} and seen_k == [evaluate.LIKELIHOOD_K]
+    assert said == [("evaluate: metrics in the feature space of the data set's classifier, 360 held-out rows, "
+                     "10,000 classes and per class …", evaluate.EVERY),
+                    ("evaluate: held-out likelihood, ELBO and IWAE bounds with k = 1,000 importance samples on each "
+                     "of 360 rows (360,000 decoder passes) …", evaluate.EVERY)]
+
+
+def test_report_sums_up_the_per_class_counts_of_many_classes():
+    assert evaluate._counts([3, 0, 2]) == "held-out rows 3, 0, 2"
+    assert evaluate._counts([0] + [2] * 30 + [5]) == "31 of 32 classes, 2–5 held-out rows each"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_clean_failure, metrics_without_timing
-from divgen import catalog, config, data, families, metrics, models, objectives, recipes, runs, train
+from divgen import catalog, config, data, families, metrics, models, objectives, recipes, runs, sample_files, train
 from divgen.config import Config
 from divgen.errors import InputError
 from divgen.results import load_run
@@ -43,7 +43,7 @@ def test_every_family_trains_on_images_and_vectors(model, kind, files, tmp_path)
     result = train.train(Config(data=files[kind], model=model, **FAST), tmp_path / "run", quiet=True)
     spec = data.load(files[kind]).spec
     samples = np.load(result.run / "samples.npy")
-    assert samples.shape == (64, spec.dim) and np.isfinite(samples).all()
+    assert samples.shape == (64, *sample_files.stored_shape(spec.event_shape)) and np.isfinite(samples).all()
     rows = runs.read_metrics(result.run)
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["estimate"]) for r in rows)
     family = catalog.FAMILIES[model]
@@ -238,7 +238,15 @@ def test_cli_sample_label_and_encode(divgen, files, tmp_path):
     cgan = train.train(Config(data=files["images"], model="cgan", **FAST), tmp_path / "cgan", quiet=True).run
     result = divgen("sample", cgan, "-n", 7, "-o", tmp_path / "s.npy", "--label", 2)
     assert result.code == 0, result.err
-    assert np.load(tmp_path / "s.npy").shape == (7, 64)
+    assert np.load(tmp_path / "s.npy").shape == (7, 1, 8, 8)  # images keep their event shape, N×C×H×W
+    assert divgen("sample", cgan, "-n", 7, "-o", tmp_path / "s.npz", "--label", 2).code == 0
+    assert divgen("sample", cgan, "-n", 7, "-o", tmp_path / "s.csv", "--label", 2).code == 0
+    with np.load(tmp_path / "s.npz") as z:  # the same draws in every format; a CSV row is one flattened image
+        np.testing.assert_array_equal(z["x"], np.load(tmp_path / "s.npy"))
+        assert z["y"].tolist() == [2] * 7
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "s.csv", delimiter=","), np.load(tmp_path / "s.npy").reshape(7, 64),
+                               rtol=1e-6)
+    assert np.load(cgan / "samples.npy").shape[1:] == (1, 8, 8)
     assert_clean_failure(divgen("sample", cgan, "-n", 7, "-o", tmp_path / "t.npy", "--label", 5))
     assert not (tmp_path / "t.npy").exists()
 

@@ -123,7 +123,7 @@ def _measured(family: str, spec, width: int):
         train._generator_loss(recipe, view, nets, train.Draw(batch, z, pair))
         if "critic" in nets and not view.real_moves:
             nets["critic"](*pair.real)
-    estimate = sum(limits.network_sizes(cfg, spec.event_shape, count).values())
+    estimate = sum(limits.network_sizes(cfg, spec.event_shape, count, families.label_count(cfg, spec)).values())
     units = sum(limits.activation_units(cfg, spec.event_shape, count).values())
     return estimate / built, units / (sum(values) / b)
 
@@ -144,6 +144,15 @@ def test_the_estimate_follows_the_networks_each_family_builds(case):
     params, activations = _measured(family, spec, width=32 if shape == "vector" else 128)
     assert 0.6 < params < 2.5, params
     assert 0.6 < activations < 2.5, activations
+
+
+@pytest.mark.parametrize("family, event_shape, n_classes", [
+    ("gaussian", (300,), 0),  # the d × d scale matrix dominates
+    ("cgan", (5,), 2000), ("cvae", (5,), 2000), ("cgan", (8, 8), 2000),  # so do the labels' inputs
+])
+def test_the_estimate_counts_what_grows_with_the_data(family, event_shape, n_classes):
+    params, _ = _measured(family, data.Spec(event_shape, n_classes), width=32)
+    assert 0.6 < params < 2.5, params
 
 
 def test_the_memory_estimate_is_above_and_near_what_a_run_uses(tmp_path):
@@ -442,9 +451,7 @@ def test_evaluating_a_run_whose_data_is_now_constant_is_refused(divgen, tmp_path
     np.save(tmp_path / "d.npy", np.random.default_rng(0).normal(size=(300, 2)))
     run = _run(divgen, tmp_path / "run", data=str(tmp_path / "d.npy"))
     np.save(tmp_path / "d.npy", np.ones((300, 2)))
-    cfg = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**cfg, "data_sha256": ""}))  # a run from before the hash
-    result = divgen("evaluate", run)
+    result = divgen("evaluate", run)  # the data are read, and refused, before their digest is compared
     assert_clean_failure(result)
     assert "constant" in result.err and not (run / "eval.json").exists()
 

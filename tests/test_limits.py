@@ -51,7 +51,7 @@ def test_training_memory_counts_parameters_adam_state_and_the_batch():
     network_sizes terms within the formula's own rounding, and the data term is exactly 4 bytes a value."""
 
     class Cfg:
-        width, depth, noise_dim, batch_size, keep_checkpoints, n_samples = 10, 1, 2, 8, 1, 100
+        width, depth, noise_dim, batch_size, keep_checkpoints, n_samples, model = 10, 1, 2, 8, 1, 100, "mlp"
 
     sizes = limits.network_sizes(Cfg, (2,), networks=1)
     assert sum(sizes.values()) == 52
@@ -59,3 +59,32 @@ def test_training_memory_counts_parameters_adam_state_and_the_batch():
     assert terms["--n-data 1000"] == 4 * 1000 * 2
     disk = dict(limits.training_disk(Cfg, (2,), networks=1))
     assert disk["--n-samples 100"] == 4 * 100 * 2 and disk["--keep-checkpoints 1"] == 2 * 3 * 4 * 52
+
+
+def test_a_gaussians_scale_matrix_is_counted():
+    """N(μ, LLᵀ) in d = 200,000: 4·10¹⁰ entries in L alone, refused before anything is built."""
+
+    class Cfg:
+        width, depth, noise_dim, batch_size, model = 16, 1, 2, 8, "gaussian"
+
+    sizes = limits.network_sizes(Cfg, (200_000,), networks=1)
+    assert sum(sizes.values()) == 200_000**2 + 2 * 200_000
+    with pytest.raises(InputError, match=r"^data dimension 200000 \(a 200000 × 200000 scale matrix\): needs about"):
+        limits.require(limits.training_memory(Cfg, (200_000,), n_rows=10, networks=1), have=8 * 10**9)
+
+
+@pytest.mark.parametrize("kind, text, value", [
+    (int, "20", 20), (int, "+3", 3), (int, "２０", None), (int, "1_000", None), (int, " 5", None), (int, "٣", None),
+    (float, "1e-3", 1e-3), (float, ".5", 0.5), (float, "5.", 5.0), (float, "inf", math.inf), (float, "1_0", None),
+    (float, "１.5", None), (float, "0x1p3", None),
+])
+def test_ascii_number_reads_plain_decimals_only(kind, text, value):
+    """Python's int() and float() read all of these; a number on the command line or in a CSV is plain ASCII."""
+    assert limits.ascii_number(text, kind) == value
+
+
+def test_float_flags_must_be_finite_in_float32():
+    parse = limits.number(float, "--penalty-weight", limits.NON_NEGATIVE)
+    assert parse("3e38") == 3e38
+    with pytest.raises(argparse.ArgumentTypeError, match=r"finite in float32"):
+        parse("1e308")  # finite in float64, inf as a float32 tensor

@@ -72,6 +72,59 @@ def test_a_packed_critic_judges_rows_in_packs_and_critic_pair_splits_by_pack():
     torch.testing.assert_close(v_b, torch.tensor([65.0]))
 
 
+def _max_slope(critic, x: torch.Tensor) -> float:
+    """The largest ‖∇V(x)‖ over the rows of x, in x's own units."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x)
+    return float(grad.norm(dim=1).max())
+
+
+def test_a_spectrally_normalized_lipschitz_critic_is_1_lipschitz_in_the_datas_units():
+    """On data with sds 1 and 0.05, a per-coordinate scaler made a spectrally normalized W1 critic up to
+    s/0.05 ≈ 14 times too steep along the narrow coordinate (s the spread, its output's scale). Trained to
+    maximize E_P[V] − E_Q[V] with nothing else holding its slope, on a shift of 0.1 along that coordinate,
+    its steepest slope anywhere stays ≤ 1 and E_P[V] − E_Q[V] ≤ W1 = 0.1."""
+    g = torch.Generator().manual_seed(0)
+    sd = torch.tensor([1.0, 0.05])
+    p = torch.randn(1000, 2, generator=g) * sd
+    q = torch.randn(1000, 2, generator=g) * sd + torch.tensor([0.0, 0.1])
+    torch.manual_seed(0)
+    critic = models.MLPCritic(models.Standardize.of(p, q), 32, 2, spectral_norm=True, lipschitz=True)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    for _ in range(150):
+        v_p, v_q = models.critic_pair(critic, p, q)
+        loss = v_q.mean() - v_p.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # power iteration settles each layer's spectral norm
+        for _ in range(50):
+            critic(p)
+    critic.eval()
+    box = torch.rand(5000, 2, generator=g) * 8 - 4  # a box well around the data, in its sds
+    assert _max_slope(critic, box * sd) <= 1.02
+    assert _max_slope(critic, p) <= 1.02
+    with torch.no_grad():
+        v_p, v_q = models.critic_pair(critic, p, q)
+    estimate = float(v_p.mean() - v_q.mean())
+    assert 0.05 < estimate <= 0.1 * 1.02 + 0.01  # W1 = ‖shift‖ = 0.1; the samples' mean shift is 0.1 ± 0.003
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_a_lipschitz_critic_standardizes_every_coordinate_by_its_output_scale(kind):
+    """V = s·net((x − μ)/s): one s, the spread, for every coordinate, so the net's slopes are V's in the data's units."""
+    sd = torch.tensor([1.0, 0.05, 2.0, 0.5]).repeat(4)  # 16 coordinates: a 4×4 image
+    scaler = models.Standardize(torch.zeros(16), sd)
+    critic = (models.MLPCritic(scaler, 8, 1, lipschitz=True) if kind == "mlp"
+              else models.ConvCritic(scaler, (4, 4), 4, lipschitz=True))
+    spread = math.sqrt(float(sd.square().mean()))
+    torch.testing.assert_close(critic.scaler.std, torch.full((16,), spread))
+    assert critic.out_scale == pytest.approx(spread)
+    plain = models.MLPCritic(scaler, 8, 1)  # a log-ratio critic keeps its per-coordinate scaler
+    torch.testing.assert_close(plain.scaler.std, sd)
+    assert plain.out_scale == 1.0
+
+
 def test_gaussian_model_density_is_the_multivariate_normal_of_its_parameters():
     g = models.GaussianModel(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.5]))
     with torch.no_grad():

@@ -196,6 +196,76 @@ def test_gradient_penalty_of_linear_critic():
     assert_close(grad, 2 * (2 - 1) * a / 2)
 
 
+def packed_linear(x):
+    """A critic of packs of 2 samples in 2-D: V = 3·x1[0] + 4·x2[1], x1 and x2 the pack's two rows."""
+    pairs = x.reshape(-1, 4)  # (B/2, 2·d)
+    return 3 * pairs[:, 0] + 4 * pairs[:, 3]
+
+
+def test_penalties_of_a_packed_critic_take_the_gradient_of_each_pack():
+    """The packed input (x1, x2) has ‖∇V‖ = ‖(3, 0, 0, 4)‖ = 5: the gradient penalty is (5 − 1)² = 16 and R1
+    ½·5² = 12.5. Per sample (norms 3 and 4) they would be 6.5 and 6.25."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+    assert float(objectives.gradient_penalty(packed_linear, real, fake, g)) == pytest.approx(16.0)
+    assert float(objectives.r1_penalty(packed_linear, real)) == pytest.approx(12.5)
+    assert float(objectives.gradient_penalty(packed_linear, real, fake, g, one_sided=True)) == pytest.approx(16.0)
+    # `unit` scales each sample's coordinates before the pack's norm: (3·2, 0, 0, 4·0.5) has norm √40
+    unit = torch.tensor([2.0, 0.5])
+    assert float(objectives.r1_penalty(packed_linear, real, unit)) == pytest.approx(0.5 * 40)
+
+
+def test_penalties_of_a_packed_critic_of_pairs_count_the_codes_of_the_pack():
+    """BiGAN's critic sees (x, z): V = 3·x1[0] + 4·z2[0] over a pack of 2 has ‖∇V‖ = 5 in (x1, z1, x2, z2);
+    labels are held fixed, so a conditional critic's slope is that of its samples alone."""
+    def pairs(x, z):
+        return 3 * x.reshape(-1, 4)[:, 0] + 4 * z.reshape(-1, 2)[:, 1]
+
+    def labelled(x, y):
+        return packed_linear(x) + y.reshape(-1, 2).sum(1).float()
+
+    g = torch.Generator().manual_seed(1)
+    x, z, y = torch.randn(6, 2, generator=g), torch.randn(6, 1, generator=g), torch.arange(6)
+    assert float(objectives.r1_penalty(pairs, (x, z))) == pytest.approx(12.5)
+    assert float(objectives.gradient_penalty(pairs, (x, z), (x.flip(0), z.flip(0)), g)) == pytest.approx(16.0)
+    assert float(objectives.r1_penalty(labelled, (x, y))) == pytest.approx(12.5)
+    assert float(objectives.gradient_penalty(labelled, (x, y), (x.flip(0), y), g)) == pytest.approx(16.0)
+
+
+def _per_pack_slopes(critic, views) -> torch.Tensor:
+    """‖∇V_i‖ for each output V_i, one backward pass per output, over the rows of every float view."""
+    views = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in views)
+    v = critic(*views)
+    floats = [t for t in views if t.is_floating_point()]
+    norms = []
+    for i in range(len(v)):
+        grads = torch.autograd.grad(v[i], floats, retain_graph=True)
+        norms.append(torch.sqrt(sum(g.square().sum() for g in grads)))
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "mlp-labels", "mlp-codes", "conv", "conv-labels", "conv-codes"])
+def test_r1_of_packed_networks_is_half_the_mean_squared_slope_of_each_output(kind):
+    """Every packed critic divgen builds: R1 = ½ mean_i ‖∇V_i‖², V_i one output, differentiated on its own."""
+    from divgen.models import ConvCritic, MLPCritic, Standardize
+
+    torch.manual_seed(0)
+    image = kind.startswith("conv")
+    d = 64 if image else 3
+    scaler = Standardize(torch.zeros(d), torch.full((d,), 0.5))
+    n_classes, latent = (3 if "labels" in kind else 0), (2 if "codes" in kind else 0)
+    if image:
+        critic = ConvCritic(scaler, (8, 8), 4, n_classes=n_classes, latent_dim=latent, pack=2)
+    else:
+        critic = MLPCritic(scaler, 16, 2, n_classes=n_classes, latent_dim=latent, pack=2)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, d, generator=g)
+    views = (x, torch.randint(3, (6,), generator=g)) if n_classes else (x, torch.randn(6, 2, generator=g)) if latent else (x,)
+    slopes = _per_pack_slopes(critic, views)
+    assert len(slopes) == 3
+    assert float(objectives.r1_penalty(critic, views).detach()) == pytest.approx(0.5 * float(slopes.detach().square().mean()), rel=1e-5)
+
+
 def test_mmd2_unbiased_by_hand():
     x = np.array([[0.0], [1.0], [3.0]])
     y = np.array([[0.5], [2.0]])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from divgen import sample_metrics
+from divgen.errors import InputError
 
 
 def test_mode_statistics_on_hand_built_samples():
@@ -58,3 +59,48 @@ def test_prdc_by_hand():
     assert r.k == 1 and (r.n_real, r.n_fake) == (30, 20)
     same = sample_metrics.prdc(real, real.clone(), k=3)
     assert (same.precision, same.recall, same.coverage) == (1.0, 1.0, 1.0)
+
+
+# ------------------------------------------------------------ data copying ---
+def _gaussian(n, seed, d=8):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_model_that_returns_jittered_training_rows_fails_the_copying_check():
+    train, heldout = _gaussian(500, 0), _gaussian(200, 1)
+    copies = train[:200] + 0.05 * _gaussian(200, 2)  # nearest-row distances near 0.05·√8, against ~1.5 for fresh data
+    r = sample_metrics.data_copying(train, heldout, copies)
+    assert r.copying and r.z < -10 and r.distance_ratio < 0.2
+    assert (r.n_fake, r.n_heldout, r.n_train) == (200, 200, 500)
+
+
+def test_fresh_draws_of_the_data_distribution_pass_the_copying_check():
+    train, heldout = _gaussian(500, 0), _gaussian(200, 1)
+    fresh = sample_metrics.data_copying(train, heldout, _gaussian(300, 3))
+    assert not fresh.copying and abs(fresh.z) < 3 and 0.8 < fresh.distance_ratio < 1.25
+    same = sample_metrics.data_copying(train, heldout, heldout)  # the held-out rows themselves: no difference at all
+    assert same.z == 0.0 and same.p_value == 0.5 and same.distance_ratio == 1.0
+    # a model that has not fitted the data is far from every training row: Z > 0, no copying
+    assert sample_metrics.data_copying(train, heldout, 3 + _gaussian(200, 4)).z > 10
+
+
+def test_copying_z_is_the_normal_approximation_of_mann_whitney_u():
+    from scipy.stats import mannwhitneyu
+
+    train, heldout = _gaussian(100, 0, d=3), _gaussian(40, 1, d=3)
+    fake = torch.cat([train[:10], 0.9 * _gaussian(30, 2, d=3)])  # 10 exact copies: tied distances 0
+    r = sample_metrics.data_copying(train, heldout, fake)
+    d_fake = torch.cdist(fake.double(), train.double()).min(1).values.numpy()
+    d_held = torch.cdist(heldout.double(), train.double()).min(1).values.numpy()
+    d_fake[:10] = 0.0
+    ref = mannwhitneyu(d_fake, d_held, alternative="less", method="asymptotic", use_continuity=False)
+    assert r.p_value == pytest.approx(ref.pvalue, rel=1e-6)
+    u = sum((a > b) + 0.5 * (a == b) for a in d_fake for b in d_held)  # U of the samples, pair by pair
+    sd = math.sqrt(40 * 40 * 81 / 12)  # the variance without ties ...
+    assert r.z == pytest.approx((u - 40 * 40 / 2) / sd, rel=0.02)  # ... up to the ties among the copies
+    assert -3 < r.z < -1 and not r.copying  # a quarter of copies among 40 samples pulls Z down, not yet past −3
+
+
+def test_copying_check_rejects_mismatched_shapes():
+    with pytest.raises(InputError):
+        sample_metrics.data_copying(torch.zeros(5, 3), torch.zeros(5, 3), torch.zeros(5, 2))

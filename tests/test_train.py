@@ -433,6 +433,17 @@ def test_packed_critic_sees_pack_times_d_features_and_never_mixes_real_with_fake
     torch.testing.assert_close(h[2:], fake.reshape(2, 8))
 
 
+def test_each_process_batch_must_hold_whole_packs(tmp_path, monkeypatch):
+    """Under torchrun each of K processes packs its own B/K rows: --batch-size 12 --pack 4 passes the
+    single-process check, but 2 processes of 6 rows cannot be packed by 4. Refused before anything is written."""
+    from divgen import parallel
+
+    monkeypatch.setattr(parallel, "setup", lambda device: (parallel.World(0, 2), device))
+    with pytest.raises(InputError, match="--pack 4: must divide each of the 2 processes' batch of 6") as e:
+        train.train(tiny(batch_size=12, pack=4), tmp_path / "run", quiet=True)
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+
+
 def test_moving_average_of_constant_weights_is_those_weights_and_follows_the_recurrence():
     nets = torch.nn.ModuleDict({"generator": torch.nn.Linear(3, 2)})
     nets[families.EMA] = torch.nn.Linear(3, 2).requires_grad_(False)
@@ -489,3 +500,15 @@ def test_stabilizers_compose_with_divergences(name, penalty, tmp_path):
     result = train.train(cfg, tmp_path / "run", quiet=True)
     _finite_run(result)
     assert result.config.critic_penalty == penalty and result.config.pack == 4
+
+
+@pytest.mark.parametrize("model, beta1", [("mlp", 0.5), ("vae", 0.9), ("vae", 0.7)])
+def test_adams_beta1_is_the_familys_or_the_users(tmp_path, model, beta1):
+    """Adversarial families keep DCGAN's β1 = 0.5, the likelihood families Adam's own 0.9; --adam-beta1 sets it."""
+    given = {} if beta1 in (0.5, 0.9) else {"adam_beta1": beta1}
+    cfg = Config(data="mog1d", model=model, steps=2, width=8, n_data=200, batch_size=32, n_samples=10, figures=False,
+                 likelihood="gaussian" if model == "vae" else "auto", **given)
+    result = train.train(cfg, tmp_path / "run", quiet=True)
+    assert result.config.adam_beta1 == beta1
+    state = runs.latest_checkpoint(result.run)
+    assert all(g["betas"] == (beta1, 0.999) for opt in state["optimizers"].values() for g in opt["param_groups"])

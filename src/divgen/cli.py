@@ -22,7 +22,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from divgen import __version__, catalog, config, jsonout, limits
-from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line
+from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line, os_error_text
 from divgen.limits import AT_LEAST_1, PROBABILITY, SEED, number
 from divgen.progress import announce
 
@@ -111,9 +111,10 @@ def cmd_sample(args) -> int:
     out = sample_files.check_output(args.output, args.overwrite)
     trained = results.load_run(Path(args.run))
     sample_files.write(out, trained.nets, args.n, args.seed, trained.spec.event_shape, label=args.label, quiet=args.json)
-    dim = trained.spec.dim
-    _emit(args, {"output": str(out), "n": args.n, "dim": dim, "format": out.suffix.lower().lstrip(".")},
-          f"wrote {args.n} samples of dimension {dim} to {out}")
+    dim, shape = trained.spec.dim, sample_files.stored_shape(trained.spec.event_shape)
+    what = f"of dimension {dim}" if len(shape) == 1 else f"of shape {'×'.join(map(str, shape))}"
+    _emit(args, {"output": str(out), "n": args.n, "dim": dim, "shape": list(shape), "format": out.suffix.lower().lstrip(".")},
+          f"wrote {args.n} samples {what} to {out}")
     return 0
 
 
@@ -123,7 +124,7 @@ def cmd_encode(args) -> int:
 
     from divgen import data, files, results, sample_files
 
-    out = sample_files.check_output(args.output, args.overwrite, formats=(".npy",))
+    out = sample_files.check_output(args.output, args.overwrite, formats=(".npy",), reads=args.data)
     trained = results.load_run(Path(args.run))
     x, y, shape = data.read_file(args.data)
     codes = results.encode(trained, x, y, shape)
@@ -190,7 +191,8 @@ def cmd_estimate(args) -> int:
 
     a, b = _read_pair(args)
     with announce(f"estimate: {args.method} estimate of {args.divergence} …", quiet=args.json):
-        e = estimators.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence)
+        e = estimators.estimate(a, b, args.divergence, method=args.method, seed=args.seed, confidence=args.confidence,
+                                quiet=args.json)
     bound = (f"\n{e.divergence}(A‖B) ≥ {e.lower_bound:.6g} with {args.confidence:.0%} confidence (certified lower bound)"
              if e.lower_bound is not None else "\nno certified lower bound for this method")
     note = estimators.extrapolation_note(e.to_dict())
@@ -199,7 +201,7 @@ def cmd_estimate(args) -> int:
           + (f"{args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}] (the estimator's spread, not its bias)"
              if math.isfinite(e.ci_low) and math.isfinite(e.ci_high) else "no confidence interval (the estimate is not finite)")
           + f"   ({e.method}, n_a {e.n_a}, n_b {e.n_b}){bound}"
-          + (f"\n{note}" if note else ""))
+          + (f"\n{note}" if note else "") + (f"\n{e.note}" if e.note else ""))
     return 0
 
 
@@ -386,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         print("divgen: out of memory, although the request's estimate fit; please report this with the command",
               file=sys.stderr)
         return 1
+    except OSError as e:  # a file that the checks before the work could not foresee (a disk that filled up)
+        if e.filename is None:  # not about a path of the user's: an internal failure
+            raise
+        print(f"divgen: error: {one_line(os_error_text(e), 2000)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

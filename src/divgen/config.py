@@ -36,7 +36,9 @@ class Config:
 
     data: str = option("ring8", f"built-in data set ({', '.join(catalog.DATASETS)}; digits' pixels are rescaled from "
                        "0–16 to [0, 1]) or a .npy/.npz/.csv file, one sample per row (a 1-D .npy is N×1; a CSV may have "
-                       "a header row and # comment lines; images: N×H×W or N×C×H×W in a .npz); recorded as an absolute path")
+                       "a header row and # comment lines; images: N×H×W, N×C×H×W or N×H×W×C in a .npz), Keras' .npz "
+                       "(x_train, y_train, x_test, y_test), IDX files (MNIST's: a directory or one images file) or a "
+                       "folder of PNG/JPEG images (one sub-folder per class); recorded as an absolute path")
     model: str = option("auto", "model family: auto (conv for image data, mlp otherwise); "
                         + "; ".join(f"{f.name}: {f.help}" for f in catalog.FAMILIES.values()), catalog.MODELS)
     divergence: str | None = option(None, f"divergence to minimize: {', '.join(catalog.DIVERGENCES)}", kind=str)
@@ -68,6 +70,9 @@ class Config:
     batch_size: int | None = option(None, "samples per batch, real and generated", kind=int, bounds=AT_LEAST_1)
     lr_generator: float | None = option(None, "Adam learning rate of the generator", kind=float, bounds=POSITIVE)
     lr_critic: float | None = option(None, "Adam learning rate of the critic", kind=float, bounds=POSITIVE)
+    adam_beta1: float | None = option(None, "Adam's β1, the momentum of every optimizer: 0.5 where a critic plays "
+                                      "(DCGAN's setting), Adam's own 0.9 for the likelihood families", kind=float,
+                                      bounds=FRACTION)
     width: int | None = option(None, "units per hidden layer, generator and critic", kind=int, bounds=AT_LEAST_1)
     depth: int | None = option(None, "hidden layers, generator and critic", kind=int, bounds=AT_LEAST_1)
     init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's", bounds=POSITIVE)
@@ -75,9 +80,10 @@ class Config:
                                    "gaussian: the data dimension)", kind=int, bounds=AT_LEAST_1)
     likelihood: str = option("auto", "vae, cvae: the decoder's p(x | z): bernoulli (data in [0, 1]) or gaussian with a "
                              "learned variance; auto: bernoulli when every value lies in [0, 1]", ("auto", "bernoulli", "gaussian"))
-    clip: float = option(0.01, "weight-clipping bound for --lipschitz clip", bounds=NON_NEGATIVE)
+    clip: float = option(0.01, "weight-clipping bound for --lipschitz clip", bounds=POSITIVE)
     n_data: int = option(10_000, "training samples drawn from a built-in toy density", bounds=limits.Bounds(2))
-    holdout: float = option(0.2, "fraction of the data kept aside, never trained on, for `divgen evaluate`", bounds=FRACTION)
+    holdout: float = option(0.2, "fraction of the data kept aside, never trained on, for `divgen evaluate` (data that "
+                            "comes split, IDX t10k files or Keras' x_test, holds out its test rows instead)", bounds=FRACTION)
     seed: int = option(0, "random seed: same seed, same numbers on CPU", bounds=SEED)
     device: str = option("cpu", "cpu, cuda, mps, or auto (cuda if available)", ("auto", "cpu", "cuda", "mps"))
     log_every: int = option(50, "steps between lines of metrics.jsonl", bounds=AT_LEAST_1)
@@ -116,7 +122,8 @@ FLAG_GROUPS = {
     "model": ("model", "width", "depth", "noise_dim", "likelihood", "init_std"),
     "objective": ("divergence", "generator_loss", "lipschitz", "clip"),
     "stabilizers": ("critic_penalty", "penalty_weight", "spectral_norm", "pack", "ema"),
-    "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "on_nan", "bf16", "compile"),
+    "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "adam_beta1", "on_nan", "bf16",
+                     "compile"),
     "run and output": ("seed", "device", "log_every", "checkpoint_every", "keep_checkpoints", "n_samples", "figures",
                        "tensorboard"),
 }
@@ -187,7 +194,7 @@ def resolve(cfg: Config, data=None) -> Config:
         weights = catalog.IMAGE_PENALTY_WEIGHTS if image else catalog.PENALTY_WEIGHTS
         out = replace(out, penalty_weight=weights.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
-        out = replace(out, generator_loss="minimax" if family.parametric else "nonsaturating")
+        out = replace(out, generator_loss=_auto_generator_loss(family))
     if out.data not in catalog.DATASETS:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
     inside = data is not None and bool(((data.train >= 0) & (data.train <= 1)).all())  # Bernoulli's range
@@ -201,11 +208,64 @@ def resolve(cfg: Config, data=None) -> Config:
         raise InputError(f"objective {out.objective!r} is not what --model {model} with --divergence {out.divergence} "
                          f"trains by ({objective!r}); was config.json edited?")
     out = replace(out, objective=objective)
+    _check_flags(cfg, out, family, image)
+    if not _has_critic(objective):  # what a critic would use is recorded as off, not as a default never used
+        out = replace(out, critic_penalty="none", penalty_weight=0.0, spectral_norm=False)
     if data is not None:
         family.check(data.spec)
         if out.likelihood == "bernoulli" and not inside:
             raise InputError("--likelihood bernoulli needs data in [0, 1]; use --likelihood gaussian")
     return validate(out)
+
+
+def _auto_generator_loss(family: catalog.Family) -> str:
+    return "minimax" if family.parametric else "nonsaturating"
+
+
+def _has_critic(objective: str) -> bool:
+    return any(term in ("f-gan", "wasserstein") for term in objective.split(" + "))
+
+
+def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool) -> None:
+    """InputError naming a flag that does nothing, or cannot work, with the resolved family and objective.
+
+    `given` is the config before resolve (None: not set); a value equal to the one resolve
+    fills in is never an error, so a resolved config.json passes again."""
+    def set_to(name: str, default) -> bool:  # the user chose a value other than what the run would use anyway
+        value = getattr(given, name)
+        return value is not None and value != default
+
+    why = None
+    kind = catalog.divergence_kind(out.divergence)
+    if kind == "mmd" and family.compares in ("labelled", "pairs"):
+        why = (f"--divergence mmd with --model {family.name}: the kernel statistic compares samples alone, so "
+               f"{'the labels' if family.compares == 'labelled' else 'the encoder'} would get no training signal; "
+               "use an f-divergence or wasserstein")
+    elif not _has_critic(out.objective):
+        for name in ("critic_penalty", "penalty_weight", "spectral_norm", "pack", "critic_steps", "lr_critic"):
+            default = {"critic_penalty": "none", "penalty_weight": 0.0, "spectral_norm": False,
+                       "pack": 1}.get(name, family_default(name, family.name, image))
+            if set_to(name, default):
+                why = (f"{flag_name(name)}: --model {family.name} with --divergence {out.divergence} trains "
+                       f"by {out.objective}, which has no critic")
+                break
+    if why is None and kind != "wasserstein" and set_to("lipschitz", "gp"):
+        why = f"--lipschitz {given.lipschitz}: only a wasserstein critic is kept Lipschitz (--divergence wasserstein)"
+    if why is None and out.lipschitz != "clip" and kind == "wasserstein" and set_to("clip", 0.01):
+        why = f"--clip {given.clip:g}: weights are clipped only with --lipschitz clip (now {out.lipschitz})"
+    if why is None and kind != "wasserstein" and set_to("clip", 0.01):
+        why = f"--clip {given.clip:g}: weights are clipped only with --divergence wasserstein --lipschitz clip"
+    if why is None and _has_critic(out.objective) and out.critic_penalty == "none" and set_to("penalty_weight", 0.0):
+        why = f"--penalty-weight {given.penalty_weight:g}: the run has no critic penalty (--critic-penalty gp or r1)"
+    if why is None and not family.decoder and set_to("likelihood", "auto"):
+        why = f"--likelihood {given.likelihood}: --model {family.name} has no decoder (vae, cvae, aae have one)"
+    if why is None and not family.parametric and set_to("init_std", 1.0):
+        why = f"--init-std: only --model gaussian starts from a chosen standard deviation"
+    if why is None and "f-gan" not in out.objective.split(" + ") and given.generator_loss not in ("auto", _auto_generator_loss(family)):
+        why = (f"--generator-loss {given.generator_loss}: only an f-divergence's critic term has a choice of "
+               f"generator loss; this run trains by {out.objective}")
+    if why is not None:
+        raise InputError(why)
 
 
 def validate(cfg: Config) -> Config:
@@ -237,3 +297,24 @@ def check_resume(saved: Config, now: Config, run: str = "the run") -> None:
     conflicts = [f"{k} (run: {a[k]!r}, now: {b[k]!r})" for k in a if k not in RESUMABLE and a[k] != b[k]]
     if conflicts:
         raise InputError(f"--resume {run}: settings conflict with its config.json: {'; '.join(conflicts)}")
+
+
+def recorded(cfg: Config) -> dict:
+    """What a checkpoint records of its run's config: every setting a resumed run may not change."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE}
+
+
+def check_recorded(recorded: dict | None, now: dict, where: str) -> None:
+    """InputError if a run's config.json (`now`, as a dict) says other than the config its checkpoint
+    recorded when it was written, in any setting but the RESUMABLE ones and the data file's path: the
+    file's digest is compared with the data instead (data.fingerprint), so data moved to a new place may
+    be pointed at; a digest edited away is caught here. None: nothing recorded."""
+    if recorded is None:
+        return
+    skip = RESUMABLE | {"data"} | ({"data_sha256"} if now.get("data_sha256") else set())
+    edited = [f"{k} ({recorded[k]!r} when trained, {now[k]!r} now)" for k in now
+              if k in recorded and k not in skip and recorded[k] != now[k]]
+    if edited:
+        raise InputError(f"{where} differs from the run's checkpoint in {'; '.join(edited)}; was it edited, or the "
+                         "checkpoint copied from another run?")
+

@@ -2,25 +2,23 @@
 
 Built-in toy sets are explicit densities (see densities.py) so that exact
 divergences and mode statistics are available. Any other `--data` value is a
-path to the user's own `.npy`, `.npz` or `.csv` file.
+path to the user's own data, in any format data_files.py reads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from divgen import catalog, limits
+from divgen import data_files, limits
+from divgen.data_files import fingerprint, read_array, read_file  # noqa: F401 (public here too: data.read_file)
 from divgen.densities import CurveMixture, gaussian_mixture
-from divgen.errors import InputError, warn
+from divgen.errors import InputError
 
 
 class Batch(NamedTuple):
@@ -144,7 +142,6 @@ TOYS: dict[str, Toy] = {
     "swissroll": Toy(lambda: CurveMixture([_swissroll], sigma=0.1)),
     "moons": Toy(lambda: CurveMixture([_moon_upper, _moon_lower], sigma=0.1)),
 }
-FILE_TYPES = (".npy", ".npz", ".csv")
 
 
 def toy_density(name: str) -> Distribution:
@@ -163,12 +160,14 @@ SPLIT_SEED = 0  # the held-out rows of a fixed data set do not depend on a run's
 
 
 def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dataset:
-    """A built-in data set (n training samples) or a user file (`name` is its path).
+    """A built-in data set (n training samples) or a user's data (`name` is its path).
 
     Toy densities: n training samples drawn with `seed` and an independent
     held-out sample. Fixed data (digits, mnist1d, files): a fixed split, the
     same for every run: a random `holdout` fraction of the rows, chosen by a
     permutation with seed SPLIT_SEED, is held out; labels follow their rows.
+    Data that comes split (IDX t10k files, Keras' x_test) holds out its test
+    rows instead, whatever `holdout` says.
     """
     if name in TOYS:
         toy = TOYS[name]
@@ -184,6 +183,15 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
             mode_std=toy.mode_std,
             mode_weights=toy.mode_weights(),
         )
+    if name == "syndigits":  # a fixed split of its own: its test set is the held-out rows, whatever `holdout`
+        from divgen import syndigits
+
+        split = syndigits.load()
+        # uint8 (N, 1, 28, 28) -> flat float32 in [0, 1]
+        train, hold = (torch.from_numpy(x).reshape(len(x), -1).float().div_(255) for x in (split.x_train, split.x_test))
+        return Dataset(name=name, train=train, holdout=hold, event_shape=(1, 28, 28),
+                       train_labels=torch.from_numpy(split.y_train), holdout_labels=torch.from_numpy(split.y_test))
+    keep = hold = None  # the rows trained on and held out, when the data fixes them
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -193,13 +201,16 @@ def load(name: str, n: int = 10_000, seed: int = 0, holdout: float = 0.2) -> Dat
     elif name == "mnist1d":
         (x, y), shape = _mnist1d(), (40,)
     else:
-        x, y, shape = read_file(name)
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    n_hold = int(round(len(x) * holdout)) if len(x) >= 10 else 0
-    if len(x) - n_hold < 2:
-        raise InputError(f"--holdout {holdout:g} keeps {n_hold} of the {len(x)} rows of {name!r} aside and leaves "
-                         f"{len(x) - n_hold} to train on; at least 2 are needed")
-    hold, keep = perm[:n_hold], perm[n_hold:]
+        x, y, shape, n_test = data_files.read(name)
+        if n_test:  # the file's own test split (IDX t10k, Keras x_test) is held out, whatever `holdout` says
+            keep, hold = slice(0, len(x) - n_test), slice(len(x) - n_test, None)
+    if keep is None:
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+        n_hold = int(round(len(x) * holdout)) if len(x) >= 10 else 0
+        if len(x) - n_hold < 2:
+            raise InputError(f"--holdout {holdout:g} keeps {n_hold} of the {len(x)} rows of {name!r} aside and leaves "
+                             f"{len(x) - n_hold} to train on; at least 2 are needed")
+        hold, keep = perm[:n_hold], perm[n_hold:]
     labels = (None, None) if y is None else (torch.from_numpy(y[keep]), torch.from_numpy(y[hold]))
     return Dataset(
         name=name,
@@ -220,24 +231,6 @@ def _toy_bytes(name: str, n: int, holdout: float) -> int:
     return 2 * limits.FLOAT32 * int(n * (1 + holdout) + 2) * dim * per_sample
 
 
-def fingerprint(name: str, expected: str = "") -> str:
-    """SHA-256 of a data file's bytes ("" for a built-in set). InputError if it differs from
-    `expected` (a run's config.json): the file changed since the run was trained."""
-    if name in catalog.DATASETS:
-        return ""
-    h = hashlib.sha256()
-    try:
-        with open(name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    except OSError as e:
-        raise InputError(f"data file {name!r} cannot be read: {e.strerror or e}") from None
-    if expected and h.hexdigest() != expected:
-        raise InputError(f"data file {name!r} has changed since the run was trained (its SHA-256 is not the one in "
-                         "config.json); restore the original file, or train a new run on this one")
-    return h.hexdigest()
-
-
 def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     """MNIST-1D (Greydanus 2020): 5,000 length-40 signals in 10 classes, generated
     procedurally by the mnist1d package; nothing is downloaded."""
@@ -255,163 +248,3 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
     y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
     return x, y
-
-
-def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read and validate a user's sample file: (N, d) float32 (images flattened) and optional labels."""
-    x, y, _ = read_file(path)
-    return x, y
-
-
-def read_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
-    """Read and validate a user's sample file: (N, d) float32, optional labels (N,) int64, and
-    the event shape of one sample: (d,), or an image's (H, W) or (C, H, W).
-
-    Images are N×H×W or N×C×H×W arrays (C = 1 or 3) in a .npz (or .npy);
-    uint8 pixels are scaled to [0, 1], floats are kept as they are.
-    Raises InputError with one line for everything DESIGN.md rejects.
-    """
-    path = Path(path)
-    ext = path.suffix.lower()
-    if path.is_dir():
-        raise InputError(f"data {str(path)!r} is a directory; give a .npy, .npz or .csv file")
-    if ext not in FILE_TYPES:
-        raise InputError(
-            f"data {str(path)!r}: not a built-in data set ({', '.join(catalog.DATASETS)}) "
-            f"nor a {'/'.join(FILE_TYPES)} file"
-        )
-    if not path.is_file():
-        raise InputError(f"data file {str(path)!r} does not exist")
-    labels = None
-    try:
-        if ext == ".npy":
-            with open(path, "rb") as fh:
-                if fh.read(6) != b"\x93NUMPY":  # else numpy takes it for a pickle and suggests allow_pickle
-                    raise InputError(f"data file {str(path)!r} is not a .npy file (it lacks numpy's header); "
-                                     "write it with numpy.save")
-            x = np.load(path, allow_pickle=False)
-        elif ext == ".npz":
-            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh: closed even when the zip is bad
-                keys = list(z.keys())
-                if "x" in z:
-                    x = z["x"]
-                    labels = z["y"] if "y" in z else None
-                elif len(keys) == 1:
-                    x = z[keys[0]]
-                else:
-                    raise InputError(f"data file {str(path)!r}: no array 'x' among {keys}")
-        else:
-            x = _read_csv(path)
-    except InputError:
-        raise
-    except ValueError as e:
-        if "pickle" in str(e):  # an array of Python objects
-            raise InputError(f"data file {str(path)!r} holds Python objects, not numbers; divgen never unpickles "
-                             "a file: save a numeric array") from None
-        raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"data file {str(path)!r} could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    x, shape = _validate(x, str(path))
-    return x, _validate_labels(labels, len(x), str(path)), shape
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    """Numbers, one sample per row. Blank lines and lines starting with # are skipped; a first row
-    that is not numeric is a header. A header whose first name is empty or `Unnamed: 0` marks a
-    row index (pandas' `to_csv`): that column is dropped, with a warning."""
-    import csv
-
-    with open(path, newline="") as fh:
-        kept = [(i, line) for i, line in enumerate(fh, 1) if line.strip() and not line.lstrip().startswith("#")]
-    rows = [(i, cells) for i, cells in ((i, next(csv.reader([line]))) for i, line in kept) if any(c.strip() for c in cells)]
-    if not rows:
-        raise InputError(f"data file {str(path)!r} is empty")
-
-    def parse(row, line):
-        try:
-            return [float(c) for c in row]
-        except ValueError:
-            bad = next(c for c in row if not _is_float(c))
-            raise InputError(f"data file {str(path)!r}, line {line}: non-numeric value {bad.strip()!r}") from None
-
-    header = None if all(_is_float(c) for c in rows[0][1]) else rows.pop(0)[1]  # optional header row
-    if not rows:
-        raise InputError(f"data file {str(path)!r} has a header but no rows")
-    drop = 0
-    if header is not None and len(header) > 1 and header[0].strip() in ("", "Unnamed: 0"):
-        drop = 1
-        warn(f"data file {str(path)!r}: the first column has no name in the header, the mark of a row index "
-             "(pandas' to_csv); it is not used as a feature")
-    values = [parse(r[drop:], line) for line, r in rows]
-    widths = {len(r) for r in values}
-    if len(widths) > 1:
-        raise InputError(f"data file {str(path)!r}: rows have different numbers of columns {sorted(widths)}")
-    return np.array(values, dtype=np.float64).reshape(len(values), len(values[-1]))
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _validate(x, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
-    x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise InputError(f"data {where!r}: array of type {x.dtype} is not numeric")
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim == 4 and x.shape[1] not in (1, 3):
-        hint = "; channels last? transpose to N×C×H×W" if x.shape[3] in (1, 3) else ""
-        raise InputError(f"data {where!r}: images must be N×H×W or N×C×H×W with C = 1 or 3, got shape {x.shape}{hint}")
-    if x.ndim not in (2, 3, 4):
-        raise InputError(f"data {where!r}: expected samples × features (2-D) or images N×H×W / N×C×H×W, got shape {x.shape}")
-    shape = tuple(int(s) for s in x.shape[1:])
-    if x.ndim > 2:
-        if min(shape[-2:]) < 4:
-            raise InputError(f"data {where!r}: images of {shape[-2]}×{shape[-1]} pixels are too small (at least 4×4)")
-        x = x.astype(np.float32) / 255 if x.dtype == np.uint8 else x
-        x = x.reshape(len(x), -1)
-    if x.shape[1] == 0:
-        raise InputError(f"data {where!r} has 0 columns")
-    if x.shape[0] < 2:
-        raise InputError(f"data {where!r} has {x.shape[0]} rows; at least 2 are needed")
-    bad = ~np.isfinite(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise InputError(f"data {where!r} contains NaN or infinite values ({int(bad.sum())} cells, first at row {row}, "
-                         f"column {col}, counting from 0)")
-    with np.errstate(over="ignore"):  # beyond float32's range: refused below, not warned about
-        x = x.astype(np.float32)
-    big = ~np.isfinite(x)
-    if big.any():
-        row, col = np.argwhere(big)[0]
-        raise InputError(f"data {where!r} has values too large for float32 (|x| > 3.4e38; {int(big.sum())} cells, "
-                         f"first at row {row}, column {col}, counting from 0)")
-    check_varies(x, where)
-    return np.ascontiguousarray(x), shape
-
-
-def check_varies(x, where: str) -> None:
-    """InputError if every row of x (N, d) is the same point: a constant sample is no distribution
-    that a model can be fitted to or compared with (its variance is 0)."""
-    if len(x) and (x == x[:1]).all():
-        raise InputError(f"data {where!r} is constant: all {len(x)} rows are the same point, so there is no "
-                         "distribution to fit or compare (zero variance)")
-
-
-def _validate_labels(y, n: int, where: str) -> np.ndarray | None:
-    if y is None:
-        return None
-    y = np.asarray(y)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise InputError(f"data {where!r}: labels 'y' must be one integer per row ({n}), got shape {y.shape}")
-    integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y))))
-    if not integral:
-        raise InputError(f"data {where!r}: labels 'y' must be integers, got {y.dtype} values such as {y.flat[0]!r}")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise InputError(f"data {where!r}: labels 'y' must be ≥ 0, found {int(y.min())}")
-    return y

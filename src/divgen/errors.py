@@ -34,6 +34,12 @@ def one_line(text: str, limit: int = 240) -> str:
     return flat[: cut if cut > limit // 2 else limit].rstrip(" ,;:") + " …"
 
 
+def os_error_text(e: OSError) -> str:
+    """An error of the operating system as words naming its path: "'/x/y': Permission denied"."""
+    reason = e.strerror or type(e).__name__
+    return f"{str(e.filename)!r}: {reason}" if e.filename else reason
+
+
 def warn(text: str) -> None:
     """One `divgen: warning: …` line on stderr."""
     print(f"divgen: warning: {one_line(text, 400)}", file=sys.stderr)

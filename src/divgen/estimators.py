@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -27,6 +27,7 @@ from divgen.critics import (Candidates, CriticFit, best_candidate, classifier_ca
 from divgen.densities import exact_integrand
 from divgen.errors import InputError
 from divgen.models import critic_pair
+from divgen.progress import Progress
 from divgen.samples import as_samples, duplicate_rows
 from divgen.threads import concurrently
 
@@ -61,6 +62,7 @@ class Estimate:
     n_b: int
     lower_bound: float | None = None
     extrapolated: bool | None = None
+    note: str | None = None  # what the estimate rests on when it is not every row given (estimate)
 
     def to_dict(self) -> dict:
         """The record as strict JSON: NaN and ±inf become null."""
@@ -154,7 +156,7 @@ class CrossFit:
 
 
 def critic_estimates(a, b, names, seed: int = 0, confidence: float = 0.95, fit: CriticFit = CriticFit(),
-                     gp_weight: float = 10.0) -> list[Estimate]:
+                     gp_weight: float = 10.0, quiet: bool = True) -> list[Estimate]:
     """D(A‖B) for each name, from independent critics with cross-fitting.
 
     Each sample is split in halves. Critics are trained on the first halves and
@@ -162,8 +164,9 @@ def critic_estimates(a, b, names, seed: int = 0, confidence: float = 0.95, fit: 
     of both folds are pooled, so every point is scored once, never by a critic
     that saw it.
 
-    f-divergences share one classifier per fold (classifier_candidates, one candidate
-    chosen for both folds), whose logit l estimates log(p/q); on held-out points it is
+    f-divergences share one classifier per fold (classifier_candidates, the candidate
+    chosen on that fold's training half alone: best_candidate), whose logit l estimates
+    log(p/q); so nothing a fold's bound is evaluated on shaped its critic. On held-out points it is
     clipped to the range it took on the training fold (any critic gives a valid bound,
     and a point far outside what the classifier was fitted on must not dominate the
     mean), and for the bound to a narrower range (_bound_range: what each sample
@@ -184,11 +187,15 @@ def critic_estimates(a, b, names, seed: int = 0, confidence: float = 0.95, fit: 
     `wasserstein` trains its own critic with a one-sided gradient penalty and reports
     E_A[V] − E_B[V]. The penalty is soft, so the critic can be steeper than 1 and the
     value can exceed W1: it is an estimate, with lower_bound None.
+
+    Unless `quiet`, the fits' Adam steps are counted on stderr (progress.Progress).
     """
     a, b = as_samples(a, b)
     names = list(names)
-    jobs, finish = cross_fit_jobs(a, b, names, seed, fit, gp_weight)
+    progress = Progress(0, "estimate", quiet, unit="critic steps")
+    jobs, finish = cross_fit_jobs(a, b, names, seed, fit, gp_weight, progress)
     terms = finish(concurrently(jobs)).terms
+    progress.close()
     return [pooled(name, terms[name], confidence, len(a), len(b)) for name in names]
 
 
@@ -207,39 +214,43 @@ def split_folds(a: torch.Tensor, b: torch.Tensor, seed: int) -> tuple[list[Fold]
     return [Fold(a[a1], b[b1], a[a2], b[b2]), Fold(a[a2], b[b2], a[a1], b[b1])], rng
 
 
-def fold_classifier(fold: Fold, k: int, seed: int, fit: CriticFit = CriticFit()) -> Candidates:
+def fold_classifier(fold: Fold, k: int, seed: int, fit: CriticFit = CriticFit(), progress=None) -> Candidates:
     """classifier_candidates fitted on fold k's training halves, with the fold's own generator."""
     return classifier_candidates(fold.train_a, fold.train_b, torch.Generator().manual_seed(seed + 1 + k), seed + 1 + k,
-                                 fit)
+                                 fit, progress=progress)
 
 
-def _fold_wasserstein(fold: Fold, k: int, seed: int, fit: CriticFit, gp_weight: float) -> nn.Module:
+def _fold_wasserstein(fold: Fold, k: int, seed: int, fit: CriticFit, gp_weight: float, progress=None) -> nn.Module:
     critic = new_critic(fold.train_a, fold.train_b, fit.width, fit.depth, seed + 11 + k, lipschitz=True)
     return fit_critic(critic, wasserstein_objective(gp_weight), fold.train_a, fold.train_b,
-                      torch.Generator().manual_seed(seed + 11 + k), steps=fit.steps, lr=fit.lr)
+                      torch.Generator().manual_seed(seed + 11 + k), steps=fit.steps, lr=fit.lr, progress=progress)
 
 
-def cross_fit_jobs(a, b, names, seed: int, fit: CriticFit = CriticFit(),
-                   gp_weight: float = 10.0) -> tuple[list[tuple[str, Callable]], Callable[[list], CrossFit]]:
+def cross_fit_jobs(a, b, names, seed: int, fit: CriticFit = CriticFit(), gp_weight: float = 10.0,
+                   progress=None) -> tuple[list[tuple[str, Callable]], Callable[[list], CrossFit]]:
     """The critic fits of critic_estimates as independent jobs, (name, job) with one per kind of critic and
     fold (threads.concurrently runs them), and the function that turns their results, in order, into a
-    CrossFit."""
+    CrossFit. `progress` (progress.Progress) expects fit.steps Adam steps per job and counts them as the
+    jobs take them (fit_critic)."""
     kinds = {n: _critic_kind(n) for n in names}
     folds, rng = split_folds(a, b, seed)
     order = list(dict.fromkeys(kinds.values()))  # one critic per kind and fold
-    fitters = {"classifier": lambda fold, k: fold_classifier(fold, k, seed, fit),
-               "lipschitz": lambda fold, k: _fold_wasserstein(fold, k, seed, fit, gp_weight)}
+    fitters = {"classifier": lambda fold, k: fold_classifier(fold, k, seed, fit, progress),
+               "lipschitz": lambda fold, k: _fold_wasserstein(fold, k, seed, fit, gp_weight, progress)}
     jobs = [(f"critic for {', '.join(n for n in names if kinds[n] == kind)}, fold {k + 1}",
              lambda kind=kind, k=k: fitters[kind](folds[k], k))
             for kind in order for k in range(len(folds))]
+    if progress is not None:
+        progress.expect(len(jobs) * fit.steps)
 
     def finish(results: list) -> CrossFit:
         fitted = {kind: results[i * len(folds):(i + 1) * len(folds)] for i, kind in enumerate(order)}
         first = None
         if "classifier" in fitted:
             first = fitted["classifier"][0]
-            best = best_candidate([c.scores for c in fitted["classifier"]])
-            fitted["classifier"] = [c.critics[best] for c in fitted["classifier"]]
+            # each fold's classifier is chosen on its own training half: the other fold's validation
+            # points are this fold's held-out ones, on which its bound is evaluated
+            fitted["classifier"] = [c.critics[best_candidate(c.scores)] for c in fitted["classifier"]]
         return CrossFit(_held_out_terms(fitted, folds, names, kinds), folds, rng, first)
 
     return jobs, finish
@@ -370,9 +381,29 @@ def _critic_kind(name: str) -> str:
 
 
 def critic_estimate(a, b, name: str, seed: int = 0, confidence: float = 0.95, fit: CriticFit = CriticFit(),
-                    gp_weight: float = 10.0) -> Estimate:
+                    gp_weight: float = 10.0, quiet: bool = True) -> Estimate:
     """D(A‖B) certified by an independent critic; see critic_estimates."""
-    return critic_estimates(a, b, [name], seed=seed, confidence=confidence, fit=fit, gp_weight=gp_weight)[0]
+    return critic_estimates(a, b, [name], seed=seed, confidence=confidence, fit=fit, gp_weight=gp_weight,
+                            quiet=quiet)[0]
+
+
+# Rows per side that the critic method uses at most. Its Adam steps see batches of at most 8,192 rows,
+# but the rest grows with the rows: the quadratic classifiers' full-batch L-BFGS, the early-stopping
+# checks on a fifth of each half, and the held-out terms. 10⁶ rows per side of 1-D data took 21 s on
+# one core (11 s on two); beyond that the critics' fitting noise, not the sample, limits the estimate.
+CRITIC_MAX_ROWS = 1_000_000
+
+
+def at_most(a: torch.Tensor, b: torch.Tensor, max_rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """A and B cut to at most `max_rows` rows each, drawn at random (with `seed`), and the sentence that
+    says so (None when both are used whole)."""
+    if max(len(a), len(b)) <= max_rows:
+        return a, b, None
+    rng = torch.Generator().manual_seed(seed)
+    sub_a, sub_b = (x[torch.randperm(len(x), generator=rng)[:max_rows]] if len(x) > max_rows else x for x in (a, b))
+    return sub_a, sub_b, (f"estimated on {len(sub_a):,} of {len(a):,} rows of A and {len(sub_b):,} of {len(b):,} rows "
+                          f"of B, drawn at random: the critics' cost grows with the rows, and at most {max_rows:,} "
+                          "per side are used")
 
 
 # --------------------------------------------------------------------- k-NN ---
@@ -436,8 +467,12 @@ def _distinct_points(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------ entry ---
-def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence: float = 0.95) -> Estimate:
-    """D(A‖B) for any f-divergence name or `wasserstein`, by `critic` or (KL only) `knn`."""
+def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence: float = 0.95,
+             quiet: bool = True) -> Estimate:
+    """D(A‖B) for any f-divergence name or `wasserstein`, by `critic` or (KL only) `knn`.
+
+    The critic method uses at most CRITIC_MAX_ROWS rows per side (at_most; the Estimate's note says so,
+    and its n_a, n_b count the rows used). Unless `quiet`, its progress goes to stderr."""
     if method not in catalog.ESTIMATION_METHODS:
         raise InputError(f"unknown estimation method {method!r}; valid: {', '.join(catalog.ESTIMATION_METHODS)}")
     _critic_kind(name)  # InputError for unknown or non-estimable names, before any work
@@ -445,4 +480,5 @@ def estimate(a, b, name: str, method: str = "critic", seed: int = 0, confidence:
         raise InputError("--confidence must lie strictly between 0 and 1")
     if method == "knn":
         return knn_estimate(a, b, name, confidence=confidence)
-    return critic_estimate(a, b, name, seed=seed, confidence=confidence)
+    a, b, note = at_most(*as_samples(a, b), CRITIC_MAX_ROWS, seed)
+    return replace(critic_estimate(a, b, name, seed=seed, confidence=confidence, quiet=quiet), note=note)

@@ -77,7 +77,7 @@ def networks(cfg, spec: Spec, x: torch.Tensor, y: torch.Tensor | None, recipe, s
     `seed` without touching the global RNG: the generator (or decoder), an encoder if the row has one, a
     critic if the recipe has an adversarial term, and the generator's moving average with --ema."""
     family = catalog.FAMILIES[cfg.model]
-    k = spec.n_classes if family.conditional else 0  # labels into the generator side
+    k = label_count(cfg, spec)  # labels into the generator side
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         nets = nn.ModuleDict({"generator": _generator(cfg, family, spec, x, y, k, torch.Generator().manual_seed(seed))})
@@ -143,6 +143,11 @@ def network_count(cfg, recipe) -> int:
     """How many networks a resolved Config trains with `recipe`: the generator, an encoder, a critic, the
     generator's moving average (--ema); limits.py sizes them before they are built."""
     return 1 + bool(catalog.FAMILIES[cfg.model].encoder) + recipe.uses_critic + bool(cfg.ema)
+
+
+def label_count(cfg, spec: Spec) -> int:
+    """The classes whose labels enter a resolved Config's networks (0: none); limits.py sizes them."""
+    return spec.n_classes if catalog.FAMILIES[cfg.model].conditional else 0
 
 
 def generator_side(nets: nn.ModuleDict) -> list[nn.Parameter]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 from divgen.errors import InputError
 
 FLOAT32 = 4  # bytes
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 # ------------------------------------------------------------------ ranges ---
@@ -42,6 +44,8 @@ class Bounds:
         """InputError naming `flag` unless `value` is a finite number within the bounds."""
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{flag} must be a finite number, got {value}")
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:  # every float setting ends up in float32 tensors
+            raise InputError(f"{flag} must be finite in float32 (|x| ≤ 3.4e38), got {value:g}")
         too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
         if too_low or too_high:
@@ -73,14 +77,34 @@ SEED = Bounds(0, 2**32 - 1)
 FINITE = Bounds()
 
 
+# Plain ASCII decimal numbers. Python's int() and float() also read '1_000', full-width digits ('２０')
+# and other Unicode digits and spaces, which no one types as a number on purpose; nan and inf are read
+# so that the range check can name them.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_REAL = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
+def ascii_number(text: str, kind: type = float):
+    """`text` as an int or a float when it is a plain ASCII decimal number (a float may also be nan or inf),
+    else None."""
+    if not (_INTEGER if kind is int else _REAL).fullmatch(text):
+        return None
+    try:
+        return kind(text)
+    except ValueError:  # an int of more than 4300 digits (sys.get_int_max_str_digits)
+        return None
+
+
 def number(kind: type, flag: str, bounds: Bounds = FINITE):
-    """An argparse `type` that reads an int or a float and checks it against `bounds`."""
+    """An argparse `type` that reads an int or a float (plain ASCII, see ascii_number) and checks it against
+    `bounds`."""
 
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        value = ascii_number(text, kind)
+        if value is None:
+            digits = "ASCII digits 0-9" if kind is int else "ASCII digits 0-9, '.', 'e'"
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            raise argparse.ArgumentTypeError(f"{shown!r} is not a valid {kind.__name__} (plain {digits})")
         try:
             bounds.check(flag, value)
         except InputError as e:
@@ -175,27 +199,32 @@ def _chw(event_shape) -> tuple[int, int, int] | None:
     return None
 
 
-def network_sizes(cfg, event_shape, networks: int = 2) -> dict[str, int]:
+def network_sizes(cfg, event_shape, networks: int = 2, n_classes: int = 0) -> dict[str, int]:
     """Parameters of a family's `networks` (the generator first, then the critic and/or an encoder),
     by the flags that set them, as models.py builds them: MLPs of `--width` × `--depth` for vectors,
-    the conv nets of max(4, width/4) channels (three conv layers each) for images."""
+    the conv nets of max(4, width/4) channels (three conv layers each) for images; the Gaussian
+    family's generator is its mean and d × d scale; `n_classes` labels enter every network
+    (one-hot inputs, or an embedding of the critic's features)."""
     w, depth, z = cfg.width, cfg.depth, cfg.noise_dim
     others = networks - 1
     chw = _chw(event_shape)
     if chw is None:
         d = math.prod(event_shape)
+        if cfg.model == "gaussian":  # N(μ, LLᵀ): μ, L and L's diagonal; one MLP critic
+            return {f"data dimension {d} (a {d} × {d} scale matrix)": d * d + 2 * d,
+                    f"--width {w} --depth {depth}": others * ((depth - 1) * (w * w + w) + d * w + 2 * w + 1)}
         return {
             f"--noise-dim {z}": z * w + w + others * (w * z + z),  # the generator's input, an encoder's output
             f"--width {w} --depth {depth}": networks * (depth - 1) * (w * w + w),  # hidden layers
             f"--width {w}": (w * d + d) + others * (d * w + 2 * w + 1),  # data-sized layers, critic output
-        }
+        } | ({f"{n_classes} classes": networks * n_classes * w} if n_classes else {})  # one-hot inputs
     c_in, h, wd = chw
     c = max(4, w // 4)
     grid = 2 * c * math.ceil(h / 4) * math.ceil(wd / 4)  # the coarsest feature map: the generator's start
     return {
         f"--noise-dim {z}": (z + 1) * grid + others * (grid + 1) * 2 * z,
         f"--width {w}": (27 * c * c + 9 * c * c_in) + others * (9 * c_in * c + 96 * c * c + grid + 1),
-    }
+    } | ({f"{n_classes} classes": networks * n_classes * grid} if n_classes else {})  # one-hot in, embedded features
 
 
 def activation_units(cfg, event_shape, networks: int = 2) -> dict[str, int]:
@@ -212,11 +241,11 @@ def activation_units(cfg, event_shape, networks: int = 2) -> dict[str, int]:
     return {f"--width {w}": h * wd * (8 * c + (weight - 1) * 4 * c), f"--noise-dim {z}": z, "": weight * h * wd * c_in}
 
 
-def training_memory(cfg, event_shape, n_rows: int, networks: int = 2) -> list[tuple[str, float]]:
+def training_memory(cfg, event_shape, n_rows: int, networks: int = 2, n_classes: int = 0) -> list[tuple[str, float]]:
     """Memory of a training run (bytes by flag): networks and optimizer state, a batch's activations,
     the noise drawn ahead, the data."""
     b, z = cfg.batch_size, cfg.noise_dim
-    terms = [(flag, n * BYTES_PER_PARAMETER) for flag, n in network_sizes(cfg, event_shape, networks).items()]
+    terms = [(flag, n * BYTES_PER_PARAMETER) for flag, n in network_sizes(cfg, event_shape, networks, n_classes).items()]
     act = ACTIVATION_COPIES * FLOAT32 * b
     terms += [(f"--batch-size {b} {flag}".strip(), act * n) for flag, n in activation_units(cfg, event_shape, networks).items()]
     terms.append((f"--batch-size {b} --noise-dim {z}", FLOAT32 * b * z + (8 << 20)))  # Stream's noise drawn ahead
@@ -224,10 +253,10 @@ def training_memory(cfg, event_shape, n_rows: int, networks: int = 2) -> list[tu
     return terms
 
 
-def training_disk(cfg, event_shape, networks: int = 2) -> list[tuple[str, float]]:
+def training_disk(cfg, event_shape, networks: int = 2, n_classes: int = 0) -> list[tuple[str, float]]:
     """Disk space of a run directory: checkpoints (networks and Adam state, one more while one is
     written) and samples.npy."""
-    params = sum(network_sizes(cfg, event_shape, networks).values())
+    params = sum(network_sizes(cfg, event_shape, networks, n_classes).values())
     return [(f"--keep-checkpoints {cfg.keep_checkpoints}", (cfg.keep_checkpoints + 1) * 3 * FLOAT32 * params),
             (f"--n-samples {cfg.n_samples}", FLOAT32 * cfg.n_samples * math.prod(event_shape))]
 

@@ -91,23 +91,29 @@ def _views(v) -> tuple:
 
 
 def _input_gradient(critic: Callable, views: tuple, unit: torch.Tensor | None = None) -> torch.Tensor:
-    """∇V at `views` with respect to its float inputs (samples, and latent codes of BiGAN), as one
-    (B, D) matrix; integer inputs (labels) are held fixed. The graph is kept, so a penalty of it trains.
+    """∇V at `views` with respect to its float inputs (samples, and latent codes of BiGAN), one row per
+    critic input: (B/M, M·D) for a critic that gives B/M outputs for B rows; integer inputs (labels) are
+    held fixed. The graph is kept, so a penalty of it trains.
 
+    A packed critic (PacGAN, M > 1) judges rows i·M … (i + 1)·M − 1 together as one input, so its slope
+    is that of V_i in all M of them at once: the gradient of ΣV with respect to those rows is ∇V_i,
+    and they are concatenated into one row before any norm is taken.
     `unit` (d,): the length of one unit of each sample coordinate, e.g. the data's sd; the slope
     along the samples is then per such unit, ∂V/∂x · unit (the codes keep theirs)."""
     inputs = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in views]
     wrt = [t for t in inputs if t.is_floating_point()]
-    grads = [g.reshape(len(g), -1) for g in torch.autograd.grad(critic(*inputs).sum(), wrt, create_graph=True)]
+    v = critic(*inputs)  # (B/M,)
+    grads = [g.reshape(len(g), -1) for g in torch.autograd.grad(v.sum(), wrt, create_graph=True)]  # (B, D_k) each
     if unit is not None:
         grads[0] = grads[0] * unit
-    return torch.cat(grads, dim=1)
+    return torch.cat(grads, dim=1).reshape(len(v), -1)  # (B/M, M·D): a norm's sum of squares ignores the order
 
 
 def gradient_penalty(critic: Callable, real, fake, generator: torch.Generator | None = None,
                      one_sided: bool = False, unit: torch.Tensor | None = None) -> torch.Tensor:
     """E[(‖∇V(x̂)‖ − 1)²] on random interpolates x̂ = εx + (1 − ε)x̃, one ε ~ U(0, 1) per
-    example (Gulrajani et al. 2017, WGAN-GP).
+    example (Gulrajani et al. 2017, WGAN-GP). The norm and the mean are per critic input: a packed
+    critic's gradient with respect to its M samples together (_input_gradient).
 
     `real`, `fake`: tensors (B, d) or views (x, c): float components are
     interpolated with the same ε (BiGAN's codes with its samples), labels are
@@ -130,7 +136,8 @@ def gradient_penalty(critic: Callable, real, fake, generator: torch.Generator | 
 def r1_penalty(critic: Callable, real, unit: torch.Tensor | None = None) -> torch.Tensor:
     """½ E_P[‖∇_x V(x)‖²] on real data (Mescheder, Geiger & Nowozin 2018, "Which training methods for
     GANs do actually converge?"): it pulls the critic flat on the data, which makes the
-    equilibrium locally stable. Times the weight γ it is their (γ/2)·E‖∇V‖².
+    equilibrium locally stable. Times the weight γ it is their (γ/2)·E‖∇V‖². Per critic input, as
+    gradient_penalty: a packed critic's x is its M samples together.
     `unit`: slopes per this length of each coordinate (_input_gradient)."""
     return 0.5 * _input_gradient(critic, _views(real), unit).square().sum(1).mean()
 

@@ -25,6 +25,11 @@ class World:
         return self.rank == 0
 
 
+def launched_main() -> bool:
+    """Whether this is the process that writes files (rank 0, or the only one), before setup joins the group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device) -> tuple[World, torch.device]:
     """Join the process group when launched by torchrun; pin one GPU per process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from divgen import catalog, families, files, limits, recipes, runs, sample_files
-from divgen.config import Config, resolve
+from divgen.config import Config, check_recorded, resolve
 from divgen.data import Spec
 from divgen.errors import InputError
 
@@ -46,11 +46,12 @@ def load_run(run: Path, checkpoint: Path | None = None) -> TrainResult:
     run = Path(run)
     cfg = read_run_config(run)
     state = runs.latest_checkpoint(run) if checkpoint is None else runs.load_checkpoint(checkpoint, runs.CHECKPOINT_KEYS)
+    check_recorded(state.get("config"), cfg.to_dict(), str(run / runs.CONFIG))
     spec = Spec(tuple(state["data"]["event_shape"]), state["data"]["n_classes"])
     x = torch.zeros(2, spec.dim)  # the networks' statistics and class frequencies come from the checkpoint
     recipe = recipes.build(cfg, x)
     # the networks and the checkpoint's copy of them, before either is built
-    sizes = limits.network_sizes(cfg, spec.event_shape, families.network_count(cfg, recipe))
+    sizes = limits.network_sizes(cfg, spec.event_shape, families.network_count(cfg, recipe), families.label_count(cfg, spec))
     limits.require([(flag, 2 * limits.FLOAT32 * n) for flag, n in sizes.items()], limits.memory_available())
     nets = families.networks(cfg, spec, x, None, recipe, cfg.seed)
     runs.load_networks(nets, state, run)
@@ -92,7 +93,8 @@ def finish(out: Path, cfg, ds, nets, recipe, quiet: bool = True) -> None:
         files.write_json(out / "params.json", model.params())
     if cfg.figures:
         _figures(out, cfg, ds, nets, samples, _critic_t(cfg, nets, recipe))
-    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, (ds.dim,), quiet=quiet, flag="--n-samples")
+    sample_files.write(out / "samples.npy", nets, cfg.n_samples, cfg.seed + 1, ds.spec.event_shape, quiet=quiet,
+                       flag="--n-samples")
 
 
 def _critic_t(cfg, nets, recipe):

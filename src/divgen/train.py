@@ -52,6 +52,12 @@ def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = 
     out = Path(out)
     saved = read_run_config(out) if resume else None  # its own errors name config.json, not a flag
     configs.resolve(cfg)  # every setting checked before the data are read
+    # the run folder too: every file it will write (that the data is none of them: once it is read); by the
+    # process that writes it, as the others may look once it has begun
+    if parallel.launched_main() and resume:
+        runs.check_run(out)
+    elif parallel.launched_main():
+        runs.check_out(out, overwrite, resumable=True)
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)  # refuses a toy set too large to draw
     cfg = configs.resolve(cfg, ds)
     if resume:
@@ -59,9 +65,14 @@ def train(cfg: Config, out: Path | str, resume: bool = False, overwrite: bool = 
         configs.check_resume(saved, cfg, str(out))
     world, device = parallel.setup(resolve_device(cfg.device))
     try:
+        if resume and world.main:  # a new run's folder is held by runs.prepare, once it exists
+            runs.hold(out)  # until the run ends: a second divgen process is refused
+            runs.check_run(out, cfg.data)  # again, now that no other process writes there
         with _process_settings():
             return _train(cfg, ds, out, world, device, resume, overwrite, quiet)
     finally:
+        if world.main:
+            runs.release(out)
         parallel.teardown(world)
 
 
@@ -284,25 +295,28 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
            quiet: bool) -> TrainResult:
     if cfg.batch_size % world.size:
         raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
+    if (cfg.batch_size // world.size) % cfg.pack:  # each process packs its own share of the batch
+        raise InputError(f"--pack {cfg.pack}: must divide each of the {world.size} processes' batch of "
+                         f"{cfg.batch_size // world.size} (--batch-size {cfg.batch_size})")
     cfg = replace(cfg, data_sha256=datasets.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
     recipe = recipes.build(cfg, ds.train)
-    count = families.network_count(cfg, recipe)
-    limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count),
+    count, k = families.network_count(cfg, recipe), families.label_count(cfg, ds.spec)
+    limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count, k),
                    limits.memory_available(device))
-    limits.require_disk(limits.training_disk(cfg, ds.spec.event_shape, count), out / runs.CONFIG)
+    limits.require_disk(limits.training_disk(cfg, ds.spec.event_shape, count, k), out / runs.CONFIG)
     start = _resume_point(cfg, out) if resume else None
     nets = families.networks(cfg, ds.spec, ds.train, ds.train_labels, recipe, cfg.seed).to(device)
     sides = {"generator": families.generator_side(nets), "critic": list(nets[CRITIC].parameters()) if recipe.uses_critic else []}
     lrs = {"generator": cfg.lr_generator, "critic": cfg.lr_critic}
     # fused: one kernel per optimizer step instead of several per parameter tensor
-    opts = {side: torch.optim.Adam(p, lr=lrs[side], betas=(0.5, 0.999), fused=True) for side, p in sides.items() if p}
+    opts = {side: torch.optim.Adam(p, lr=lrs[side], betas=(cfg.adam_beta1, 0.999), fused=True) for side, p in sides.items() if p}
     stream = Stream(ds, cfg, nets["generator"].noise_dim, world, device)
-    ckpt = runs.CheckpointState(nets, opts, stream, ds.spec, world)
+    ckpt = runs.CheckpointState(nets, opts, stream, ds.spec, world, configs.recorded(cfg))
     if not resume:  # rank 0 creates the directory; every rank learns whether that failed
         error = None
         if world.main:
             try:
-                runs.prepare(out, overwrite, resumable=True)
+                runs.prepare(out, overwrite, resumable=True, data=cfg.data, lock=True)
                 files.write_json(out / runs.CONFIG, cfg.to_dict())
             except InputError as e:
                 error = str(e)
@@ -312,9 +326,8 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
     try:
         # a run stopped before its step-0 checkpoint (start None) starts from step 0
         step = ckpt.restore(out) if start is not None else ckpt.save(out, 0, cfg.keep_checkpoints)
-        if resume and world.main:  # only now that the run is known to continue: record the new step count
-            runs.remove(out, runs.RESULTS)  # the old results no longer describe the run
-            files.write_json(out / runs.CONFIG, cfg.to_dict())
+        if resume:  # once the run has trained further: its new step count, and the old results go stale
+            ckpt.on_first_save = lambda: (runs.remove(out, runs.RESULTS), files.write_json(out / runs.CONFIG, cfg.to_dict()))
         log = logs.MetricsLog(out, cfg, world, quiet, start=step)
     except BaseException:
         stop.restore()

@@ -117,7 +117,7 @@ def c2st_logit(a, b, seed: int = 0, permutations: int = 1000, fit: CriticFit = C
 def logit_test(candidates: Candidates, fold: Fold, rng: torch.Generator, permutations: int) -> TestResult:
     """c2st-logit from fold 0's classifier candidates and that fold's held-out halves."""
     # chosen on fold 0 alone: the held-out halves play no part
-    critic = candidates.critics[best_candidate([candidates.scores])]
+    critic = candidates.critics[best_candidate(candidates.scores)]
     with torch.no_grad():
         seen = torch.cat(critic_pair(critic, fold.train_a, fold.train_b))
         v = torch.cat(critic_pair(critic, fold.test_a, fold.test_b)).double()  # (n + m,), A first
