@@ -21,8 +21,8 @@ Columns, all on the held-out split (359 images) and as many samples:
   its training share) and KL(generated labels ‖ training labels);
 - conditional accuracy: samples drawn for class k that the classifier calls k;
 - precision / recall (k = 5, the `prdc` package) in the same feature space;
-- data copying (sample_metrics.data_copying, in pixels): Z of the samples' distances to
-  their nearest training row against the held-out rows'; a row fails (copies) when Z < −3;
+- data copying (sample_metrics.data_copying, in pixels): a sign test of whether the samples lie
+  nearer a random set of training rows than an equal number of held-out rows; a row fails (copies) when Z < −3;
 - density models: test log-likelihood in bits per pixel on dequantized pixels
   (metrics.dequantized and metrics.held_out_likelihood, as `divgen evaluate`
   scores them): the 17 grey levels k ∈ {0..16} as x = (k + u)/17, u ~ U(0, 1),

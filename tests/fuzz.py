@@ -67,6 +67,7 @@ def _files(rng) -> None:
     x = rng.normal(size=(300, 2))
     np.save("a.npy", x)
     np.save("wide.npy", rng.normal(size=(4, 200_000)).astype(np.float32))  # a d × d scale matrix of 160 GB
+    np.save("far.npy", rng.normal(size=(300, 2)) * 1e37)  # squared distances beyond float32
     np.save("b.npy", rng.normal(size=(300, 2)) + 1)
     np.save("three.npy", rng.normal(size=(300, 3)))
     np.save("small.npy", rng.normal(size=(10, 2)))
@@ -474,6 +475,8 @@ def _objective_cases() -> list[tuple[str, list[str]]]:
     cases = [(f"train {name}", _train(*f, data=data.get(name, "mog1d"))) for name, f in flags.items()]
     cases += [(f"estimate {d}", ["estimate", "a.npy", "b.npy", "--divergence", d]) for d in ("alpha:1e300", "alpha:-1e-300")]
     cases.append(("train a gaussian in 200,000 dimensions", _train("--model", "gaussian", data="wide.npy")))
+    cases += [("estimate samples 1e37 apart", ["estimate", "far.npy", "b.npy", "--divergence", "kl"]),
+              ("test samples 1e37 apart", ["test", "far.npy", "b.npy"])]
     return cases
 
 

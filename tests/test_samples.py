@@ -36,3 +36,14 @@ def test_duplicate_rows_counts_repeats_within_and_across():
     assert duplicate_rows(x) == 2  # two repeats of the first row
     assert duplicate_rows(x, np.array([[0, 0], [5, 5]])) == 3  # every copy of [0, 0] in x occurs in y
     assert duplicate_rows(x, np.array([[7, 7]])) == 0
+
+
+def test_samples_whose_squared_distances_overflow_float32_are_refused():
+    """Points 1e37 apart have squared distances beyond float32's 3.4e38: a kernel would be 0 or NaN and a test
+    silently blind; a common factor keeps every f-divergence and p-value, so 1e14 apart is still accepted."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 1
+    with pytest.raises(InputError, match="overflow float32"):
+        as_samples(a * 1e37, b * 1e37)
+    x, y = as_samples(a * 1e14, b * 1e14)
+    assert torch.isfinite(torch.cdist(x, y).square()).all()

@@ -198,7 +198,7 @@ def report(result: dict) -> str:
             parts.append(f"intra-class Fréchet distance: {c['intra_class_frechet']['note']}")
     cp = result.get("copying")
     if cp:
-        parts.append(markdown(["data copying (nearest training row, pixels)", "Z", "distance ratio", "verdict"],
+        parts.append(markdown(["data copying (samples nearer training or held-out rows, pixels)", "Z", "distance ratio", "verdict"],
                               [["samples vs held-out rows", _num(cp["z"], ".2f"), _num(cp["distance_ratio"], ".3f"),
                                 f"copies training rows (Z < {sample_metrics.COPYING_Z:g})" if cp["copying"] else "pass"]]))
     lb = result.get("likelihood")

@@ -98,12 +98,12 @@ def mode_stats(samples, modes, mode_std: float, weights=None, n_std: float = 3.0
 
 
 # ------------------------------------------------------------ data copying ---
-COPYING_Z = -3.0  # below this Z the samples sit closer to the training rows than fresh data do
+COPYING_Z = -3.0  # below this Z the samples sit nearer the training rows than fresh rows of the data
 
 
 @dataclass(frozen=True)
 class DataCopying:
-    """The data-copying test of Meehan, Chaudhuri and Dasgupta (AISTATS 2020), over the whole space.
+    """Whether a model's samples sit nearer the rows it was trained on than fresh rows of the data.
 
     Distances are Euclidean, in the data's own units (pixels for images): a copy
     of a training row is a copy pixel for pixel, and this space needs no
@@ -111,12 +111,12 @@ class DataCopying:
     training rows, so they would not treat training and held-out rows alike).
     """
 
-    z: float  # Mann–Whitney Z of the samples' nearest-training distances against the held-out rows'; ≪ 0: copying
-    p_value: float  # one-sided P(Z ≤ z) when samples and held-out rows lie as far from the training rows
-    distance_ratio: float  # median nearest-training distance of the samples / of the held-out rows
+    z: float  # sign-test Z: (samples nearer the held-out rows − nearer the training rows) / √n; ≪ 0: copying
+    p_value: float  # one-sided P(Z ≤ z) for a model whose samples lie as near either set
+    distance_ratio: float  # median distance of the samples to their nearest training row / nearest held-out row
     copying: bool  # z < COPYING_Z: the samples fail the check
     n_fake: int
-    n_heldout: int
+    n_heldout: int  # rows in each of the two reference sets (training rows drawn to match)
     n_train: int
 
 
@@ -133,36 +133,38 @@ def nearest_distances(x: torch.Tensor, rows: torch.Tensor, block_elements: int =
     return torch.cat([torch.cdist(part, rows).min(dim=1).values for part in x.split(step)])
 
 
-def data_copying(train, heldout, fake) -> DataCopying:
-    """Do generated samples sit closer to the training rows than fresh data do?
+def data_copying(train, heldout, fake, seed: int = 0) -> DataCopying:
+    """Do generated samples sit nearer the training rows than fresh rows of the data?
 
-    Each generated sample (M, d) and each held-out row (L, d) is given the
-    distance to its nearest training row (N, d); the Mann–Whitney U statistic of
-    the samples' distances against the held-out rows' is standardized,
-    Z = (U − ML/2) / √(ML(M + L + 1)/12) with the variance corrected for ties.
-    A model that draws from the data distribution gives Z ≈ N(0, 1); one that
-    copies training rows, even with small noise, gives Z ≪ 0; one that has not
-    fitted the data gives Z > 0 (this checks copying, not quality). Rule: a
-    model fails when Z < COPYING_Z = −3 (a 0.13% false alarm rate for a model
-    that does not copy). This is the test's one-cell form: Meehan et al. also
-    average Z over cells of a partition, which sees copying in one region that
-    underfitting elsewhere would hide.
+    Two reference sets of one size come from the data distribution: the held-out
+    rows, and as many training rows drawn at random with `seed` (or all the
+    training rows and as many held-out rows, when the held-out rows are more).
+    The model saw one of them. Each sample (M, d) is given its distance to the
+    nearest row of each. A model that does not copy, however blurred or poor
+    its samples, lies as near one set as the other: each sample is nearer the
+    training set with probability ½. A model that copies training rows lies
+    nearer it. Z = (# nearer the held-out set − # nearer the training set) /
+    √(# not tied), the sign test's normal approximation; ≪ 0 means copying.
+    Rule: a model fails when Z < COPYING_Z = −3 (a 0.13% false alarm rate).
+
+    Meehan, Chaudhuri and Dasgupta (AISTATS 2020) compare the samples' distances to
+    the training rows with the held-out rows' distances instead; in pixels that
+    calls blurred samples (a VAE's means, which lie near many rows) copies.
     """
-    from scipy.stats import rankdata
-
     train, heldout, fake = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in (train, heldout, fake))
     if not (train.ndim == heldout.ndim == fake.ndim == 2) or len({train.shape[1], heldout.shape[1], fake.shape[1]}) > 1:
         raise InputError("the data-copying test needs training rows, held-out rows and samples of one dimension")
     if min(len(train), len(heldout), len(fake)) < 2:
         raise InputError("the data-copying test needs at least 2 training rows, held-out rows and samples")
-    d_fake, d_held = nearest_distances(fake, train).numpy(), nearest_distances(heldout, train).numpy()
-    m, n = len(d_fake), len(d_held)
-    ranks = rankdata(np.concatenate([d_fake, d_held]))  # ties share their mean rank
-    u = ranks[:m].sum() - m * (m + 1) / 2
-    _, counts = np.unique(ranks, return_counts=True)
-    ties = (counts**3 - counts).sum() / ((m + n) * (m + n - 1))
-    sd = math.sqrt(m * n / 12 * ((m + n + 1) - ties))
-    z = (u - m * n / 2) / sd if sd > 0 else 0.0  # every distance equal: nothing tells the two apart
+    n = min(len(train), len(heldout))
+    rng = torch.Generator().manual_seed(seed)
+    seen = train[torch.randperm(len(train), generator=rng)[:n]]
+    fresh = heldout[torch.randperm(len(heldout), generator=rng)[:n]]
+    d_seen, d_fresh = nearest_distances(fake, seen), nearest_distances(fake, fresh)
+    nearer_seen, nearer_fresh = int((d_seen < d_fresh).sum()), int((d_fresh < d_seen).sum())
+    untied = nearer_seen + nearer_fresh
+    z = (nearer_fresh - nearer_seen) / math.sqrt(untied) if untied else 0.0
     p = 0.5 * math.erfc(-z / math.sqrt(2))
-    ratio = float(np.median(d_fake) / np.median(d_held)) if np.median(d_held) > 0 else math.inf
-    return DataCopying(float(z), p, ratio, bool(z < COPYING_Z), m, n, len(train))
+    fresh_median = float(np.median(d_fresh.numpy()))
+    ratio = float(np.median(d_seen.numpy())) / fresh_median if fresh_median > 0 else math.inf
+    return DataCopying(float(z), p, ratio, bool(z < COPYING_Z), len(fake), n, len(train))

@@ -30,9 +30,25 @@ def as_samples(a, b) -> tuple[torch.Tensor, torch.Tensor]:
         out.append(x.contiguous())
     if out[0].shape[1] != out[1].shape[1]:
         raise InputError(f"A has dimension {out[0].shape[1]} but B has dimension {out[1].shape[1]}")
+    _check_span(*out)
     if (out[0] == out[0][:1]).all() and (out[1] == out[0][:1]).all():
         raise InputError("samples A and B are one and the same point repeated: there is nothing to test or estimate")
     return out[0], out[1]
+
+
+# The largest squared distance between two samples that float32 arithmetic holds with room for sums of
+# them (kernels, energy distances, covariances): float32's maximum is 3.4e38.
+MAX_SQUARED_DISTANCE = 1e36
+
+
+def _check_span(a: torch.Tensor, b: torch.Tensor) -> None:
+    """InputError if points of A and B lie so far apart that their squared distances overflow float32."""
+    both = torch.cat([a, b]).double()
+    reach = float((both - both.mean(0)).abs().max())  # the farthest coordinate from the pooled mean
+    if (2 * reach) ** 2 * both.shape[1] > MAX_SQUARED_DISTANCE:
+        raise InputError(f"samples A and B spread over {reach:.3g} from their mean: squared distances between them "
+                         "would overflow float32 (3.4e38); divide both files by a common factor (f-divergences and "
+                         "test p-values do not change; W1 scales with it)")
 
 
 def duplicate_rows(x, y=None) -> int:
