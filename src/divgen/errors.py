@@ -25,6 +25,11 @@ class Interrupted(RuntimeError):
     """SIGINT/SIGTERM: a final checkpoint was written; the message says how to resume."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def one_line(text: str, limit: int = 240) -> str:
     """`text` as one printable line of at most about `limit` characters, cut between words (…)."""
     flat = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())

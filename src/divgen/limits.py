@@ -137,6 +137,16 @@ def require(terms: list[tuple[str, float]], have: int, what: str = "memory") -> 
     raise InputError(f"{flag}: needs about {size_text(total)} of {what} (estimate), but {size_text(have)} is available")
 
 
+# Bytes of memory per value a data reader reads, besides the file's own values (itemsize): their float32
+# copy, the quotient when uint8 pixels are scaled, and the training rows when the split is made.
+READ_BYTES_PER_VALUE = 3 * FLOAT32
+
+
+def require_values(where: str, n_values: int, itemsize: int) -> None:
+    """Refuse, before a reader reads them, values of data `where` that would not fit in the memory available."""
+    require([(f"data {where!r}", n_values * (itemsize + READ_BYTES_PER_VALUE))], memory_available())
+
+
 def memory_available(device=None) -> int:
     """Bytes that can be allocated now: free memory of a CUDA device, else the host's available memory
     (MemAvailable, within a cgroup's limit)."""
