@@ -86,7 +86,12 @@ def main(argv=None) -> int:
               if k in catalog.FAMILIES["gaussian"].defaults and k != "divergence"}
     for key, value in recipe.items():
         ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=value, help=f"adversarial fit (default: {value})")
+    ap.add_argument("--generator-loss", default="auto", choices=catalog.GENERATOR_LOSSES,
+                    help="adversarial fit (default: auto, minimax for the gaussian family)")
+    ap.add_argument("--lr-schedule", default="constant", choices=catalog.LR_SCHEDULES,
+                    help="adversarial fit (default: constant)")
     args = ap.parse_args(argv)
+    recipe["generator_loss"], recipe["lr_schedule"] = args.generator_loss, args.lr_schedule
     if args.quick:
         args.divergences, args.seeds, args.steps, args.jobs = "kl", 1, 30, 1
 

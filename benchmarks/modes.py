@@ -103,7 +103,7 @@ def one(job) -> dict:
         modes, sd, weights = ds.modes, ds.mode_std, ds.mode_weights
     m = sample_metrics.mode_stats(samples, modes, sd, weights=weights)
     out = {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
-           "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "seconds": seconds}
+           "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "spread": m.spread, "seconds": seconds}
     done.write_text(json.dumps(out))
     return out
 
@@ -146,9 +146,10 @@ def main(argv=None) -> int:
         print(environment())
         print(f"every default, {seeds} seeds per mixture, 2,500 samples per run; mean ± sd over seeds\n")
         table = [[f"{name}, {r[0]['n_modes']} modes", _pm([x["modes"] for x in r], 1), _pm([x["hq"] for x in r], 1),
-                  _pm([x["rkl"] for x in r], 3), f"{statistics.mean(x['seconds'] for x in r):.0f}"]
+                  _pm([x.get("spread") for x in r], 2), _pm([x["rkl"] for x in r], 3),
+                  f"{statistics.mean(x['seconds'] for x in r):.0f}"]
                  for name in dict.fromkeys(j[1] for j in jobs) for r in [[x for x in results if x["data"] == name]]]
-        print(markdown(["mixture", "modes captured", "high quality, %", "reverse KL", "seconds"], table))
+        print(markdown(["mixture", "modes captured", "high quality, %", "spread", "reverse KL", "seconds"], table))
         return 0
     # the long runs (every default) first, so that the two workers finish together
     jobs = [(label, name, seed, root, flags, steps, None) for label, flags in reversed(rows) for name in DATA
@@ -164,11 +165,12 @@ def main(argv=None) -> int:
             mine = [r for r in results if r["label"] == label and r["data"] == name]
             n_modes = mine[0]["n_modes"]
             table.append([label, _pm([r["modes"] for r in mine], 1), _pm([r["hq"] for r in mine], 1),
-                          _pm([r["rkl"] for r in mine], 3), f"{statistics.mean(r['seconds'] for r in mine):.0f}"])
+                          _pm([r.get("spread") for r in mine], 2), _pm([r["rkl"] for r in mine], 3),
+                          f"{statistics.mean(r['seconds'] for r in mine):.0f}"])
         for label, (modes, hq, rkl) in PUBLISHED[name].items():
-            table.append([f"*{label}, published*", f"{modes:g}", f"{hq:g}", "—" if rkl is None else f"{rkl:g}", ""])
+            table.append([f"*{label}, published*", f"{modes:g}", f"{hq:g}", "—", "—" if rkl is None else f"{rkl:g}", ""])
         print(f"`{name}` ({n_modes} modes)\n")
-        print(markdown(["configuration", "modes captured", "high quality, %", "reverse KL", "seconds"], table))
+        print(markdown(["configuration", "modes captured", "high quality, %", "spread", "reverse KL", "seconds"], table))
         print()
     return 0
 

@@ -18,7 +18,9 @@ torch.set_num_threads(1)
 ALL_F = divergences.EXAMPLES + ("alpha:1.5", "alpha:-2", "js-weighted:0.7")
 
 # Flags that keep a training run well under a second.
-TINY = ["--width", "16", "--n-data", "500", "--batch-size", "64", "--log-every", "5"]
+# a constant learning rate: runs that a test extends by resuming with more --steps stay bit-identical to a
+# straight run (a linear schedule is planned over --steps: test_train's linear-schedule resume test)
+TINY = ["--width", "16", "--n-data", "500", "--batch-size", "64", "--log-every", "5", "--lr-schedule", "constant"]
 
 
 @dataclass

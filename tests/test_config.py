@@ -101,7 +101,9 @@ def test_the_objective_is_recorded_once_and_an_edited_one_is_refused():
     (dict(model="vae", pack=4), "--pack"),
     (dict(model="cvae", critic_steps=5), "--critic-steps"),
     (dict(model="mlp", divergence="mmd", critic_penalty="r1"), "--critic-penalty"),
-    (dict(model="mlp", divergence="mmd", lr_critic=1e-3), "--lr-critic"),
+    (dict(model="mlp", divergence="mmd", lr_critic=3e-3), "--lr-critic"),
+    (dict(model="vae", penalty_every=2), "--penalty-every"),
+    (dict(model="mlp", critic_penalty="none", penalty_every=4), "--penalty-every"),
     (dict(model="mlp", divergence="js", lipschitz="sn"), "--lipschitz"),
     (dict(model="mlp", divergence="wasserstein", lipschitz="gp", clip=0.05), "--clip"),
     (dict(model="mlp", divergence="kl", clip=0.05), "--clip"),
@@ -110,6 +112,7 @@ def test_the_objective_is_recorded_once_and_an_edited_one_is_refused():
     (dict(model="cgan", init_std=2.0), "--init-std"),
     (dict(model="mlp", divergence="wasserstein", generator_loss="minimax"), "--generator-loss"),
     (dict(model="vae", generator_loss="minimax"), "--generator-loss"),
+    (dict(model="gaussian", divergence="tv", generator_loss="ratio"), "--generator-loss ratio with --divergence tv"),
 ])
 def test_a_flag_that_does_nothing_or_cannot_work_is_refused_by_name(kwargs, flag):
     with pytest.raises(InputError, match=flag):

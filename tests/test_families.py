@@ -85,7 +85,7 @@ def test_families_refuse_data_they_cannot_train_on(model, kind, extra, words, fi
 
 
 def test_bigan_resumes_bit_for_bit(files, tmp_path):
-    cfg = dict(FAST, checkpoint_every=4)
+    cfg = dict(FAST, checkpoint_every=4, lr_schedule="constant")  # extended by a resume: a rate that needs no plan
     full = train.train(Config(data=files["vectors"], model="bigan", **{**cfg, "steps": 8}), tmp_path / "full", quiet=True).run
     part = train.train(Config(data=files["vectors"], model="bigan", **{**cfg, "steps": 4}), tmp_path / "part", quiet=True).run
     train.train(Config(data=files["vectors"], model="bigan", **{**cfg, "steps": 8}), part, resume=True, quiet=True)

@@ -655,8 +655,10 @@ def test_generator_loss_help_follows_the_order_of_its_choices(capsys):
     start = text.index("--generator-loss {")
     choices = text[start:].split("{")[1].split("}")[0].split(",")
     helptext = text[text.index("f-GAN generator loss:", start):]
-    positions = [helptext.index(f"{c} is" if c == "auto" else f"{c} m") for c in choices]
-    assert choices == ["auto", "nonsaturating", "minimax"] and positions == sorted(positions)
+    says = {"auto": "auto is", "nonsaturating": "nonsaturating maximizes", "minimax": "minimax minimizes",
+            "ratio": "ratio trains"}
+    positions = [helptext.index(says[c]) for c in choices]
+    assert choices == ["auto", "nonsaturating", "minimax", "ratio"] and positions == sorted(positions)
 
 
 def test_compare_says_which_fit_its_progress_lines_belong_to(divgen, tmp_path):

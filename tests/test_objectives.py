@@ -318,3 +318,27 @@ def test_log_wright_omega_value_and_gradient():
     torch.testing.assert_close(w + log_w, x.detach())  # ω + log ω = x
     (grad,) = torch.autograd.grad(log_w.sum(), x)
     torch.testing.assert_close(grad, 1 / (1 + w.detach()))
+
+
+@pytest.mark.parametrize("name, gradient", [
+    ("kl", lambda d: d),  # KL(N(1, 1)‖N(μ, 1)) = δ²/2, δ = μ − 1
+    ("jeffrey", lambda d: 2 * d),  # KL both ways: δ²
+    ("hellinger", lambda d: d / 2 * math.exp(-d * d / 8)),  # 2(1 − e^{−δ²/8})
+    ("pearson", lambda d: 2 * d * math.exp(d * d)),  # e^{δ²} − 1
+])
+def test_ratio_loss_at_the_exact_log_ratio_has_the_divergences_gradient(name, gradient):
+    """--generator-loss ratio: with l = log p/q exact and held fixed, d/dμ of −E_Q[f*(f'(e^l))] over
+    x = μ + z is dD_f(P‖Q)/dμ for P = N(1, 1), Q = N(μ, 1); E over z by Gauss–Hermite quadrature."""
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    z, w = torch.tensor(z), torch.tensor(w / w.sum())
+    div = divergences.get(name)
+    for mu0 in (0.0, 0.7, 1.5):
+        mu = torch.tensor(mu0, dtype=torch.float64, requires_grad=True)
+        x = mu + z
+        log_ratio = -0.5 * (x - 1) ** 2 + 0.5 * (x - mu.detach()) ** 2  # log N(x; 1, 1) − log N(x; μ, 1)
+        loss = -(w * div.f_star_g(div.v_opt(log_ratio))).sum()
+        loss.backward()
+        assert float(mu.grad) == pytest.approx(gradient(mu0 - 1), rel=1e-6, abs=1e-9)
+        # and objectives' loss is this one, as a mean over samples
+        same = objectives.fgan_generator_loss(div, log_ratio.detach()[:5], "ratio")
+        assert float(same) == pytest.approx(-float(div.f_star_g(div.v_opt(log_ratio.detach()[:5])).mean()))

@@ -431,7 +431,7 @@ def _torchrun(*args, cwd) -> subprocess.CompletedProcess:
 
 
 DDP_FLAGS = ["--data", "mog2d", "--width", "16", "--n-data", "500", "--batch-size", "64", "--log-every", "5",
-             "--n-samples", "1000", "--checkpoint-every", "10"]
+             "--n-samples", "1000", "--checkpoint-every", "10", "--lr-schedule", "constant"]
 
 
 def test_two_processes_match_one(divgen, tmp_path):

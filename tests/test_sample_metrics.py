@@ -49,6 +49,23 @@ def test_mode_kl_is_taken_against_the_true_weights():
     assert sample_metrics.mode_stats(perfect, modes, ds.mode_std, w).reverse_kl < 1e-3
 
 
+def test_spread_is_one_at_the_data_and_scales_with_a_squeezed_sampler():
+    """The median distance of a 2-D Gaussian draw from its centre is σ·√(2 ln 2) (Rayleigh), of a 1-D one
+    σ·Φ⁻¹(3/4): mixture draws score 1, draws pulled halfway to their modes 1/2, points on the modes 0."""
+    angles = torch.arange(8) * (2 * math.pi / 8)
+    modes, std = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1), 0.01
+    g = torch.Generator().manual_seed(0)
+    which = torch.randint(0, 8, (40_000,), generator=g)
+    offset = std * torch.randn(40_000, 2, generator=g)
+    assert sample_metrics.mode_stats(modes[which] + offset, modes, std).spread == pytest.approx(1.0, abs=0.02)
+    assert sample_metrics.mode_stats(modes[which] + offset / 2, modes, std).spread == pytest.approx(0.5, abs=0.01)
+    assert sample_metrics.mode_stats(modes[which], modes, std).spread == 0.0
+    # by hand in 1-D: |offsets| 1, 2, 3 σ from their modes, median 2σ, against σ·0.6745
+    line = torch.tensor([[0.0], [10.0]])
+    s = sample_metrics.mode_stats(torch.tensor([[1.0], [8.0], [3.0]]), line, 1.0)
+    assert s.spread == pytest.approx(2 / 0.6744897501960817, rel=1e-6)
+
+
 def test_prdc_by_hand():
     # real points on a line 0..9, k = 1: each real ball has radius 1 (its nearest neighbour)
     real = torch.arange(30, dtype=torch.float32)[:, None]

@@ -21,7 +21,8 @@ from divgen.results import TrainResult, load_run
 
 
 def tiny(**kw) -> Config:
-    base = dict(data="mog1d", steps=10, width=16, n_data=500, batch_size=64, log_every=5, n_samples=1000, figures=False)
+    base = dict(data="mog1d", steps=10, width=16, n_data=500, batch_size=64, log_every=5, n_samples=1000, figures=False,
+                lr_schedule="constant")  # runs extended by a resume stay bit-identical to straight ones
     return Config(**{**base, **kw})
 
 
@@ -138,6 +139,26 @@ def test_resume_continues_exactly(tmp_path):
     # the resumed run restarts from its step-15 checkpoint and ends where the uninterrupted run ends
     assert metrics_without_timing(resumed) == metrics_without_timing(full)
     assert np.array_equal(np.load(resumed / "samples.npy"), np.load(full / "samples.npy"))
+
+
+def test_a_linear_schedule_resumes_bit_for_bit_with_the_same_steps(tmp_path):
+    """The fall of --lr-schedule linear is planned over --steps: a run stopped at step 20 of 30 (its later
+    checkpoints and results gone) and resumed ends exactly where the uninterrupted run ends."""
+    import shutil
+
+    cfg = tiny(steps=30, checkpoint_every=10, lr_schedule="linear", keep_checkpoints=10)
+    full = train.train(cfg, tmp_path / "full", quiet=True).run
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for name in ("step-00000030.pt",):
+        (part / runs.CHECKPOINTS / name).unlink()
+    for name in runs.RESULTS:
+        (part / name).unlink(missing_ok=True)
+    rows = [line for line in (part / runs.METRICS).read_text().splitlines() if json.loads(line).get("step", 0) <= 20]
+    (part / runs.METRICS).write_text("\n".join(rows) + "\n")
+    train.train(cfg, part, resume=True, quiet=True)
+    assert metrics_without_timing(part) == metrics_without_timing(full)
+    assert np.array_equal(np.load(part / "samples.npy"), np.load(full / "samples.npy"))
 
 
 def test_a_run_whose_figures_failed_is_finished_by_resume(tmp_path, monkeypatch):
@@ -361,7 +382,9 @@ def test_training_is_the_same_in_any_units(case, tmp_path):
     samples = []
     for scale in (1e-4, 1.0, 1e4):
         np.save(tmp_path / f"x{scale}.npy", u * scale)
-        cfg = tiny(data=str(tmp_path / f"x{scale}.npy"), steps=30, n_samples=200, **UNITS[case])
+        # the learning rates of the release that found it: at 1e-3 Adam's ε moves the 10⁻⁴ run a little further
+        cfg = tiny(data=str(tmp_path / f"x{scale}.npy"), steps=30, n_samples=200, lr_generator=5e-4, lr_critic=5e-4,
+                   **UNITS[case])
         run = train.train(cfg, tmp_path / f"r{scale}", quiet=True).run
         samples.append(np.load(run / "samples.npy") / scale)
     assert np.abs(samples[2] - samples[1]).max() < 1e-3
@@ -415,6 +438,53 @@ def test_r1_penalty_of_a_linear_critic_is_half_its_squared_slope():
     assert float(objectives.r1_penalty(critic, (x, torch.arange(10)))) == pytest.approx(0.5 * 169.0)
     recipe = recipes.build(config.resolve(Config(critic_penalty="r1", penalty_weight=0.2)), x)
     assert float(recipe.adversarial.penalty(critic, (x, torch.arange(10)), None, None)) == pytest.approx(0.2 * 0.5 * 169.0)
+
+
+def test_ratio_trains_a_logistic_critic_whatever_the_divergence():
+    """--generator-loss ratio: the critic's loss is the gan discriminator's cross-entropy, softplus(−V) on real
+    and softplus(V) on generated samples, for jeffrey as for gan."""
+    x = torch.randn(10, 2)
+    v_real, v_fake = torch.tensor([0.5, -2.0, 3.0]), torch.tensor([1.0, -1.0, 0.0])
+    expected = float(torch.nn.functional.softplus(-v_real).mean() + torch.nn.functional.softplus(v_fake).mean())
+    for name in ("jeffrey", "pearson", "gan"):
+        cfg = config.resolve(Config(model="gaussian", divergence=name, generator_loss="ratio"))
+        adversarial = recipes.build(cfg, x).adversarial
+        assert float(adversarial.critic_loss(v_real, v_fake)) == pytest.approx(expected)
+
+
+def test_a_lazy_penalty_is_taken_every_nth_critic_step_at_n_times_its_weight():
+    """--penalty-every 4: critic steps 0, 4, 8, … take R1 at 4 × 0.2 = 0.8 × ½‖w‖² (a linear critic's)."""
+    w = torch.tensor([3.0, -4.0, 12.0])
+    x = torch.randn(10, 3)
+    cfg = config.resolve(Config(critic_penalty="r1", penalty_weight=0.2, penalty_every=4))
+    penalty = recipes.build(cfg, x).adversarial.penalty
+    assert [penalty.due(k) for k in range(9)] == [True, False, False, False, True, False, False, False, True]
+    assert float(penalty(lambda x: x @ w, x, None, None)) == pytest.approx(4 * 0.2 * 0.5 * 169.0)
+    # no penalty, nothing to take lazily: recorded as every step
+    assert config.resolve(Config(critic_penalty="none")).penalty_every == 1
+    with pytest.raises(InputError, match="--penalty-every 4: the run has no critic penalty"):
+        config.resolve(Config(critic_penalty="none", penalty_every=4))
+
+
+def test_lazy_penalty_steps_are_counted_over_the_run(tmp_path, monkeypatch):
+    """With 2 critic steps per generator step and --penalty-every 3, the critic's steps 0, 3, 6, 9 of 10 take it."""
+    taken = []
+    real_due = recipes.Penalty.due
+    monkeypatch.setattr(recipes.Penalty, "due", lambda self, k: taken.append(k) or real_due(self, k))
+    train.train(Config(data="ring8", steps=5, critic_steps=2, critic_penalty="r1", penalty_every=3, batch_size=32, width=8,
+                 figures=False, n_samples=10, ema=0.0), tmp_path / "run", quiet=True)
+    assert taken == list(range(10))
+    assert [k for k in taken if real_due(recipes.Penalty("r1", 1.0, every=3), k)] == [0, 3, 6, 9]
+
+
+def test_linear_schedule_falls_to_one_step_of_the_rate_at_the_last_step(tmp_path):
+    """steps = 4: the rates of steps 1…4 are 1, 3/4, 1/2, 1/4 of the set rates; the checkpoint keeps the last."""
+    out = tmp_path / "run"
+    train.train(Config(data="ring8", steps=4, lr_generator=1e-3, lr_critic=2e-3, lr_schedule="linear", batch_size=32,
+                 width=8, figures=False, n_samples=10, ema=0.0), out, quiet=True)
+    state = runs.load_checkpoint(runs.checkpoints(out)[-1])["optimizers"]
+    assert state["generator"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 4)
+    assert state["critic"]["param_groups"][0]["lr"] == pytest.approx(2e-3 / 4)
 
 
 def test_packed_critic_sees_pack_times_d_features_and_never_mixes_real_with_fake():

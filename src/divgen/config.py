@@ -45,10 +45,13 @@ class Config:
     objective: str = option("", "the terms the run's loss adds up (recipes.TERMS), recorded by resolve from the family "
                             "and the divergence: e.g. f-gan, elbo, reconstruction + f-gan", flag=False)
     generator_loss: str = option(
-        "auto", "f-GAN generator loss: auto is minimax for density models (gaussian) and nonsaturating for neural "
-        "generators; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
+        "auto", "f-GAN generator loss: auto is minimax for density models (gaussian) and nonsaturating for "
+        "neural generators; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
         "fixed point Q = P and avoids early saturation; minimax minimizes the bound itself, whose gradient at the "
-        "optimal critic is the gradient of the named divergence", catalog.GENERATOR_LOSSES)
+        "optimal critic is the gradient of the named divergence; ratio trains the critic as a logistic classifier "
+        "of log p/q (the gan critic, whose loss is bounded) and minimizes −E_Q[f*(f'(p/q))] at its log-ratio, the "
+        "same gradient at the optimum without the heavy tails of some divergences' bounds (not tv, whose "
+        "f*(f'(u)) = ±½ is flat)", catalog.GENERATOR_LOSSES)
     lipschitz: str = option("gp", "how a wasserstein critic is kept 1-Lipschitz: weight clipping (--clip), the "
                             "gradient penalty (--critic-penalty gp), spectral normalization (--spectral-norm)",
                             catalog.LIPSCHITZ)
@@ -60,6 +63,9 @@ class Config:
                                           "deviation of each coordinate, so a weight holds in any units (default: 10 "
                                           "for gp; 0.125 for r1, 8 on images)", kind=float,
                                           bounds=NON_NEGATIVE)
+    penalty_every: int | None = option(None, "take the critic penalty on every N-th critic step only, its weight "
+                                       "times N (lazy regularization, Karras et al. 2020): the same average pull for "
+                                       "1/N of the penalty's cost", kind=int, bounds=AT_LEAST_1)
     spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018)", kind=bool)
     pack: int = option(1, "PacGAN (Lin et al. 2018): the critic sees PACK samples at a time, real with real and "
                        "generated with generated; --batch-size must be a multiple", bounds=AT_LEAST_1)
@@ -70,6 +76,8 @@ class Config:
     batch_size: int | None = option(None, "samples per batch, real and generated", kind=int, bounds=AT_LEAST_1)
     lr_generator: float | None = option(None, "Adam learning rate of the generator", kind=float, bounds=POSITIVE)
     lr_critic: float | None = option(None, "Adam learning rate of the critic", kind=float, bounds=POSITIVE)
+    lr_schedule: str | None = option(None, "how the learning rates change over the run: constant, or linear (from "
+                                     "the set rate down to 0 at the last step)", catalog.LR_SCHEDULES, kind=str)
     adam_beta1: float | None = option(None, "Adam's β1, the momentum of every optimizer: 0.5 where a critic plays "
                                       "(DCGAN's setting), Adam's own 0.9 for the likelihood families", kind=float,
                                       bounds=FRACTION)
@@ -121,8 +129,8 @@ FLAG_GROUPS = {
     "data": ("data", "n_data", "holdout"),
     "model": ("model", "width", "depth", "noise_dim", "likelihood", "init_std"),
     "objective": ("divergence", "generator_loss", "lipschitz", "clip"),
-    "stabilizers": ("critic_penalty", "penalty_weight", "spectral_norm", "pack", "ema"),
-    "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "adam_beta1", "on_nan", "bf16",
+    "stabilizers": ("critic_penalty", "penalty_weight", "penalty_every", "spectral_norm", "pack", "ema"),
+    "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "lr_schedule", "adam_beta1", "on_nan", "bf16",
                      "compile"),
     "run and output": ("seed", "device", "log_every", "checkpoint_every", "keep_checkpoints", "n_samples", "figures",
                        "tensorboard"),
@@ -194,7 +202,7 @@ def resolve(cfg: Config, data=None) -> Config:
         weights = catalog.IMAGE_PENALTY_WEIGHTS if image else catalog.PENALTY_WEIGHTS
         out = replace(out, penalty_weight=weights.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
-        out = replace(out, generator_loss=_auto_generator_loss(family))
+        out = replace(out, generator_loss=_auto_generator_loss(family, out.divergence))
     if out.data not in catalog.DATASETS:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
     inside = data is not None and bool(((data.train >= 0) & (data.train <= 1)).all())  # Bernoulli's range
@@ -210,7 +218,9 @@ def resolve(cfg: Config, data=None) -> Config:
     out = replace(out, objective=objective)
     _check_flags(cfg, out, family, image)
     if not _has_critic(objective):  # what a critic would use is recorded as off, not as a default never used
-        out = replace(out, critic_penalty="none", penalty_weight=0.0, spectral_norm=False)
+        out = replace(out, critic_penalty="none", penalty_weight=0.0, penalty_every=1, spectral_norm=False)
+    if out.critic_penalty == "none":  # nothing to take lazily
+        out = replace(out, penalty_every=1)
     if data is not None:
         family.check(data.spec)
         if out.likelihood == "bernoulli" and not inside:
@@ -218,7 +228,9 @@ def resolve(cfg: Config, data=None) -> Config:
     return validate(out)
 
 
-def _auto_generator_loss(family: catalog.Family) -> str:
+def _auto_generator_loss(family: catalog.Family, divergence: str) -> str:
+    """minimax for density models, nonsaturating for neural generators. (ratio fits jeffrey and pearson closer,
+    docs/results.md, but on mog2d's two equal modes its reverse-kl fit had not chosen a mode after 3,000 steps.)"""
     return "minimax" if family.parametric else "nonsaturating"
 
 
@@ -242,8 +254,9 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
                f"{'the labels' if family.compares == 'labelled' else 'the encoder'} would get no training signal; "
                "use an f-divergence or wasserstein")
     elif not _has_critic(out.objective):
-        for name in ("critic_penalty", "penalty_weight", "spectral_norm", "pack", "critic_steps", "lr_critic"):
-            default = {"critic_penalty": "none", "penalty_weight": 0.0, "spectral_norm": False,
+        for name in ("critic_penalty", "penalty_weight", "penalty_every", "spectral_norm", "pack", "critic_steps",
+                     "lr_critic"):
+            default = {"critic_penalty": "none", "penalty_weight": 0.0, "penalty_every": 1, "spectral_norm": False,
                        "pack": 1}.get(name, family_default(name, family.name, image))
             if set_to(name, default):
                 why = (f"{flag_name(name)}: --model {family.name} with --divergence {out.divergence} trains "
@@ -257,11 +270,17 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
         why = f"--clip {given.clip:g}: weights are clipped only with --divergence wasserstein --lipschitz clip"
     if why is None and _has_critic(out.objective) and out.critic_penalty == "none" and set_to("penalty_weight", 0.0):
         why = f"--penalty-weight {given.penalty_weight:g}: the run has no critic penalty (--critic-penalty gp or r1)"
+    if why is None and _has_critic(out.objective) and out.critic_penalty == "none" and set_to("penalty_every", 1):
+        why = f"--penalty-every {given.penalty_every}: the run has no critic penalty (--critic-penalty gp or r1)"
     if why is None and not family.decoder and set_to("likelihood", "auto"):
         why = f"--likelihood {given.likelihood}: --model {family.name} has no decoder (vae, cvae, aae have one)"
     if why is None and not family.parametric and set_to("init_std", 1.0):
         why = f"--init-std: only --model gaussian starts from a chosen standard deviation"
-    if why is None and "f-gan" not in out.objective.split(" + ") and given.generator_loss not in ("auto", _auto_generator_loss(family)):
+    if why is None and given.generator_loss == "ratio" and out.divergence == "tv":
+        why = ("--generator-loss ratio with --divergence tv: f*(f'(p/q)) is ±½, flat in the log-ratio, so the "
+               "generator would get no gradient; use minimax or nonsaturating")
+    if why is None and "f-gan" not in out.objective.split(" + ") and given.generator_loss not in (
+            "auto", _auto_generator_loss(family, out.divergence)):
         why = (f"--generator-loss {given.generator_loss}: only an f-divergence's critic term has a choice of "
                f"generator loss; this run trains by {out.objective}")
     if why is not None:

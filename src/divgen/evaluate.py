@@ -174,9 +174,10 @@ def report(result: dict) -> str:
                                for name, x in result["exact"].items()], "lrl"))
     m = result["modes"]
     if m:
-        parts.append(markdown(["modes captured", "high quality", "reverse KL of the mode histogram (vs true weights)"],
+        parts.append(markdown(["modes captured", "high quality", "spread (1: the data's)",
+                               "reverse KL of the mode histogram (vs true weights)"],
                               [[f"{m['modes_captured']} / {m['n_modes']}", f"{100 * m['high_quality']:.1f}%",
-                                _num(m["reverse_kl"])]], "rrr"))
+                                _num(m["spread"], ".2f"), _num(m["reverse_kl"])]], "rrrr"))
     c = result.get("classifier_metrics")
     if c:
         f, p, pt, k = c["frechet"], c["prdc"], c["prdc_train_vs_test"], c["classes"]

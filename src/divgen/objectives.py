@@ -66,14 +66,22 @@ def fgan_generator_loss(div: Divergence, v_fake: torch.Tensor, kind: str = "nons
 
     `minimax`: minimize the bound itself, i.e. −E_Q[f*(g_f(V))] (E_P[·] does not
     depend on the generator). `nonsaturating`: maximize E_Q[g_f(V)], which for
-    `gan` is −E_Q[log D(G(z))] (Goodfellow et al. 2014, section 3).
+    `gan` is −E_Q[log D(G(z))] (Goodfellow et al. 2014, section 3). `ratio`: V is
+    a logistic classifier's estimate of l = log p/q (the `gan` critic), and the
+    loss is the minimax one at the critic that l implies, T = f'(e^l):
+    −E_Q[f*(f'(e^l))] = −E_Q[r f'(r) − f(r)], r = e^l. Its gradient with l held
+    fixed is the gradient of D_f(P‖Q) when l is exact (for kl: −∇E_Q[r] =
+    −E_P[∇ log q] = ∇KL(P‖Q)), as the density-ratio view of GANs has it (Uehara
+    et al. 2016).
     """
+    if kind == "ratio":  # v_fake is a logistic classifier's log p/q: the optimal critic's v_f(log p/q)
+        return -div.f_star_g(capped(div, div.v_opt(v_fake))).mean()
     v = capped(div, v_fake)
     if kind == "minimax":
         return -div.f_star_g(v).mean()
     if kind == "nonsaturating":
         return -div.g(v).mean()
-    raise ValueError(f"unknown generator loss {kind!r}; valid: nonsaturating, minimax")
+    raise ValueError(f"unknown generator loss {kind!r}; valid: nonsaturating, minimax, ratio")
 
 
 def wasserstein_critic_loss(v_real: torch.Tensor, v_fake: torch.Tensor) -> torch.Tensor:

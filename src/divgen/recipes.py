@@ -48,13 +48,19 @@ class Penalty:
     weight: float
     one_sided: bool = False
     lipschitz: bool = False
+    # lazy regularization (Karras et al. 2020): taken on every `every`-th critic step, with its weight times `every`
+    every: int = 1
+
+    def due(self, critic_step: int) -> bool:
+        """Whether the critic's step number `critic_step` (0, 1, … over the run) takes the penalty."""
+        return critic_step % self.every == 0
 
     def __call__(self, critic, real, fake, rng: torch.Generator) -> Tensor:
         if self.lipschitz:
-            weight, unit = self.weight * getattr(critic, "out_scale", 1.0), None
+            weight, unit = self.every * self.weight * getattr(critic, "out_scale", 1.0), None
         else:
             scaler = getattr(critic, "scaler", None)  # a bare function: slopes in its inputs' units
-            weight, unit = self.weight, None if scaler is None else scaler.std
+            weight, unit = self.every * self.weight, None if scaler is None else scaler.std
         if self.name == "r1":
             return weight * objectives.r1_penalty(critic, real, unit)
         return weight * objectives.gradient_penalty(critic, real, fake, rng, one_sided=self.one_sided, unit=unit)
@@ -63,7 +69,7 @@ class Penalty:
 def _penalty(cfg, lipschitz: bool = False) -> Penalty | None:
     if cfg.critic_penalty == "none" or cfg.penalty_weight == 0:
         return None
-    return Penalty(cfg.critic_penalty, cfg.penalty_weight, lipschitz=lipschitz)
+    return Penalty(cfg.critic_penalty, cfg.penalty_weight, lipschitz=lipschitz, every=cfg.penalty_every)
 
 
 @dataclass(frozen=True)
@@ -110,23 +116,32 @@ class Recipe:
 # --------------------------------------------------------------- the terms ---
 def _fgan(cfg, space: Tensor) -> Term:
     div = divergences.get(cfg.divergence)
+    ratio = cfg.generator_loss == "ratio"  # the critic is a logistic classifier of log p/q (the gan critic's)
+    trained = divergences.get("gan") if ratio else div  # the divergence whose bound the critic maximizes
 
     def generator_loss(v_real, v_fake):
-        # the fake side: objectives' minimax or non-saturating loss; the real side matters
+        # the fake side: objectives' minimax, non-saturating or ratio loss; the real side matters
         # only when the real views move with the generator side (an encoder): then the
         # minimax loss is the bound itself, and the non-saturating one flips its roles
         loss = objectives.fgan_generator_loss(div, v_fake, cfg.generator_loss)
         if v_real is not None:
+            if ratio:  # the bound's E_P[T] at T = f'(e^l)
+                return loss + div.g(objectives.capped(div, div.v_opt(v_real))).mean()
             v = objectives.capped(div, v_real)
             loss = loss + (div.g(v).mean() if cfg.generator_loss == "minimax" else div.f_star_g(v).mean())
         return loss
 
+    def critic_t(v):  # T as the figures show it: the divergence's critic, implied by log p/q with ratio
+        return div.g(objectives.capped(div, div.v_opt(v) if ratio else v))
+
     return Term(
-        estimate=f"the training critic's lower bound on {cfg.divergence}(P‖Q), E_P[T] − E_Q[f*(T)]",
+        estimate=(f"the training classifier's lower bound on gan(P‖Q) = 2·JS − log 4 (--generator-loss ratio "
+                  f"trains {cfg.divergence} through its log-ratio)" if ratio
+                  else f"the training critic's lower bound on {cfg.divergence}(P‖Q), E_P[T] − E_Q[f*(T)]"),
         adversarial=Adversarial(
-            critic_loss=lambda v_real, v_fake: objectives.fgan_critic_loss(div, v_real, v_fake),
+            critic_loss=lambda v_real, v_fake: objectives.fgan_critic_loss(trained, v_real, v_fake),
             generator_loss=generator_loss,
-            critic_t=lambda v: div.g(objectives.capped(div, v)),
+            critic_t=critic_t,
             penalty=_penalty(cfg),
             spectral_norm=cfg.spectral_norm,
         ),

@@ -373,6 +373,8 @@ def _loop(s: Session) -> None:
     zero = torch.zeros((), device=s.stream.device)  # the critic's loss of a run without a critic
     while s.step < cfg.steps:
         s.step += 1
+        if cfg.lr_schedule != "constant":
+            _schedule(s)
         draw, loss_c, bound = _critic_steps(s, run, amp, zero)
         with amp:  # the generator step, on the last critic step's draw: gradients reach the generator side only
             loss_g = _generator_loss(s.recipe, s.view, run, draw)
@@ -402,6 +404,16 @@ def _loop(s: Session) -> None:
             s.log.figure(s.step, s.stream.x, lambda: families.draw(s.nets, 1000, cfg.seed + 1))
 
 
+def _schedule(s: Session) -> None:
+    """Set this step's learning rates: --lr-schedule linear falls from the set rate at step 1 to 0 after the last
+    step; each rollback has halved the rates."""
+    factor = 0.5 ** s.rollbacks * (1 - (s.step - 1) / s.cfg.steps)
+    for side, opt in s.opts.items():
+        base = s.cfg.lr_generator if side == "generator" else s.cfg.lr_critic
+        for group in opt.param_groups:
+            group["lr"] = base * factor
+
+
 def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch.Tensor, torch.Tensor | None]:
     """The critic's steps of one generator step: (the last draw, the critic's loss, its loss without the penalty,
     None without a critic). Each step draws a batch and noise; the last draw keeps its graph for the generator
@@ -419,7 +431,7 @@ def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch
         real, fake = _detached(views.real), _detached(views.fake)
         with amp:
             loss_c = bound = adversarial.critic_loss(*critic_pair(critic, real, fake))
-            if adversarial.penalty is not None:
+            if adversarial.penalty is not None and adversarial.penalty.due((s.step - 1) * n + i):
                 loss_c = loss_c + adversarial.penalty(critic, real, fake, s.stream.local)
         _update(s.opts["critic"], loss_c, s.sides["critic"], s.world, only=False)
         if adversarial.constrain is not None:

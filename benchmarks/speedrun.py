@@ -1,0 +1,214 @@
+"""Time to quality on the toy mixtures: how long a default run takes, and when it first meets its threshold.
+
+For each data set, every default (`divgen train --data D`, no flags) beside the
+defaults of commit 4be76ef (3×256 networks, 10,000 steps, R1 on every critic
+step, learning rates 5e-4, constant, EMA 0.999), in the same call. Each run
+keeps a checkpoint every `--check` steps; each checkpoint draws 2,500 fresh
+samples (sample_metrics.mode_stats) and is checked against the threshold:
+every mode captured, high quality ≥ 98% (ring8-pacgan) or ≥ 95% (the others),
+reverse KL ≤ 0.02. The seconds to a checkpoint are the loop's own seconds up to
+that step (metrics.jsonl), checkpoints included. At the end of each run the
+table gives its quality beside its seconds: the spread of its samples (1 at the
+data's: sample_metrics.ModeStats.spread), PRDC coverage against 2,500 fresh
+data points, and the default two-sample test's p-value on 2,000 samples
+against 2,000 fresh data points.
+
+    python benchmarks/speedrun.py [--seeds 5] [--baseline-seeds 2] [--threads 2] [--jobs 1] [--out DIR]
+    python benchmarks/speedrun.py --quick     # one seed, 60 steps: checks that the script runs
+    python benchmarks/speedrun.py --data mix10.npy --variant '{"penalty_every": 4}'   # a setting beside the defaults
+    python benchmarks/speedrun.py --cli [--rounds 3]   # `divgen train --data D` as a user runs it, and `divgen demo`
+
+--cli times the commands themselves (start-up, samples and figures included),
+the 4be76ef defaults given as flags, alternating, 2 threads (OMP_NUM_THREADS=2),
+on an idle machine: the median over rounds.
+
+ring6 and mix10 are the held-out mixtures of benchmarks/modes.py (--heldout):
+the defaults were not tuned on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+import modes as mode_bench
+from divgen import data, families, results, sample_metrics, two_sample
+from divgen.config import Config
+from divgen.tables import environment, markdown
+from divgen.train import train
+
+DATA = ("ring8-pacgan", "grid25", "ring6.npy", "mix10.npy")
+THRESHOLD_HQ = {"ring8-pacgan": 98.0}  # high quality, %, the others 95
+THRESHOLD_HQ_OTHERS = 95.0
+THRESHOLD_RKL = 0.02
+CONFIGS = {
+    "every default": {},
+    "4be76ef defaults": dict(width=256, depth=3, steps=10_000, lr_generator=5e-4, lr_critic=5e-4, ema=0.999,
+                             critic_penalty="r1", penalty_every=1, lr_schedule="constant"),
+}
+
+
+def reference(name: str, root: Path, seed: int):
+    """(training data for --data, modes, sd, weights, fresh data points never trained on)."""
+    if name.endswith(".npy"):
+        file, modes, sd, weights = mode_bench.heldout(root)[name]
+        return file, modes, sd, weights, data.load(file).holdout  # the 2,000 rows the run holds out
+    ds = data.load(name, n=2)
+    return name, ds.modes, ds.mode_std, ds.mode_weights, data.sample_toy(name, 2000, 10_000 + seed)
+
+
+def one(job) -> dict:
+    label, name, seed, root, threads, check, steps, configs = job
+    run = Path(root) / f"{Path(name).stem}-{zlib.crc32(label.encode())}-{seed}"
+    done = run.with_suffix(".json")
+    if done.exists():  # measured by an earlier call with the same --out
+        return json.loads(done.read_text())
+    torch.set_num_threads(threads)
+    target, modes, sd, weights, fresh = reference(name, Path(root), seed)
+    flags = dict(configs[label], **({"steps": steps} if steps else {}))
+    t0 = time.perf_counter()
+    result = train(Config(data=target, seed=seed, checkpoint_every=check, keep_checkpoints=10_000, **flags), run,
+                   overwrite=True, quiet=True)
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "steps_per_s" in r]
+    clock, at, last = {}, 0.0, 0  # loop seconds at each logged step
+    for r in rows:
+        at += (r["step"] - last) / r["steps_per_s"]
+        clock[r["step"]], last = at, r["step"]
+    hq_needed = THRESHOLD_HQ.get(name, THRESHOLD_HQ_OTHERS)
+    reached, trace = None, []
+    for ckpt in sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:])):
+        step = int(ckpt.stem[5:])
+        if step == 0:
+            continue
+        nets = result.nets if step == result.config.steps else results.load_run(run, ckpt).nets
+        m = sample_metrics.mode_stats(families.draw(nets, 2500, seed + 1_000_003 + step), modes, sd, weights)
+        trace.append((step, round(100 * m.high_quality, 2)))
+        if reached is None and m.modes_captured == m.n_modes and 100 * m.high_quality >= hq_needed \
+                and m.reverse_kl <= THRESHOLD_RKL:
+            reached = {"step": step, "seconds": clock.get(step)}
+    samples = families.draw(result.nets, 2500, seed + 1_000_003)
+    m = sample_metrics.mode_stats(samples, modes, sd, weights)
+    cover = sample_metrics.prdc(fresh, samples, max_samples=None).coverage
+    p = two_sample.two_sample_test(samples[:2000], fresh[:2000], seed=seed).p_value
+    out = {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
+           "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "spread": m.spread, "coverage": cover, "p": p,
+           "seconds": seconds, "loop_seconds": at, "steps": result.config.steps, "reached": reached, "trace": trace}
+    done.write_text(json.dumps(out))
+    return out
+
+
+def _flags(config: dict) -> list[str]:
+    return [x for key, value in config.items() for x in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def cli(rounds: int, quick: bool) -> int:
+    """Seconds of `divgen train --data D` with every default and with the 4be76ef defaults, and of `divgen demo`."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    divgen = [sys.executable, "-m", "divgen"]
+    extra = ["--steps", "60"] if quick else []
+    root = Path(tempfile.mkdtemp(prefix="divgen-speedrun-cli-"))
+    seconds: dict = {}
+    commands = {(name, label): [*divgen, "train", "--data", name, *_flags(CONFIGS[label]), *extra]
+                for name in ("ring8-pacgan", "grid25") for label in CONFIGS}
+    commands[("demo", "every default")] = [*divgen, "demo", *(["--quick"] if quick else [])]
+    for _ in range(rounds):
+        for key, command in commands.items():
+            out = root / "run"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            subprocess.run([*command, "--out", str(out)], env=env, check=True, capture_output=True)
+            seconds.setdefault(key, []).append(time.perf_counter() - t0)
+    shutil.rmtree(root, ignore_errors=True)
+    print(environment().replace("1 threads", "2 threads"))
+    print(f"median of {rounds} rounds, commands alternating; wall-clock seconds of the whole command\n")
+    table = []
+    for (name, label), values in seconds.items():
+        base = seconds.get((name, "4be76ef defaults"))
+        ratio = f"{statistics.median(values) / statistics.median(base):.2f}" if base else ""
+        what = "divgen demo" if name == "demo" else f"divgen train --data {name}"
+        table.append([what, label, f"{statistics.median(values):.1f}", f"{min(values):.1f}–{max(values):.1f}", ratio])
+    print(markdown(["command", "configuration", "seconds", "range", "× 4be76ef"], table))
+    return 0
+
+
+def _pm(values, digits) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f}" + (f" ± {sd:.{digits}f}" if len(values) > 1 else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of every default (default: 5)")
+    ap.add_argument("--baseline-seeds", type=int, default=2, help="seeds of the 4be76ef defaults (default: 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run (default: 2)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1; seconds then are an idle "
+                                                        "machine's only when jobs × threads ≤ cores)")
+    ap.add_argument("--check", type=int, default=500, help="steps between checks (default: 500)")
+    ap.add_argument("--variant", type=json.loads, help="a JSON object of Config fields: one more row, every default "
+                                                       "but these, with --seeds seeds")
+    ap.add_argument("--data", help="comma-separated data sets (default: all of " + ", ".join(DATA) + ")")
+    ap.add_argument("--quick", action="store_true", help="one seed, 60 steps: checks that the script runs")
+    ap.add_argument("--cli", action="store_true", help="instead: time the commands a user runs (see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="--cli: rounds of every command (default: 3)")
+    ap.add_argument("--out", help="keep the runs and each run's result here; a second call with the same --out "
+                                  "reuses the results it finds")
+    args = ap.parse_args(argv)
+    if args.cli:
+        return cli(1 if args.quick else args.rounds, args.quick)
+    steps, check = (60, 30) if args.quick else (None, args.check)
+    configs = dict(CONFIGS)
+    seeds = {"every default": 1 if args.quick else args.seeds,
+             "4be76ef defaults": 1 if args.quick else args.baseline_seeds}
+    if args.variant:
+        label = "defaults but " + json.dumps(args.variant, sort_keys=True)
+        configs[label], seeds[label] = args.variant, seeds["every default"]
+    names = args.data.split(",") if args.data else DATA
+    root = args.out or tempfile.mkdtemp(prefix="divgen-speedrun-")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    jobs = [(label, name, seed, root, args.threads, check, steps, configs) for name in names for label in configs
+            for seed in range(seeds[label])]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        done = list(pool.map(one, jobs))
+
+    print(environment().replace("1 threads", f"{args.threads} threads"))
+    print(f"{args.jobs} run(s) at a time; a check every {check} steps on 2,500 fresh samples; mean ± sd over "
+          "seeds; 'first met' counts the seeds that met the threshold and the mean loop seconds and steps "
+          "until they did\n")
+    table = []
+    for name in names:
+        base = [r for r in done if r["data"] == name and r["label"] == "4be76ef defaults"]
+        for label in configs:
+            mine = [r for r in done if r["data"] == name and r["label"] == label]
+            hit = [r["reached"] for r in mine if r["reached"]]
+            first = (f"{len(hit)}/{len(mine)}: {statistics.mean(h['seconds'] for h in hit):.0f} s, "
+                     f"{statistics.mean(h['step'] for h in hit):.0f} steps" if hit else f"0/{len(mine)}")
+            ratio = statistics.mean(r["seconds"] for r in mine) / statistics.mean(r["seconds"] for r in base)
+            worst = min(mine, key=lambda r: r["hq"])
+            table.append([f"{name} ({mine[0]['n_modes']} modes)", label, _pm([r["modes"] for r in mine], 1),
+                          _pm([r["hq"] for r in mine], 1) + f" (worst {worst['hq']:.1f})",
+                          _pm([r["rkl"] for r in mine], 3), _pm([r["spread"] for r in mine], 2),
+                          _pm([r["coverage"] for r in mine], 2),
+                          f"{sum(r['p'] > 0.05 for r in mine)}/{len(mine)}",
+                          _pm([r["seconds"] for r in mine], 0), f"{ratio:.2f}", first])
+    print(markdown(["data", "configuration", "modes", "high quality, %", "reverse KL", "spread", "coverage",
+                    "p > 0.05", "run seconds", "× 4be76ef", "first met"], table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
