@@ -328,11 +328,27 @@ def test_nan_raises_training_diverged_in_process(tmp_path, monkeypatch):
     assert checkpoint_steps(tmp_path / "run") == [0]
 
 
-def _rollback_run(divgen, tmp_path, monkeypatch, calls):
+def _rollback_run(divgen, tmp_path, monkeypatch, calls, *flags):
     _nan_at(monkeypatch, "fgan_generator_loss", calls)
     run = tmp_path / "run"
-    result = divgen("train", "--data", "mog1d", *SMALL, "--checkpoint-every", 10, "--steps", 30, "--on-nan", "rollback", "--out", run)
+    result = divgen("train", "--data", "mog1d", *SMALL, "--checkpoint-every", 10, "--steps", 30, "--on-nan", "rollback",
+                    *flags, "--out", run)
     return run, result
+
+
+def test_rollback_halves_a_linear_schedules_rates_for_good(divgen, tmp_path, monkeypatch):
+    """With --lr-schedule linear the halved base rate is in the checkpoint: the last step (30 of 30) trains at
+    half the base rate × 1/30, and a resume to 40 steps goes on from the halved base (× 1/40 at step 40)."""
+    run, result = _rollback_run(divgen, tmp_path, monkeypatch, {17}, "--lr-schedule", "linear")
+    assert result.code == 0, result.err
+    for steps in (30, 40):
+        if steps == 40:
+            assert divgen("train", "--resume", run, "--steps", 40).code == 0
+        state = runs.load_checkpoint(runs.checkpoints(run)[-1])
+        assert state["step"] == steps
+        for side in ("generator", "critic"):
+            half = config.family_default(f"lr_{side}", "mlp") / 2
+            assert [g["lr"] for g in state["optimizers"][side]["param_groups"]] == [pytest.approx(half / steps)]
 
 
 def test_rollback_recovers_from_one_nan_with_halved_learning_rates(divgen, tmp_path, monkeypatch):

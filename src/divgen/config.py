@@ -77,7 +77,8 @@ class Config:
     lr_generator: float | None = option(None, "Adam learning rate of the generator", kind=float, bounds=POSITIVE)
     lr_critic: float | None = option(None, "Adam learning rate of the critic", kind=float, bounds=POSITIVE)
     lr_schedule: str | None = option(None, "how the learning rates change over the run: constant, or linear (from "
-                                     "the set rate down to 0 at the last step)", catalog.LR_SCHEDULES, kind=str)
+                                     "the set rate down to 0 at the last step; a resume with more --steps goes on "
+                                     "along the longer run's line)", catalog.LR_SCHEDULES, kind=str)
     adam_beta1: float | None = option(None, "Adam's β1, the momentum of every optimizer: 0.5 where a critic plays "
                                       "(DCGAN's setting), Adam's own 0.9 for the likelihood families", kind=float,
                                       bounds=FRACTION)

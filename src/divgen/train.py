@@ -405,13 +405,14 @@ def _loop(s: Session) -> None:
 
 
 def _schedule(s: Session) -> None:
-    """Set this step's learning rates: --lr-schedule linear falls from the set rate at step 1 to 0 after the last
-    step; each rollback has halved the rates."""
-    factor = 0.5 ** s.rollbacks * (1 - (s.step - 1) / s.cfg.steps)
-    for side, opt in s.opts.items():
-        base = s.cfg.lr_generator if side == "generator" else s.cfg.lr_critic
+    """Set this step's learning rates: --lr-schedule linear falls from the base rate at step 1 to 0 after the
+    last step. The base rate is kept in the optimizer's state ("initial_lr", as torch's schedulers keep it), so
+    that a rollback's halving of it is checkpointed and survives a resume."""
+    factor = 1 - (s.step - 1) / s.cfg.steps
+    for opt in s.opts.values():
         for group in opt.param_groups:
-            group["lr"] = base * factor
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
 
 
 def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch.Tensor, torch.Tensor | None]:
@@ -462,6 +463,8 @@ def _roll_back(s: Session, what: str, failed: int) -> None:
     for opt in s.opts.values():
         for group in opt.param_groups:
             group["lr"] /= 2
+            if "initial_lr" in group:  # a schedule's base rate (_schedule)
+                group["initial_lr"] /= 2
     s.log.rewind(s.step)
     s.log.note(f"{what} became non-finite at step {failed}; rolled back to step {s.step} "
                f"and halved the learning rates (rollback {s.rollbacks} of {MAX_ROLLBACKS})")
