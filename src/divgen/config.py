@@ -203,7 +203,7 @@ def resolve(cfg: Config, data=None) -> Config:
         weights = catalog.IMAGE_PENALTY_WEIGHTS if image else catalog.PENALTY_WEIGHTS
         out = replace(out, penalty_weight=weights.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
-        out = replace(out, generator_loss=_auto_generator_loss(family, out.divergence))
+        out = replace(out, generator_loss=_auto_generator_loss(family))
     if out.data not in catalog.DATASETS:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
     inside = data is not None and bool(((data.train >= 0) & (data.train <= 1)).all())  # Bernoulli's range
@@ -219,7 +219,7 @@ def resolve(cfg: Config, data=None) -> Config:
     out = replace(out, objective=objective)
     _check_flags(cfg, out, family, image)
     if not _has_critic(objective):  # what a critic would use is recorded as off, not as a default never used
-        out = replace(out, critic_penalty="none", penalty_weight=0.0, penalty_every=1, spectral_norm=False)
+        out = replace(out, critic_penalty="none", penalty_weight=0.0, spectral_norm=False)
     if out.critic_penalty == "none":  # nothing to take lazily
         out = replace(out, penalty_every=1)
     if data is not None:
@@ -229,7 +229,7 @@ def resolve(cfg: Config, data=None) -> Config:
     return validate(out)
 
 
-def _auto_generator_loss(family: catalog.Family, divergence: str) -> str:
+def _auto_generator_loss(family: catalog.Family) -> str:
     """minimax for density models, nonsaturating for neural generators. (ratio fits jeffrey and pearson closer,
     docs/results.md, but on mog2d's two equal modes its reverse-kl fit had not chosen a mode after 3,000 steps.)"""
     return "minimax" if family.parametric else "nonsaturating"
@@ -281,7 +281,7 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
         why = ("--generator-loss ratio with --divergence tv: f*(f'(p/q)) is ±½, flat in the log-ratio, so the "
                "generator would get no gradient; use minimax or nonsaturating")
     if why is None and "f-gan" not in out.objective.split(" + ") and given.generator_loss not in (
-            "auto", _auto_generator_loss(family, out.divergence)):
+            "auto", _auto_generator_loss(family)):
         why = (f"--generator-loss {given.generator_loss}: only an f-divergence's critic term has a choice of "
                f"generator loss; this run trains by {out.objective}")
     if why is not None:
