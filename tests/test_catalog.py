@@ -42,6 +42,16 @@ def test_every_family_row_names_what_exists(name):
         assert row.decoder
 
 
+@pytest.mark.parametrize("name", [n for n in catalog.F_DIVERGENCES if ":" not in n]
+                         + ["alpha:-1", "alpha:0.5", "alpha:1.5", "alpha:3", "js-weighted:0.3"])
+def test_mode_covering_is_an_unbounded_conjugate_domain(name):
+    # lim f(u)/u = sup dom f*: infinite exactly for the divergences that the catalog calls mode covering
+    div = divergences.get(name)
+    slope = float(div.f(torch.tensor(1e12, dtype=torch.float64))) / 1e12
+    assert catalog.mode_covering(name) == (div.dom[1] == float("inf")) == (slope > 20)
+    assert not catalog.mode_covering("mmd") and not catalog.mode_covering("wasserstein")
+
+
 @pytest.mark.parametrize("name, parsed", [("kl", ("kl", None)), ("alpha:-1", ("alpha", -1.0)),
                                           ("js-weighted:0.25", ("js-weighted", 0.25)), ("mmd", ("mmd", None))])
 def test_divergence_names_parse(name, parsed):

@@ -63,8 +63,12 @@ def test_r1_weighs_more_on_images_and_an_explicit_weight_wins():
     assert catalog.IMAGE_PENALTY_WEIGHTS["r1"] > catalog.PENALTY_WEIGHTS["r1"]
 
 
-def test_auto_generator_loss_is_minimax_for_density_models_only():
+def test_auto_generator_loss_is_minimax_or_ratio_for_density_models_only():
     assert config.resolve(Config(model="gaussian")).generator_loss == "minimax"
+    for name, loss in (("kl", "ratio"), ("jeffrey", "ratio"), ("pearson", "ratio"), ("alpha:2", "ratio"),
+                       ("reverse-kl", "minimax"), ("hellinger", "minimax"), ("tv", "minimax"), ("alpha:0.5", "minimax")):
+        assert config.resolve(Config(model="gaussian", divergence=name)).generator_loss == loss, name
+    assert config.resolve(Config(model="mlp", divergence="kl")).generator_loss == "nonsaturating"
     assert config.resolve(Config(model="mlp")).generator_loss == "nonsaturating"
     assert config.resolve(Config(model="gaussian", generator_loss="nonsaturating")).generator_loss == "nonsaturating"
     assert [f.name for f in catalog.FAMILIES.values() if f.parametric] == ["gaussian"]

@@ -65,6 +65,22 @@ def test_minimax_generator_loss_is_the_bound_and_nonsaturating_is_not():
         torch.testing.assert_close(recipe.adversarial.generator_loss(v_real, v_fake), torch.tensor(with_real))
 
 
+def test_a_ratio_runs_logged_estimate_is_the_named_divergences_bound():
+    """With ratio the critic is a logistic classifier of l = log p/q; the log reports kl's bound at the critic
+    l implies, T = f'(e^l) = 1 + l, f*(T) = e^l: with l = (0, 1) on the data and (0, −1) on the model's samples,
+    E_P[1 + l] − E_Q[e^l] = 1.5 − (1 + e⁻¹)/2. The critic itself trains on the gan loss, and a run's log says so."""
+    cfg = config.resolve(Config(model="gaussian", data="mog1d", divergence="kl"))
+    assert cfg.generator_loss == "ratio"
+    adversarial = recipes.build(cfg, torch.zeros(4, 1)).adversarial
+    v_real, v_fake = torch.tensor([0.0, 1.0]), torch.tensor([0.0, -1.0])
+    torch.testing.assert_close(adversarial.estimate_loss(v_real, v_fake), torch.tensor(-(1.5 - (1 + math.exp(-1)) / 2)))
+    # −E_P log σ(l) − E_Q log σ(−l): each side averages log 2 and log(1 + e⁻¹)
+    gan = math.log(2) + math.log1p(math.exp(-1.0))
+    torch.testing.assert_close(adversarial.critic_loss(v_real, v_fake), torch.tensor(gan))
+    assert recipes.build(config.resolve(Config(model="gaussian", data="mog1d", divergence="reverse-kl")),
+                         torch.zeros(4, 1)).adversarial.estimate_loss is None
+
+
 def test_mmd_recipe_has_no_critic_and_its_loss_is_the_unbiased_mmd():
     x = torch.randn(600, 2, generator=torch.Generator().manual_seed(0))
     y = torch.randn(300, 2, generator=torch.Generator().manual_seed(1)) + 0.5

@@ -70,6 +70,13 @@ def divergence_kind(name: str) -> str:
     return DIVERGENCE_KINDS.get(name, "f-gan")
 
 
+def mode_covering(name: str) -> bool:
+    """Whether f-divergence `name` grows without bound where the model misses data mass: lim f(u)/u = sup dom f*
+    = ∞ (kl, jeffrey, pearson, α > 1). False for every other name, the kernel and Wasserstein ones included."""
+    head, value = parse_divergence(name)
+    return head in ("kl", "jeffrey", "pearson") or (head == "alpha" and value > 1)
+
+
 GENERATOR_LOSSES = ("auto", "nonsaturating", "minimax", "ratio")
 LIPSCHITZ = ("clip", "gp", "sn")
 PENALTIES = ("none", "gp", "r1")

@@ -198,8 +198,9 @@ def cmd_estimate(args) -> int:
     note = estimators.extrapolation_note(e.to_dict())
     _emit(args, e.to_dict(),
           f"{e.divergence}(A‖B) ≈ {e.estimate:.6g}   "
-          + (f"{args.confidence:.0%} CI [{e.ci_low:.6g}, {e.ci_high:.6g}] (the estimator's spread, not its bias)"
-             if math.isfinite(e.ci_low) and math.isfinite(e.ci_high) else "no confidence interval (the estimate is not finite)")
+          + (f"{args.confidence:.0%} interval [{e.ci_low:.6g}, {e.ci_high:.6g}] (held-out sampling error only: no "
+             "coverage promise)"
+             if math.isfinite(e.ci_low) and math.isfinite(e.ci_high) else "no interval (the estimate is not finite)")
           + f"   ({e.method}, n_a {e.n_a}, n_b {e.n_b}){bound}"
           + (f"\n{note}" if note else "") + (f"\n{e.note}" if e.note else ""))
     return 0
@@ -321,7 +322,7 @@ COMMANDS = {
     "compare": (cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side",
                 _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.estimators", "divgen.two_sample")),
     "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.two_sample",)),
-    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a confidence interval", _estimate_args,
+    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a certified lower bound and an interval of its sampling error", _estimate_args,
                  ("divgen.estimators",)),
     "evaluate": (cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes",
                  _evaluate_args, ("divgen.evaluate", "divgen.train")),

@@ -45,8 +45,9 @@ class Config:
     objective: str = option("", "the terms the run's loss adds up (recipes.TERMS), recorded by resolve from the family "
                             "and the divergence: e.g. f-gan, elbo, reconstruction + f-gan", flag=False)
     generator_loss: str = option(
-        "auto", "f-GAN generator loss: auto is minimax for density models (gaussian) and nonsaturating for "
-        "neural generators; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
+        "auto", "f-GAN generator loss: auto is nonsaturating for neural generators and, for density models "
+        "(gaussian), ratio with the mode-covering divergences (kl, jeffrey, pearson, alpha above 1) and minimax with "
+        "the others; nonsaturating maximizes E_Q[g_f(V(G(z)))] (−E log D(G(z)) for gan), which shares only the "
         "fixed point Q = P and avoids early saturation; minimax minimizes the bound itself, whose gradient at the "
         "optimal critic is the gradient of the named divergence; ratio trains the critic as a logistic classifier "
         "of log p/q (the gan critic, whose loss is bounded) and minimizes −E_Q[f*(f'(p/q))] at its log-ratio, the "
@@ -66,7 +67,9 @@ class Config:
     penalty_every: int | None = option(None, "take the critic penalty on every N-th critic step only, its weight "
                                        "times N (lazy regularization, Karras et al. 2020): the same average pull for "
                                        "1/N of the penalty's cost", kind=int, bounds=AT_LEAST_1)
-    spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018)", kind=bool)
+    spectral_norm: bool | None = option(None, "spectral normalization of every critic layer (Miyato et al. 2018; a conv layer "
+                                       "by its norm as an operator on the images, so a W1 critic is 1-Lipschitz)",
+                                       kind=bool)
     pack: int = option(1, "PacGAN (Lin et al. 2018): the critic sees PACK samples at a time, real with real and "
                        "generated with generated; --batch-size must be a multiple", bounds=AT_LEAST_1)
     ema: float | None = option(None, "decay of an exponential moving average of the generator's weights, which draws "
@@ -203,7 +206,7 @@ def resolve(cfg: Config, data=None) -> Config:
         weights = catalog.IMAGE_PENALTY_WEIGHTS if image else catalog.PENALTY_WEIGHTS
         out = replace(out, penalty_weight=weights.get(out.critic_penalty, 0.0))
     if out.generator_loss == "auto":
-        out = replace(out, generator_loss=_auto_generator_loss(family))
+        out = replace(out, generator_loss=_auto_generator_loss(family, out.divergence))
     if out.data not in catalog.DATASETS:  # a file: the run must find it again from any directory
         out = replace(out, data=os.path.abspath(os.path.expanduser(out.data)))
     inside = data is not None and bool(((data.train >= 0) & (data.train <= 1)).all())  # Bernoulli's range
@@ -229,10 +232,17 @@ def resolve(cfg: Config, data=None) -> Config:
     return validate(out)
 
 
-def _auto_generator_loss(family: catalog.Family) -> str:
-    """minimax for density models, nonsaturating for neural generators. (ratio fits jeffrey and pearson closer,
-    docs/results.md, but on mog2d's two equal modes its reverse-kl fit had not chosen a mode after 3,000 steps.)"""
-    return "minimax" if family.parametric else "nonsaturating"
+def _auto_generator_loss(family: catalog.Family, divergence: str) -> str:
+    """nonsaturating for neural generators. A density model (the gaussian family) takes a loss whose gradient at
+    the optimal critic is the divergence's even when the model cannot match the data: ratio for the
+    mode-covering divergences (catalog.mode_covering), whose fits are wide, so that the minimax critic's optimum
+    f'(p/q) reaches huge values where the data are sparse (−q/p for jeffrey), a sum a trained critic gets wrong;
+    ratio's logistic critic has a bounded loss at every point (docs/results.md: jeffrey 6× closer to its exact
+    fit). minimax for the others: on mog2d's two equal modes, reverse-kl with ratio had not chosen a mode
+    after 3,000 steps, where minimax's noisier critic leaves the saddle between them."""
+    if not family.parametric:
+        return "nonsaturating"
+    return "ratio" if catalog.mode_covering(divergence) else "minimax"
 
 
 def _has_critic(objective: str) -> bool:
@@ -281,7 +291,7 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
         why = ("--generator-loss ratio with --divergence tv: f*(f'(p/q)) is ±½, flat in the log-ratio, so the "
                "generator would get no gradient; use minimax or nonsaturating")
     if why is None and "f-gan" not in out.objective.split(" + ") and given.generator_loss not in (
-            "auto", _auto_generator_loss(family)):
+            "auto", _auto_generator_loss(family, out.divergence)):
         why = (f"--generator-loss {given.generator_loss}: only an f-divergence's critic term has a choice of "
                f"generator loss; this run trains by {out.objective}")
     if why is not None:

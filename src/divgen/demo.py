@@ -22,8 +22,8 @@ from divgen.results import load_run
 from divgen.train import train
 
 # Every run uses its family's defaults, the ring run included (its whole default schedule): the Gaussian
-# model's `auto` generator loss is minimax, which follows D_f itself (for `kl` the nonsaturating loss would
-# maximize E_Q[f'(p/q)] = 1 − KL(Q‖P), i.e. follow reverse KL instead).
+# model's `auto` generator loss (ratio for kl, minimax for reverse-kl) follows D_f itself (for `kl` the
+# nonsaturating loss would maximize E_Q[f'(p/q)] = 1 − KL(Q‖P), i.e. follow reverse KL instead).
 RUNS = {
     "kl": Config(data="mog2d", model="gaussian", divergence="kl"),
     "reverse-kl": Config(data="mog2d", model="gaussian", divergence="reverse-kl"),

@@ -529,9 +529,14 @@ def _quadrature_1d(div, p, q, bounds) -> ExactResult:
     xs = torch.cat([down, inside, up])
     hs = torch.cat([h_down, h_in, h_up]).abs()
     top = xs[torch.argsort(hs, descending=True)[:3]].tolist()  # the integrand's peak, wherever it is
-    points = sorted({round(t, 12) for t in _breakpoints([p, q], a, b) + top if a < t < b})
+    # a heavy tail (a Student t's p·log(p/q) falls like x⁻⁴) keeps [a, b] millions of box widths wide; quad's
+    # first rule on such a piece never sees the box, so the line is cut at the box's edges and at 1, 3, 7, …
+    # box widths beyond them, each piece at most as wide as everything nearer the box
+    far = [width * (2 ** k - 1) for k in range(1, 64) if width * (2 ** k - 1) < max(b - hi, lo - a)]
+    edges = [lo, hi] + [hi + g for g in far] + [lo - g for g in far]
+    points = sorted({round(t, 12) for t in _breakpoints([p, q], a, b) + top + edges if a < t < b})
     f1 = lambda t: float(h(torch.tensor([[t]], dtype=torch.float64))[0])  # noqa: E731
-    value, err = integrate.quad(f1, a, b, points=points or None, limit=1000, epsabs=1e-11, epsrel=1e-10)
+    value, err = integrate.quad(f1, a, b, points=points or None, limit=1000 + 2 * len(points), epsabs=1e-11, epsrel=1e-10)
     # the truncation: both tails, integrated rather than ignored, and counted in the error
     tail_hi, e_hi = integrate.quad(f1, b, math.inf, limit=200)
     tail_lo, e_lo = integrate.quad(f1, -math.inf, a, limit=200)

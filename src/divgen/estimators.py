@@ -40,8 +40,9 @@ class Estimate:
 
     What each number means (critic_estimates, knn_estimate say more):
     - estimate: the point estimate (critic: cross-fitted plug-in of the classifier's log-ratio).
-    - [ci_low, ci_high]: a two-sided `confidence` interval for the estimator's mean at this
-      sample size: sampling and refitting variability, not the estimator's bias.
+    - [ci_low, ci_high]: a two-sided `confidence` normal-theory interval of the held-out sampling
+      error (critic_estimates, knn_estimate): no coverage promise, neither for the truth nor for
+      the estimator's mean (docs/evaluation.md measures both).
     - lower_bound: a one-sided `confidence` lower confidence bound on the true D(A‖B): the held-out
       variational bound, which no critic can push above D, minus z·(its standard error). None
       where the method certifies nothing (wasserstein with a soft gradient penalty, knn).
@@ -181,8 +182,11 @@ def critic_estimates(a, b, names, seed: int = 0, confidence: float = 0.95, fit: 
       standard error: a one-sided lower confidence bound on the true value.
     - [ci_low, ci_high]: the estimate ± z·se, where se² is the larger of the
       normal-theory variance of the held-out terms and (e₁ − e₂)²/4, the spread of the
-      two folds' estimates (which includes refitting variability). It covers the
-      estimator's mean at this sample size, not its bias.
+      two folds' estimates (a one-degree-of-freedom glimpse of the refitting variability).
+      It describes the held-out sampling error and makes no coverage promise: refitting the
+      critics moves the estimate more than it says, and its bias is not in it (across
+      repetitions it held the mean of the estimates in 5–10 of 10, the truth less often;
+      docs/evaluation.md). The one-sided lower bound is the number with a guarantee.
 
     `wasserstein` trains its own critic with a one-sided gradient penalty and reports
     E_A[V] − E_B[V]. The penalty is soft, so the critic can be steeper than 1 and the
@@ -418,10 +422,10 @@ def knn_estimate(a, b, name: str = "kl", k: int = 5, confidence: float = 0.95) -
     twice) or a k-th neighbour at distance 0, which make log ρ = −∞ or spuriously
     small, are refused with an InputError.
 
-    The interval is normal theory on the n terms: it covers the estimator's mean
-    at this sample size, not its bias, which at n in the thousands is of the
-    order of the interval or larger in d ≥ 2 (docs/evaluation.md); there is no
-    lower bound (lower_bound None).
+    The interval is normal theory on the n terms as if they were independent (each
+    uses its neighbours, so they are not), with no coverage promise: its bias, at n in
+    the thousands of the order of the interval or far larger in d ≥ 2, is not in it
+    (docs/evaluation.md); there is no lower bound (lower_bound None).
     """
     from scipy.spatial import cKDTree
 

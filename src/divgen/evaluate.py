@@ -157,7 +157,7 @@ def report(result: dict) -> str:
     """evaluate_run's result as markdown tables."""
     parts = [f"run {result['run']}: {result['divergence']} · {result['model']} on {result['data']}; "
              f"{result['n_real']} held-out real vs {result['n_fake']} generated samples",
-             markdown(["independent critic", "estimate", "95% CI (estimator's spread)", "95% lower bound"],
+             markdown(["independent critic", "estimate", "95% interval (sampling error only)", "95% lower bound"],
                       [[e["divergence"], _num(e["estimate"]), f"[{_num(e['ci_low'])}, {_num(e['ci_high'])}]",
                         _num(e["lower_bound"])] for e in result["critic"]]),
              *filter(None, map(estimators.extrapolation_note, result["critic"])),

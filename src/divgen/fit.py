@@ -180,8 +180,8 @@ def _starts(x: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def adversarial_config(data: str, name: str, seed: int = 0, **overrides):
-    """The training Config of an `adversarial:NAME` fit: the gaussian family's defaults (families.py)
-    with the minimax generator loss its `auto` resolves to, and `overrides`."""
+    """The training Config of an `adversarial:NAME` fit: the gaussian family's defaults (catalog.py), with the
+    generator loss its `auto` resolves to (ratio for the mode-covering divergences, else minimax), and `overrides`."""
     from divgen.config import Config
 
     return Config(data=data, model="gaussian", divergence=name, seed=seed, **overrides)

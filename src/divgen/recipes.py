@@ -80,6 +80,9 @@ class Adversarial:
     generator_loss: Callable[[Tensor | None, Tensor], Tensor]  # (v_real, or None unless the real views move, v_fake)
     critic_t: Callable[[Tensor], Tensor]  # T as a function of the raw output V (figures)
     penalty: Penalty | None = None
+    # (v_real, v_fake) -> the loss whose negation the log reports as the estimate, where that is not the
+    # critic's own loss (ratio: the named divergence's bound at the critic its log-ratio implies)
+    estimate_loss: Callable[[Tensor, Tensor], Tensor] | None = None
     constrain: Callable[[nn.Module], None] | None = None  # applied to the critic after each of its steps
     spectral_norm: bool = False
     lipschitz: bool = False  # the critic's output is in the data's units (W1), see models.MLPCritic
@@ -135,15 +138,16 @@ def _fgan(cfg, space: Tensor) -> Term:
         return div.g(objectives.capped(div, div.v_opt(v) if ratio else v))
 
     return Term(
-        estimate=(f"the training classifier's lower bound on gan(P‖Q) = 2·JS − log 4 (--generator-loss ratio "
-                  f"trains {cfg.divergence} through its log-ratio)" if ratio
-                  else f"the training critic's lower bound on {cfg.divergence}(P‖Q), E_P[T] − E_Q[f*(T)]"),
+        estimate=(f"the training critic's lower bound on {cfg.divergence}(P‖Q), E_P[T] − E_Q[f*(T)]"
+                  + (" at T = f'(p/q) of the classifier's log-ratio (--generator-loss ratio)" if ratio else "")),
         adversarial=Adversarial(
             critic_loss=lambda v_real, v_fake: objectives.fgan_critic_loss(trained, v_real, v_fake),
             generator_loss=generator_loss,
             critic_t=critic_t,
             penalty=_penalty(cfg),
             spectral_norm=cfg.spectral_norm,
+            estimate_loss=(lambda v_real, v_fake: objectives.fgan_critic_loss(div, div.v_opt(v_real), div.v_opt(v_fake)))
+            if ratio else None,
         ),
     )
 

@@ -431,12 +431,16 @@ def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch
             return Draw(batch, z, views), loss_c, None
         real, fake = _detached(views.real), _detached(views.fake)
         with amp:
-            loss_c = bound = adversarial.critic_loss(*critic_pair(critic, real, fake))
+            v = critic_pair(critic, real, fake)
+            loss_c = bound = adversarial.critic_loss(*v)
             if adversarial.penalty is not None and adversarial.penalty.due((s.step - 1) * n + i):
                 loss_c = loss_c + adversarial.penalty(critic, real, fake, s.stream.local)
         _update(s.opts["critic"], loss_c, s.sides["critic"], s.world, only=False)
         if adversarial.constrain is not None:
             adversarial.constrain(critic)
+    if adversarial.estimate_loss is not None:  # the last step's outputs, as the critic's own loss
+        with torch.no_grad():
+            bound = adversarial.estimate_loss(*v)
     return Draw(batch, z, views), loss_c, bound
 
 
