@@ -114,6 +114,7 @@ def test_the_objective_is_recorded_once_and_an_edited_one_is_refused():
     (dict(model="mlp", divergence="js", critic_penalty="none", penalty_weight=5.0), "--penalty-weight"),
     (dict(model="mlp", likelihood="gaussian"), "--likelihood"),
     (dict(model="cgan", init_std=2.0), "--init-std"),
+    (dict(model="mlp", init_at="densest"), "--init-at densest"),
     (dict(model="mlp", divergence="wasserstein", generator_loss="minimax"), "--generator-loss"),
     (dict(model="vae", generator_loss="minimax"), "--generator-loss"),
     (dict(model="gaussian", divergence="tv", generator_loss="ratio"), "--generator-loss ratio with --divergence tv"),
@@ -130,6 +131,7 @@ def test_a_flag_that_does_nothing_or_cannot_work_is_refused_by_name(kwargs, flag
     dict(model="mlp", divergence="js", critic_penalty="gp", penalty_weight=5.0),
     dict(model="vae", likelihood="gaussian"),
     dict(model="gaussian", init_std=2.0),
+    dict(model="gaussian", init_std=0.25, init_at="densest"),
     dict(model="mlp", divergence="kl", generator_loss="minimax"),
     dict(model="mlp", pack=4, critic_steps=2, lr_critic=1e-3),
 ])

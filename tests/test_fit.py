@@ -164,7 +164,7 @@ def test_compare_writes_figure_and_table(tmp_path):
         assert (out / name).is_file()
     saved = json.loads((out / "compare.json").read_text())
     # one run per start; the chosen one is recorded
-    assert sorted(p.name for p in (out / "adversarial-js").iterdir()) == [f"init-std-{s:g}" for s in sorted(fit.ADVERSARIAL_STARTS)]
+    assert sorted(p.name for p in (out / "adversarial-js").iterdir()) == [f"init-std-{s:g}" for s, _ in sorted(fit.ADVERSARIAL_STARTS)]
     assert (Path(saved["fits"][2]["run"]) / "params.json").is_file()
     mle, exact = saved["fits"][0], saved["fits"][1]
     # exact:kl from the density is the population MLE, mle the sample one: close, and both scored exactly

@@ -255,3 +255,31 @@ def test_checkpoint_state_refuses_other_data(tmp_path, spec, words):
     runs.CheckpointState(nets, opts, stream, _Spec((2,)), parallel.World()).save(tmp_path, 7, keep=3)
     with pytest.raises(InputError, match=words.replace("(", r"\(").replace(")", r"\)")):
         runs.CheckpointState(nets, opts, stream, spec, parallel.World()).restore(tmp_path)
+
+
+def test_a_conv_critic_checkpoint_from_before_operator_norms_still_loads(tmp_path):
+    """Checkpoints written when conv critics used torch's spectral_norm hold `_u` and `_v` per conv layer where
+    ConvOperatorNorm keeps `u`: they load (the vectors dropped, the weights kept); a checkpoint missing a tensor
+    for any other reason is still refused."""
+    from divgen import config, families, recipes
+    from divgen import data as datasets
+    from divgen.config import Config
+
+    cfg = config.resolve(Config(data="digits", model="conv", divergence="wasserstein", lipschitz="sn", width=8))
+    ds = datasets.load("digits", n=64)
+    build = lambda seed: families.networks(cfg, ds.spec, ds.train, None, recipes.build(cfg, ds.train), seed=seed)  # noqa: E731
+    trained, fresh = build(0), build(1)
+    old = {}
+    for key, value in trained.state_dict().items():
+        if key.endswith(".parametrizations.weight.0.u"):
+            old[key[:-1] + "_u"], old[key[:-1] + "_v"] = torch.ones(3), torch.ones(5)
+        else:
+            old[key] = value
+    assert any(k.endswith("._u") for k in old)
+    runs.load_networks(fresh, {"nets": old}, tmp_path)
+    for key, value in trained.state_dict().items():
+        if not key.endswith(".u"):
+            assert torch.equal(fresh.state_dict()[key], value), key
+    del old[next(k for k in old if k.endswith("original"))]
+    with pytest.raises(InputError, match="does not fit its config.json"):
+        runs.load_networks(build(2), {"nets": old}, tmp_path)

@@ -115,6 +115,22 @@ def test_gaussian_defaults_land_on_the_exact_minimizer(name, tmp_path):
     assert at(mu, sd) - at(best_mu, best_sd) < 0.01
 
 
+def test_a_densest_start_is_in_the_mode_with_the_most_points():
+    """600 points near 2 and 400 near −2 (sd 0.1), and a wide cloud of 1,000: a narrow start at the densest
+    point lies in the 600, whichever seed draws the sample; a random start falls in the 400 for some seed."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([2 + 0.1 * torch.randn(600, 1, generator=g), -2 + 0.1 * torch.randn(400, 1, generator=g),
+                   8 * torch.randn(1000, 1, generator=g)])
+    starts = {}
+    for at in ("densest", "random"):
+        cfg = config.resolve(Config(model="gaussian", data="mog1d", init_std=0.25, init_at=at))
+        starts[at] = [float(families.networks(cfg, data.Spec((1,)), x, None, recipes.build(cfg, x), seed=s)["generator"].mean.detach())
+                      for s in range(12)]
+    assert all(1.7 < m < 2.3 for m in starts["densest"]), starts["densest"]
+    assert any(-2.3 < m < -1.7 for m in starts["random"])
+    assert any((x[:, 0] == m).any() for m in starts["densest"])  # a data point
+
+
 # --------------------------------------------------------------- reproducibility ---
 def test_same_seed_same_numbers(tmp_path):
     cfg = tiny(data="ring8", steps=30, seed=3, n_samples=10_000)

@@ -78,6 +78,7 @@ def mode_covering(name: str) -> bool:
 
 
 GENERATOR_LOSSES = ("auto", "nonsaturating", "minimax", "ratio")
+INIT_AT = ("random", "densest")  # where a density model's mean starts (families.py)
 LIPSCHITZ = ("clip", "gp", "sn")
 PENALTIES = ("none", "gp", "r1")
 # --penalty-weight when not given, by penalty; the penalty measures slopes per standard deviation

@@ -88,6 +88,11 @@ class Config:
     width: int | None = option(None, "units per hidden layer, generator and critic", kind=int, bounds=AT_LEAST_1)
     depth: int | None = option(None, "hidden layers, generator and critic", kind=int, bounds=AT_LEAST_1)
     init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's", bounds=POSITIVE)
+    init_at: str = option("random", "gaussian: where the mean starts: random (a training point drawn with --seed) or "
+                          "densest (the training point where a kernel density of 2,000 of them, with --init-std as its "
+                          "bandwidth, is highest: a start in the densest mode, where mode-seeking divergences usually "
+                          "have their best fit)",
+                          catalog.INIT_AT)
     noise_dim: int | None = option(None, "dimension of the noise z ~ N(0, I) (the latent code of bigan, vae, cvae; "
                                    "gaussian: the data dimension)", kind=int, bounds=AT_LEAST_1)
     likelihood: str = option("auto", "vae, cvae: the decoder's p(x | z): bernoulli (data in [0, 1]) or gaussian with a "
@@ -131,7 +136,7 @@ class Config:
 # `train --help` shows the flags in these groups, in this order.
 FLAG_GROUPS = {
     "data": ("data", "n_data", "holdout"),
-    "model": ("model", "width", "depth", "noise_dim", "likelihood", "init_std"),
+    "model": ("model", "width", "depth", "noise_dim", "likelihood", "init_std", "init_at"),
     "objective": ("divergence", "generator_loss", "lipschitz", "clip"),
     "stabilizers": ("critic_penalty", "penalty_weight", "penalty_every", "spectral_norm", "pack", "ema"),
     "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "lr_schedule", "adam_beta1", "on_nan", "bf16",
@@ -287,6 +292,8 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
         why = f"--likelihood {given.likelihood}: --model {family.name} has no decoder (vae, cvae, aae have one)"
     if why is None and not family.parametric and set_to("init_std", 1.0):
         why = f"--init-std: only --model gaussian starts from a chosen standard deviation"
+    if why is None and not family.parametric and set_to("init_at", "random"):
+        why = f"--init-at {given.init_at}: only --model gaussian starts from a chosen point"
     if why is None and given.generator_loss == "ratio" and out.divergence == "tv":
         why = ("--generator-loss ratio with --divergence tv: f*(f'(p/q)) is ±½, flat in the log-ratio, so the "
                "generator would get no gradient; use minimax or nonsaturating")

@@ -100,6 +100,16 @@ def _channels(cfg) -> int:
     return max(4, cfg.width // 4)
 
 
+def densest(x: torch.Tensor, bandwidth: float, gen: torch.Generator, n: int = 2000) -> torch.Tensor:
+    """The point of x (N, d), among n drawn at random, where a Gaussian kernel density of those n with
+    `bandwidth` in standardized units (each coordinate divided by its sd) is highest: near the centre of the
+    densest mode at that scale."""
+    sub = x[torch.randperm(len(x), generator=gen)[:n]].double()
+    h = (sub - sub.mean(0)) / Standardize.of(x).std.double()
+    density = torch.exp(-torch.cdist(h, h).square() / (2 * bandwidth**2)).sum(1)
+    return sub[int(density.argmax())].to(x.dtype)
+
+
 def _class_probs(y: torch.Tensor | None, spec: Spec) -> torch.Tensor | None:
     return None if y is None else torch.bincount(y, minlength=spec.n_classes).float() / len(y)
 
@@ -107,9 +117,9 @@ def _class_probs(y: torch.Tensor | None, spec: Spec) -> torch.Tensor | None:
 def _generator(cfg, family: catalog.Family, spec: Spec, x: torch.Tensor, y, k: int, gen: torch.Generator) -> nn.Module:
     probs = _class_probs(y, spec) if k else None
     if family.parametric:
-        # start at a random data point with the data's spread: not at the data mean,
+        # start at a data point with the data's spread times init_std: not at the data mean,
         # which is a saddle point for mode-seeking divergences on symmetric data
-        start = x[torch.randint(len(x), (1,), generator=gen)][0]
+        start = x[torch.randint(len(x), (1,), generator=gen)][0] if cfg.init_at == "random" else densest(x, cfg.init_std, gen)
         return GaussianModel(start, Standardize.of(x).std * cfg.init_std)
     if family.decoder:
         z = cfg.noise_dim

@@ -416,10 +416,26 @@ def _prod(shape) -> int:
     return out
 
 
+def _kernel_norm_upgraded(saved: dict, current: dict) -> dict:
+    """The networks of a checkpoint written before a conv critic's spectral normalization was the convolution's
+    own norm (models.ConvOperatorNorm) kept torch's spectral_norm vectors `_u`, `_v` for each conv layer; they
+    are dropped, and the layer's power iteration starts from the freshly built network's vector (it settles in a
+    few training steps; sampling does not use the critic). Any other checkpoint is returned as it is."""
+    out = dict(saved)
+    for key in current:
+        head = key[: -len("u")]
+        if key.endswith(".parametrizations.weight.0.u") and key not in saved and head + "_u" in saved and head + "_v" in saved:
+            del out[head + "_u"], out[head + "_v"]
+            out[key] = current[key]
+    return out
+
+
 def load_networks(nets, state: dict, run: Path) -> None:
     """Load the checkpoint's networks; InputError naming the first tensor whose name or shape does not fit
     the networks that config.json builds (a checkpoint copied from another run)."""
-    want = {k: tuple(v.shape) for k, v in nets.state_dict().items()}
+    current = nets.state_dict()
+    state = dict(state, nets=_kernel_norm_upgraded(state["nets"], current))
+    want = {k: tuple(v.shape) for k, v in current.items()}
     got = {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in state["nets"].items()}
     differ = [k for k in want if k in got and got[k] != want[k]]
     missing = [k for k in want if k not in got]
