@@ -322,8 +322,8 @@ COMMANDS = {
     "compare": (cmd_compare, "fit one model by maximum likelihood, exact and adversarial divergence minimization, side by side",
                 _compare_args, ("divgen.fit", "divgen.train", "divgen.plots", "divgen.estimators", "divgen.two_sample")),
     "test": (cmd_test, "two-sample test of H0: A and B come from the same distribution", _test_args, ("divgen.two_sample",)),
-    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a certified lower bound and an interval of its sampling error", _estimate_args,
-                 ("divgen.estimators",)),
+    "estimate": (cmd_estimate, "estimate D(A‖B) between two sample files, with a certified lower bound and an "
+                 "interval of its sampling error", _estimate_args, ("divgen.estimators",)),
     "evaluate": (cmd_evaluate, "held-out evaluation of a run: independent critics, two-sample tests, exact divergences, modes",
                  _evaluate_args, ("divgen.evaluate", "divgen.train")),
 }

@@ -230,8 +230,7 @@ def fit_adversarial(data: str, name: str, out: Path, seed: int = 0, overwrite: b
     for i, (s, at) in enumerate(starts, 1):
         cfg = adversarial_config(data, name, seed, init_std=s, init_at=at, **overrides)
         if not quiet:
-            print(f"adversarial:{name}, start {i}/{len(starts)} (initial std {s:g} × the data's, at a {at} "
-                  f"point): "
+            print(f"adversarial:{name}, start {i}/{len(starts)} (initial std {s:g} × the data's, at a {at} point): "
                   f"{Path(out) / f'init-std-{s:g}'}", file=sys.stderr, flush=True)
         result = train.train(cfg, Path(out) / f"init-std-{s:g}", overwrite=overwrite, quiet=quiet)
         samples = torch.from_numpy(np.load(result.run / "samples.npy"))

@@ -438,7 +438,8 @@ def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch
         _update(s.opts["critic"], loss_c, s.sides["critic"], s.world, only=False)
         if adversarial.constrain is not None:
             adversarial.constrain(critic)
-    if adversarial.estimate_loss is not None:  # the last step's outputs, as the critic's own loss
+    logged = s.step % s.cfg.log_every == 0 or s.step == s.cfg.steps
+    if adversarial.estimate_loss is not None and logged:  # the last step's outputs, as the critic's own loss
         with torch.no_grad():
             bound = adversarial.estimate_loss(*v)
     return Draw(batch, z, views), loss_c, bound
