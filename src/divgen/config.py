@@ -291,7 +291,7 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
     if why is None and not family.decoder and set_to("likelihood", "auto"):
         why = f"--likelihood {given.likelihood}: --model {family.name} has no decoder (vae, cvae, aae have one)"
     if why is None and not family.parametric and set_to("init_std", 1.0):
-        why = f"--init-std: only --model gaussian starts from a chosen standard deviation"
+        why = "--init-std: only --model gaussian starts from a chosen standard deviation"
     if why is None and not family.parametric and set_to("init_at", "random"):
         why = f"--init-at {given.init_at}: only --model gaussian starts from a chosen point"
     if why is None and given.generator_loss == "ratio" and out.divergence == "tv":

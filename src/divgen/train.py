@@ -391,7 +391,7 @@ def _loop(s: Session) -> None:
         if fault:
             _roll_back(s, *fault)
             continue
-        if s.step % cfg.log_every == 0 or s.step == cfg.steps:
+        if _logged(s):
             estimate = loss_g if bound is None else -bound  # the critic's bound, else the sample loss itself
             values = torch.stack([loss_c.detach().float(), loss_g.detach().float(), estimate.detach().float()])
             s.log.row(s.step, dict(zip(("critic_loss", "generator_loss", "estimate"), parallel.mean(s.world, values).tolist())),
@@ -402,6 +402,11 @@ def _loop(s: Session) -> None:
         if at_checkpoint:
             s.ckpt.save(s.out, s.step, cfg.keep_checkpoints)
             s.log.figure(s.step, s.stream.x, lambda: families.draw(s.nets, 1000, cfg.seed + 1))
+
+
+def _logged(s: Session) -> bool:
+    """Whether this step writes a row of the training log."""
+    return s.step % s.cfg.log_every == 0 or s.step == s.cfg.steps
 
 
 def _schedule(s: Session) -> None:
@@ -438,8 +443,7 @@ def _critic_steps(s: Session, run, amp, zero: torch.Tensor) -> tuple[Draw, torch
         _update(s.opts["critic"], loss_c, s.sides["critic"], s.world, only=False)
         if adversarial.constrain is not None:
             adversarial.constrain(critic)
-    logged = s.step % s.cfg.log_every == 0 or s.step == s.cfg.steps
-    if adversarial.estimate_loss is not None and logged:  # the last step's outputs, as the critic's own loss
+    if adversarial.estimate_loss is not None and _logged(s):  # the last step's outputs, as the critic's own loss
         with torch.no_grad():
             bound = adversarial.estimate_loss(*v)
     return Draw(batch, z, views), loss_c, bound
