@@ -56,6 +56,7 @@ them the label of x.
     python benchmarks/digits.py --quick    # a few steps each: checks that the script runs
     python benchmarks/digits.py --seeds 0 1 2 --threads 1 2   # each (seed, threads) in a fresh process:
                                            # mean ± sd and the worst run of every number
+    python benchmarks/digits.py --models vae cvae baselines --seeds 0 1 2 --threads 1 2   # some rows only
     python benchmarks/digits.py --out R    # keep the runs in R; then draw their samples:
     python benchmarks/digits.py --figure docs/figures/digits.png --runs R
 """
@@ -86,6 +87,8 @@ LEVELS = 17  # digits' grey levels 0..16
 GANS = {"GAN (conv, js)": "conv", "conditional GAN": "cgan", "BiGAN": "bigan", "adversarial autoencoder (js)": "aae"}
 VAES = {"VAE": "vae", "CVAE": "cvae"}
 PEER = "textbook MLP VAE (400 ReLU, 20-D)"
+BASELINES = "baselines"  # --models: the GaussianMixture and the exact KDE
+MODELS = (*GANS.values(), *VAES.values(), BASELINES)
 
 # (key, header, format, worse): worse = +1 when a higher value is the bad direction, −1 when a lower one is
 SAMPLE_COLUMNS = [
@@ -143,8 +146,11 @@ def classifier_row(trained, ds, samples: torch.Tensor, baseline: float, nets=Non
     return row
 
 
-def gan_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, results: dict, extra: dict) -> None:
+def gan_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, results: dict, extra: dict,
+             models=MODELS) -> None:
     for label, model in GANS.items():
+        if model not in models:
+            continue
         clock = Clock()
         cfg = Config(data="digits", model=model, seed=seed, figures=False, **({"steps": steps} if steps else {}))
         result = train(cfg, root / model, quiet=True)
@@ -177,7 +183,7 @@ def encoder_probe(ds, trained, result, seed: int) -> dict:
 
 
 def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, k: int, results: dict,
-             peers: dict) -> None:
+             peers: dict, models=MODELS) -> None:
     """VAE and CVAE, twice each: with every default on the pixels (a Bernoulli decoder, whose
     samples are its means) for the classifier's columns, and with a Gaussian decoder on the
     dequantized pixels for the IWAE bound in bits per pixel; then the textbook VAE beside the default VAE."""
@@ -186,6 +192,8 @@ def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: 
     np.savez(path, x=metrics.dequantized(ds.train, LEVELS, seed).reshape(-1, 8, 8).numpy(), y=ds.train_labels.numpy())
     extra = {"steps": steps} if steps else {}
     for label, model in VAES.items():
+        if model not in models:
+            continue
         clock = Clock()
         default = train(Config(data="digits", model=model, seed=seed, figures=False, **extra), root / model, quiet=True)
         default_cost = clock.seconds()
@@ -384,9 +392,10 @@ def one_run(args) -> dict:
     root = Path(args.out or tempfile.mkdtemp(prefix="divgen-digits-"))
     root.mkdir(parents=True, exist_ok=True)
     results, encoders, peers = {}, {}, {}
-    gan_rows(ds, trained, baseline, root, steps, args.seed, results, encoders)
-    vae_rows(ds, trained, baseline, root, steps, args.seed, k, results, peers)
-    density_rows(ds, trained, baseline, args.seed, results, args.quick)
+    gan_rows(ds, trained, baseline, root, steps, args.seed, results, encoders, args.models)
+    vae_rows(ds, trained, baseline, root, steps, args.seed, k, results, peers, args.models)
+    if BASELINES in args.models:
+        density_rows(ds, trained, baseline, args.seed, results, args.quick)
     return {"seed": args.seed, "threads": torch.get_num_threads(), "environment": environment(), "k": k,
             "n_train": len(ds.train), "n_holdout": len(ds.holdout), "classifier_accuracy": trained.test_accuracy,
             "baseline": baseline, "rows": results, "peers": peers, "encoders": encoders}
@@ -400,7 +409,7 @@ def grid(args) -> list[dict]:
             for threads in args.threads:
                 out = Path(tmp) / f"seed{seed}-threads{threads}.json"
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--seed", str(seed), "--threads", str(threads),
-                       "--json", str(out), *(["--quick"] if args.quick else []),
+                       "--json", str(out), "--models", *args.models, *(["--quick"] if args.quick else []),
                        *(["--out", str(Path(args.out) / f"seed{seed}-threads{threads}")] if args.out else [])]
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
                 print(f"seed {seed}, {threads} thread(s) ...", file=sys.stderr, flush=True)
@@ -417,6 +426,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", help="run every row once per seed, each in a fresh process")
     ap.add_argument("--threads", type=int, nargs="+", help="torch threads; several: one fresh process per count")
     ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                    help="the rows to run (default: all); vae brings the textbook VAE beside it")
     ap.add_argument("--quick", action="store_true", help="20 steps per model: checks that the script runs")
     ap.add_argument("--json", type=Path, help="also write the numbers of the run(s) to this file")
     ap.add_argument("--figure", type=Path, help="with --runs: draw the sample grids of those runs to this PNG, and stop")
