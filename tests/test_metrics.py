@@ -142,6 +142,18 @@ def test_cvae_bounds_of_log_p_x_mix_the_classes_by_their_frequencies():
     assert alone.iwae == pytest.approx(float(only_one.log_p(x, torch.ones(7, dtype=torch.int64)).mean()), rel=1e-9)
 
 
+def test_likelihood_bounds_score_the_decoders_moving_average_when_the_run_keeps_one():
+    # under --ema the samples come from the averaged decoder, so the likelihood must be that model's
+    average, live = _ClassGaussian([0.5, 0.5]), _ClassGaussian([0.5, 0.5])
+    live.s = 2.0  # the live decoder is another model
+    nets = {"encoder": _Encoder(average), "generator": live, families.EMA: average}
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 1, 0, 1])
+    bounds = metrics.likelihood_bounds(nets, x, y, k=10)
+    assert bounds.iwae == pytest.approx(float(average.log_p(x, y).mean()), rel=1e-9)
+    assert bounds.iwae != pytest.approx(float(live.log_p(x, y).mean()), rel=1e-3)
+
+
 class _PriorEncoder(nn.Module):
     def forward(self, x, y=None):  # q(z | x) = p(z) = N(0, 1): log w = log p(x | z)
         return torch.zeros(len(x), 1, dtype=x.dtype), torch.zeros(len(x), 1, dtype=x.dtype)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from divgen import data as datasets
-from divgen import files, sample_metrics
+from divgen import families, files, sample_metrics
 from divgen.errors import InputError
 from divgen.models import ConvDown, Standardize, mlp
 from divgen.progress import Progress
@@ -349,8 +349,9 @@ class LikelihoodBounds:
 
 def _sample_bounds(nets, x: torch.Tensor, y: torch.Tensor | None, k: int, seed: int,
                    batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ELBO and IWAE estimates (N,), (N,) of log p(x [| y]), float64."""
-    enc, dec = nets["encoder"].eval(), nets["generator"].eval()
+    """Per-sample ELBO and IWAE estimates (N,), (N,) of log p(x [| y]), float64, of the model that draws the
+    samples: the decoder's moving average under --ema (with the live encoder as the proposal), else the decoder."""
+    enc, dec = nets["encoder"].eval(), families.sampler(nets).eval()
     elbo, iwae = [], []
     for i in range(0, len(x), batch):
         w = log_weights(enc, dec, x[i : i + batch], None if y is None else y[i : i + batch], k, seed + i)
