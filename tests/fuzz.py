@@ -466,6 +466,7 @@ def _objective_cases() -> list[tuple[str, list[str]]]:
         "--likelihood on an mlp": ("--likelihood", "gaussian"),
         "--init-std on an mlp": ("--init-std", "3"),
         "--init-at on an mlp": ("--init-at", "densest"),
+        "--cycle-weight on an mlp": ("--cycle-weight", "0.5"),
         "--penalty-weight without a penalty": ("--critic-penalty", "none", "--penalty-weight", "5"),
         "--generator-loss with wasserstein": ("--divergence", "wasserstein", "--generator-loss", "minimax"),
         "alpha:1e300": ("--divergence", "alpha:1e300"),

@@ -72,6 +72,7 @@ def test_the_objective_is_the_familys_own_loss_plus_the_divergences_term():
     assert fam["vae"].objective("kl") == "elbo"
     assert fam["aae"].objective("js") == "reconstruction + f-gan"
     assert fam["aae"].objective("mmd") == "reconstruction + mmd"
+    assert fam["bigan"].objective("js") == "cycle + f-gan" and fam["bigan"].objective("js", 0.0) == "f-gan"
 
 
 def test_every_flag_is_in_exactly_one_help_group():

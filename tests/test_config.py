@@ -96,6 +96,17 @@ def test_the_objective_is_recorded_once_and_an_edited_one_is_refused():
         config.resolve(Config(model="mlp", objective="elbo"))
 
 
+def test_a_bigan_recorded_before_the_cycle_loss_existed_resolves_as_it_trained():
+    """A config.json written before --cycle-weight existed records a BiGAN's objective as f-gan and no weight: it
+    loads with weight 0, which resolves to the same objective, where the current default would be refused as an
+    edited objective."""
+    old = config.resolve(Config(data="ring8", model="bigan", cycle_weight=0.0)).to_dict()
+    del old["cycle_weight"]
+    loaded = config.resolve(Config.from_dict(old))
+    assert loaded.cycle_weight == 0.0 and loaded.objective == "f-gan"
+    assert config.resolve(Config(data="ring8", model="bigan", cycle_weight=0.2)).objective == "cycle + f-gan"
+
+
 # ------------------------------------------------ flags that cannot work ---
 @pytest.mark.parametrize("kwargs, flag", [
     (dict(model="cgan", divergence="mmd"), "--divergence mmd"),
@@ -114,6 +125,7 @@ def test_the_objective_is_recorded_once_and_an_edited_one_is_refused():
     (dict(model="mlp", divergence="js", critic_penalty="none", penalty_weight=5.0), "--penalty-weight"),
     (dict(model="mlp", likelihood="gaussian"), "--likelihood"),
     (dict(model="cgan", init_std=2.0), "--init-std"),
+    (dict(model="aae", cycle_weight=0.1), "--cycle-weight"),
     (dict(model="mlp", init_at="densest"), "--init-at densest"),
     (dict(model="mlp", divergence="wasserstein", generator_loss="minimax"), "--generator-loss"),
     (dict(model="vae", generator_loss="minimax"), "--generator-loss"),

@@ -85,7 +85,8 @@ def test_families_refuse_data_they_cannot_train_on(model, kind, extra, words, fi
 
 
 def test_bigan_resumes_bit_for_bit(files, tmp_path):
-    cfg = dict(FAST, checkpoint_every=4, lr_schedule="constant")  # extended by a resume: a rate that needs no plan
+    # extended by a resume: a rate that needs no plan; with its cycle loss, off by default on vectors
+    cfg = dict(FAST, checkpoint_every=4, lr_schedule="constant", cycle_weight=0.5)
     full = train.train(Config(data=files["vectors"], model="bigan", **{**cfg, "steps": 8}), tmp_path / "full", quiet=True).run
     part = train.train(Config(data=files["vectors"], model="bigan", **{**cfg, "steps": 4}), tmp_path / "part", quiet=True).run
     train.train(Config(data=files["vectors"], model="bigan", **{**cfg, "steps": 8}), part, resume=True, quiet=True)
@@ -125,6 +126,20 @@ def test_bigan_generator_step_trains_the_encoder_and_the_critic_step_does_not(fi
     with torch.no_grad():  # the critic step sees detached views
         real = view.pair(nets, batch, z).real
     assert not any(t.requires_grad for t in real)
+
+
+def test_bigans_cycle_loss_trains_the_encoder_and_the_generator_and_not_the_critic(files):
+    ds = data.load(files["images"])
+    cfg = config.resolve(Config(data=files["images"], model="bigan", **FAST), ds)
+    assert cfg.cycle_weight > 0 and cfg.objective == "cycle + f-gan"  # on by default on images
+    recipe = recipes.build(cfg, ds.train)
+    nets = families.networks(cfg, ds.spec, ds.train, None, recipe, 0)
+    draw = train.Draw(data.Batch(ds.train[:8]), torch.randn(8, cfg.noise_dim), None)
+    loss = recipe.sample_losses[0](nets, draw)
+    sides = [nets["encoder"], nets["generator"]]
+    grads = torch.autograd.grad(loss, [p for net in sides for p in net.parameters()], retain_graph=True)
+    assert all(float(g.abs().sum()) > 0 for g in grads)
+    assert all(g is None for g in torch.autograd.grad(loss, list(nets["critic"].parameters()), allow_unused=True))
 
 
 # --------------------------------------------------------------------- VAE ---

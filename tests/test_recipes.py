@@ -119,3 +119,28 @@ def test_wasserstein_lipschitz_methods():
     assert sn.adversarial.spectral_norm and any("parametrizations" in k for k in nets["critic"].state_dict())
 
 
+
+
+def test_bigans_cycle_loss_is_the_squared_reconstruction_error_over_the_datas_variance():
+    # training data (0, 0) and (2, 4): per-coordinate (unbiased) variances 2 and 8, mean v = 5
+    x_train = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+    cfg = config.resolve(Config(data="ring8", model="bigan", cycle_weight=0.5))
+    assert cfg.objective == "cycle + f-gan"
+    recipe = recipes.build(cfg, x_train)
+    assert recipe.uses_critic and len(recipe.sample_losses) == 1
+    # E(x) = x + 1 and G(z) = 2z: G(E(x)) = 2x + 2; for x = (1, 1), (0, −1) the errors are (3, 3), (2, 1)
+    nets = {"encoder": lambda x, y: x + 1, "generator": lambda z: 2 * z}
+    batch = torch.tensor([[1.0, 1.0], [0.0, -1.0]])
+    draw = train.Draw(data.Batch(batch), torch.zeros(2, 2), None)
+    # 0.5 · mean(9 + 9, 4 + 1) / 5 = 0.5 · 11.5 / 5
+    assert float(recipe.sample_losses[0](nets, draw)) == pytest.approx(1.15)
+    # the weight's units cancel: the data and the errors ten times larger give the same loss
+    recipe10 = recipes.build(cfg, 10 * x_train)
+    draw10 = train.Draw(data.Batch(10 * batch), torch.zeros(2, 2), None)
+    nets10 = {"encoder": lambda x, y: x + 10, "generator": lambda z: 2 * z}
+    assert float(recipe10.sample_losses[0](nets10, draw10)) == pytest.approx(1.15)
+
+
+def test_a_bigan_without_its_cycle_trains_by_the_divergence_alone():
+    cfg = config.resolve(Config(data="ring8", model="bigan", cycle_weight=0.0))
+    assert cfg.objective == "f-gan" and recipes.build(cfg, torch.randn(8, 2)).sample_losses == ()

@@ -87,6 +87,11 @@ class Config:
                                       bounds=FRACTION)
     width: int | None = option(None, "units per hidden layer, generator and critic", kind=int, bounds=AT_LEAST_1)
     depth: int | None = option(None, "hidden layers, generator and critic", kind=int, bounds=AT_LEAST_1)
+    cycle_weight: float | None = option(None, "bigan: weight of the cycle loss ‖x − G(E(x))‖² / v added to the generator "
+                                        "side's loss, v the data's mean variance per coordinate: the generator "
+                                        "redraws each training sample from its code, which keeps the encoder's codes "
+                                        "informative (ALICE's explicit cycle consistency, Li et al. 2017); 0: a plain "
+                                        "BiGAN", kind=float, bounds=NON_NEGATIVE)
     init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's", bounds=POSITIVE)
     init_at: str = option("random", "gaussian: where the mean starts: random (a training point drawn with --seed) or "
                           "densest (the training point where a kernel density of 2,000 of them, with --init-std as its "
@@ -130,6 +135,8 @@ class Config:
         for f in fields(cls):
             if f.name in raw:
                 values[f.name] = _typed_value(f, raw[f.name], where)
+        if raw.get("objective") and "cycle_weight" not in raw:  # a run recorded before the field: no cycle
+            values["cycle_weight"] = 0.0
         return cls(**values)
 
 
@@ -137,7 +144,7 @@ class Config:
 FLAG_GROUPS = {
     "data": ("data", "n_data", "holdout"),
     "model": ("model", "width", "depth", "noise_dim", "likelihood", "init_std", "init_at"),
-    "objective": ("divergence", "generator_loss", "lipschitz", "clip"),
+    "objective": ("divergence", "generator_loss", "lipschitz", "clip", "cycle_weight"),
     "stabilizers": ("critic_penalty", "penalty_weight", "penalty_every", "spectral_norm", "pack", "ema"),
     "optimization": ("steps", "critic_steps", "batch_size", "lr_generator", "lr_critic", "lr_schedule", "adam_beta1", "on_nan", "bf16",
                      "compile"),
@@ -220,7 +227,7 @@ def resolve(cfg: Config, data=None) -> Config:
     if family.divergences is not None and out.divergence not in family.divergences:
         raise InputError(f"--model {model} trains by {family.own_loss or 'its own objective'} "
                          f"(divergence {' or '.join(family.divergences)}), not {out.divergence!r}")
-    objective = family.objective(out.divergence)  # the objective, chosen here once; recipes.build looks it up
+    objective = family.objective(out.divergence, out.cycle_weight)  # chosen here once; recipes.build looks it up
     if out.objective not in ("", objective):
         raise InputError(f"objective {out.objective!r} is not what --model {model} with --divergence {out.divergence} "
                          f"trains by ({objective!r}); was config.json edited?")
@@ -290,6 +297,8 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
         why = f"--penalty-every {given.penalty_every}: the run has no critic penalty (--critic-penalty gp or r1)"
     if why is None and not family.decoder and set_to("likelihood", "auto"):
         why = f"--likelihood {given.likelihood}: --model {family.name} has no decoder (vae, cvae, aae have one)"
+    if why is None and family.own_loss != "cycle" and set_to("cycle_weight", 0.0):
+        why = f"--cycle-weight {given.cycle_weight:g}: only --model bigan has a cycle loss (x through E and G)"
     if why is None and not family.parametric and set_to("init_std", 1.0):
         why = "--init-std: only --model gaussian starts from a chosen standard deviation"
     if why is None and not family.parametric and set_to("init_at", "random"):

@@ -213,9 +213,27 @@ def _reconstruction(cfg, space: Tensor) -> Term:
     return Term(estimate="−log p(x | E(x)) of the batch, nats per sample", sample_loss=loss)
 
 
+def _cycle(cfg, space: Tensor) -> Term:
+    """cycle_weight · ‖x − G(E(x))‖² / v, v the mean variance per coordinate of the compared data: a BiGAN's
+    generator redraws each training sample from the encoder's code of it. At the BiGAN's optimum G and E
+    invert each other, but the adversarial game reaches it slowly and its encoder's codes stay loosely tied to
+    x; an explicit reconstruction of x (ALICE's cycle consistency, Li et al. 2017) ties them. Dividing by v
+    makes the weight independent of the data's units."""
+    flat = space.flatten(1)
+    scale = cfg.cycle_weight / float(flat.var(0).mean().clamp_min(1e-12)) if len(flat) > 1 else cfg.cycle_weight
+
+    def loss(nets, draw):
+        real = draw.batch
+        redrawn = nets["generator"](nets["encoder"](real.x, real.y))
+        return scale * (redrawn - real.x).flatten(1).pow(2).sum(1).mean()
+
+    return Term(estimate="cycle_weight · ‖x − G(E(x))‖² / v of the batch", sample_loss=loss)
+
+
 # Every term an objective can name: the divergence kinds of catalog.DIVERGENCE_KINDS, the families' own losses.
 TERMS: dict[str, Callable[[object, Tensor], Term]] = {
     "f-gan": _fgan, "wasserstein": _wasserstein, "mmd": _mmd, "elbo": _elbo, "reconstruction": _reconstruction,
+    "cycle": _cycle,
 }
 
 
