@@ -134,7 +134,8 @@ def test_bigans_cycle_loss_trains_the_encoder_and_the_generator_and_not_the_crit
     assert cfg.cycle_weight > 0 and cfg.objective == "cycle + f-gan"  # on by default on images
     recipe = recipes.build(cfg, ds.train)
     nets = families.networks(cfg, ds.spec, ds.train, None, recipe, 0)
-    draw = train.Draw(data.Batch(ds.train[:8]), torch.randn(8, cfg.noise_dim), None)
+    batch, z = data.Batch(ds.train[:8]), torch.randn(8, cfg.noise_dim)
+    draw = train.Draw(batch, z, families.view(cfg).pair(nets, batch, z))
     loss = recipe.sample_losses[0](nets, draw)
     sides = [nets["encoder"], nets["generator"]]
     grads = torch.autograd.grad(loss, [p for net in sides for p in net.parameters()], retain_graph=True)

@@ -131,13 +131,14 @@ def test_bigans_cycle_loss_is_the_squared_reconstruction_error_over_the_datas_va
     # E(x) = x + 1 and G(z) = 2z: G(E(x)) = 2x + 2; for x = (1, 1), (0, −1) the errors are (3, 3), (2, 1)
     nets = {"encoder": lambda x, y: x + 1, "generator": lambda z: 2 * z}
     batch = torch.tensor([[1.0, 1.0], [0.0, -1.0]])
-    draw = train.Draw(data.Batch(batch), torch.zeros(2, 2), None)
+    view = families.VIEWS["pairs"]  # the cycle redraws x from the codes the critic sees
+    draw = train.Draw(data.Batch(batch), torch.zeros(2, 2), view.pair(nets, data.Batch(batch), torch.zeros(2, 2)))
     # 0.5 · mean(9 + 9, 4 + 1) / 5 = 0.5 · 11.5 / 5
     assert float(recipe.sample_losses[0](nets, draw)) == pytest.approx(1.15)
     # the weight's units cancel: the data and the errors ten times larger give the same loss
     recipe10 = recipes.build(cfg, 10 * x_train)
-    draw10 = train.Draw(data.Batch(10 * batch), torch.zeros(2, 2), None)
     nets10 = {"encoder": lambda x, y: x + 10, "generator": lambda z: 2 * z}
+    draw10 = train.Draw(data.Batch(10 * batch), torch.zeros(2, 2), view.pair(nets10, data.Batch(10 * batch), torch.zeros(2, 2)))
     assert float(recipe10.sample_losses[0](nets10, draw10)) == pytest.approx(1.15)
 
 

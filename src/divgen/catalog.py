@@ -103,8 +103,8 @@ OWN_LOSSES = {
     "cycle": "--cycle-weight · ‖x − G(E(x))‖² / v: a BiGAN's generator redraws x from its code E(x) (v: the data's "
              "mean variance per coordinate; ALICE's explicit cycle consistency, Li et al. 2017)",
 }
-# own losses that a weight turns on: the Config field of the weight; at weight 0 the objective leaves them out
-WEIGHTED_OWN_LOSSES = {"cycle": "cycle_weight"}
+# own losses that a weight turns on (--cycle-weight); at weight 0 the objective leaves them out
+WEIGHTED_OWN_LOSSES = ("cycle",)
 
 
 @dataclass(frozen=True)

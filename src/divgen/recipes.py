@@ -223,9 +223,8 @@ def _cycle(cfg, space: Tensor) -> Term:
     scale = cfg.cycle_weight / float(flat.var(0).mean().clamp_min(1e-12)) if len(flat) > 1 else cfg.cycle_weight
 
     def loss(nets, draw):
-        real = draw.batch
-        redrawn = nets["generator"](nets["encoder"](real.x, real.y))
-        return scale * (redrawn - real.x).flatten(1).pow(2).sum(1).mean()
+        x, code = draw.views.real  # the batch and its codes E(x) as the critic saw them (families.VIEWS["pairs"])
+        return scale * (nets["generator"](code) - x).flatten(1).pow(2).sum(1).mean()
 
     return Term(estimate="cycle_weight · ‖x − G(E(x))‖² / v of the batch", sample_loss=loss)
 
