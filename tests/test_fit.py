@@ -219,10 +219,11 @@ def test_cli_compare_json(tmp_path, capsys):
 
 
 def test_adversarial_starts_are_chosen_by_a_paired_difference(tmp_path):
-    """Two starts; the kept one is the one the paired held-out comparison finds closer, and the comparison
-    (difference and its 95% interval) is recorded."""
+    """Two starts; the kept one is the one the paired comparison finds closer, and the comparison
+    (difference and its 95% interval) is recorded. It scores every data row, training and held out."""
     adv = fit.fit_adversarial("mog1d", "js", tmp_path / "run", seed=0, steps=40, n_data=1000)
     (entry,) = adv.selection
+    assert entry["rows"] == 1000 + 200  # the training rows and the held-out fifth
     assert entry["ci_low"] <= entry["difference"] <= entry["ci_high"]
     assert entry["kept"] == (entry["challenger"] if entry["difference"] > 0 else str(tmp_path / "run" / "init-std-1"))
     assert adv.run == entry["kept"]

@@ -131,6 +131,16 @@ def test_a_densest_start_is_in_the_mode_with_the_most_points():
     assert any((x[:, 0] == m).any() for m in starts["densest"])  # a data point
 
 
+def test_a_mean_start_is_at_the_data_mean_with_the_data_spread():
+    """Points 0, 2, 10: the mean starts at 4 whatever the seed, and the sd at init_std times the data's."""
+    x = torch.tensor([[0.0], [2.0], [10.0]])
+    cfg = config.resolve(Config(model="gaussian", data="mog1d", init_std=0.5, init_at="mean"))
+    for seed in range(3):
+        g = families.networks(cfg, data.Spec((1,)), x, None, recipes.build(cfg, x), seed=seed)["generator"]
+        assert float(g.mean.detach()) == pytest.approx(4.0)
+        assert float(g.scale_tril.detach()) == pytest.approx(0.5 * float(x.std()), rel=1e-5)
+
+
 # --------------------------------------------------------------- reproducibility ---
 def test_same_seed_same_numbers(tmp_path):
     cfg = tiny(data="ring8", steps=30, seed=3, n_samples=10_000)

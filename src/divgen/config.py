@@ -93,10 +93,10 @@ class Config:
                                         "informative (ALICE's explicit cycle consistency, Li et al. 2017); 0: a plain "
                                         "BiGAN", kind=float, bounds=NON_NEGATIVE)
     init_std: float = option(1.0, "gaussian: initial standard deviation, as a multiple of the data's", bounds=POSITIVE)
-    init_at: str = option("random", "gaussian: where the mean starts: random (a training point drawn with --seed) or "
+    init_at: str = option("random", "gaussian: where the mean starts: random (a training point drawn with --seed), "
                           "densest (the training point where a kernel density of 2,000 of them, with --init-std as its "
                           "bandwidth, is highest: a start in the densest mode, where mode-seeking divergences usually "
-                          "have their best fit)",
+                          "have their best fit) or mean (the training mean: near mode-covering fits)",
                           catalog.INIT_AT)
     noise_dim: int | None = option(None, "dimension of the noise z ~ N(0, I) (the latent code of bigan, vae, cvae; "
                                    "gaussian: the data dimension)", kind=int, bounds=AT_LEAST_1)

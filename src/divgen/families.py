@@ -117,9 +117,12 @@ def _class_probs(y: torch.Tensor | None, spec: Spec) -> torch.Tensor | None:
 def _generator(cfg, family: catalog.Family, spec: Spec, x: torch.Tensor, y, k: int, gen: torch.Generator) -> nn.Module:
     probs = _class_probs(y, spec) if k else None
     if family.parametric:
-        # start at a data point with the data's spread times init_std: not at the data mean,
-        # which is a saddle point for mode-seeking divergences on symmetric data
-        start = x[torch.randint(len(x), (1,), generator=gen)][0] if cfg.init_at == "random" else densest(x, cfg.init_std, gen)
+        # with the data's spread times init_std; the data mean is near mode-covering fits, and a saddle
+        # point for mode-seeking divergences on symmetric data, which start at a data point
+        if cfg.init_at == "random":
+            start = x[torch.randint(len(x), (1,), generator=gen)][0]
+        else:
+            start = densest(x, cfg.init_std, gen) if cfg.init_at == "densest" else x.mean(0)
         return GaussianModel(start, Standardize.of(x).std * cfg.init_std)
     if family.decoder:
         z = cfg.noise_dim
