@@ -493,7 +493,8 @@ for i, argv in enumerate(json.loads(a) for a in sys.argv[2:]):
     codes.append(cli.main(argv))
     torch.save(last["state"], os.path.join(sys.argv[1], f"run{i}-rank{os.environ['RANK']}.pt"))
 dist.destroy_process_group()
-sys.exit(max(codes))
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(max(codes))  # as divgen.cli.run ends a torchrun worker: the interpreter's teardown can abort
 '''
 
 

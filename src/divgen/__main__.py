@@ -1,9 +1,9 @@
 import sys
 
 try:  # an interrupt while the command line itself is being imported ends cleanly too
-    from divgen.cli import main
+    from divgen.cli import run
 except KeyboardInterrupt:
     print("divgen: interrupted", file=sys.stderr)
     raise SystemExit(130) from None
 
-raise SystemExit(main())
+run()

@@ -396,5 +396,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The `divgen` command (and `python -m divgen`): main(), then the process ends with its exit code."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun worker, whose process group is destroyed and whose files are written and closed: it
+        # ends here, before the interpreter's own teardown. There, about one run in 40 (2 CPU processes,
+        # gloo), a thread of the distributed runtime was destroyed while still running, which aborts the
+        # process (SIGABRT, "terminate called without an active exception", no Python frame) and makes
+        # torchrun stop the other ranks and report the finished run as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
