@@ -149,13 +149,11 @@ def main(argv=None) -> int:
         ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=value, help=f"adversarial fit (default: {value})")
     ap.add_argument("--generator-loss", default="auto", choices=catalog.GENERATOR_LOSSES,
                     help="adversarial fit (default: auto: ratio for kl, jeffrey, pearson, minimax for the others)")
-    ap.add_argument("--lr-schedule", default="constant", choices=catalog.LR_SCHEDULES,
-                    help="adversarial fit (default: constant)")
     ap.add_argument("--n-data", type=int, default=10_000,
                     help="training samples of the data set, a fifth of them held out (default: 10,000)")
     ap.add_argument("--ema", type=float, default=0.0, help="adversarial fit (default: 0, no moving average)")
     args = ap.parse_args(argv)
-    recipe["generator_loss"], recipe["lr_schedule"], recipe["ema"] = args.generator_loss, args.lr_schedule, args.ema
+    recipe["generator_loss"], recipe["ema"] = args.generator_loss, args.ema
     recipe["n_data"] = args.n_data
     if args.quick:
         args.divergences, args.seeds, args.steps, args.jobs = "kl", 1, 30, 1

@@ -112,6 +112,17 @@ def test_conditional_generator_uses_its_labels_and_draws_them_by_frequency():
             families.draw(nets, 5, 0, label=bad)
 
 
+@pytest.mark.parametrize("model, divergence, squares", [("gaussian", "jeffrey", True), ("gaussian", "wasserstein", False),
+                                                       ("mlp", "jeffrey", False)])
+def test_only_a_density_models_log_ratio_critic_reads_the_squares(files, model, divergence, squares):
+    """The gaussian family's critic extrapolates quadratically beyond the data; a Wasserstein critic keeps its slope."""
+    ds = data.load(files["unlabelled"])
+    cfg = config.resolve(Config(data=files["unlabelled"], model=model, divergence=divergence, **FAST), ds)
+    nets = families.networks(cfg, ds.spec, ds.train, None, recipes.build(cfg, ds.train), 0)
+    assert nets["critic"].squares is squares
+    assert nets["critic"].net[0].in_features == (6 if squares else 3)
+
+
 def test_bigan_generator_step_trains_the_encoder_and_the_critic_step_does_not(files):
     ds = data.load(files["vectors"])
     cfg = config.resolve(Config(data=files["vectors"], model="bigan", **FAST), ds)

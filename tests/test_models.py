@@ -72,6 +72,20 @@ def test_a_packed_critic_judges_rows_in_packs_and_critic_pair_splits_by_pack():
     torch.testing.assert_close(v_b, torch.tensor([65.0]))
 
 
+def test_a_squares_critic_reads_each_packed_input_and_its_square():
+    """squares, pack 2, standardized by mean 1 and sd 2: a linear net sees (h1, h2, h1², h2²)."""
+    critic = models.MLPCritic(models.Standardize(torch.ones(1), torch.full((1,), 2.0)), 4, 1, pack=2, squares=True)
+    net = torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 10.0, 100.0, 1000.0]]))
+        net.bias.zero_()
+    critic.net = net
+    # x = 3, 5: h = 1, 2; 1 + 20 + 100 + 4000
+    torch.testing.assert_close(critic(torch.tensor([[3.0], [5.0]])), torch.tensor([4121.0]))
+    with pytest.raises(ValueError, match="slope"):
+        models.MLPCritic(models.Standardize(torch.zeros(1), torch.ones(1)), 4, 1, squares=True, lipschitz=True)
+
+
 def _max_slope(critic, x: torch.Tensor) -> float:
     """The largest ‖∇V(x)‖ over the rows of x, in x's own units."""
     x = x.clone().requires_grad_(True)

@@ -148,8 +148,9 @@ def _critic(cfg, family: catalog.Family, spec: Spec, x, adversarial) -> nn.Modul
     latent = cfg.noise_dim if family.compares == "pairs" else 0
     if spec.image:
         return ConvCritic(_scaler(spec, x), spec.event_shape, _channels(cfg), sn, n_classes, latent, cfg.pack, lipschitz)
+    # a density model's critic reads the squares too, so its log-ratio falls off beyond the data as a Gaussian's
     return MLPCritic(_scaler(spec, x), cfg.width, cfg.depth, sn, n_classes=n_classes, latent_dim=latent, pack=cfg.pack,
-                     lipschitz=lipschitz)
+                     lipschitz=lipschitz, squares=family.parametric and not lipschitz)
 
 
 def network_count(cfg, recipe) -> int:
