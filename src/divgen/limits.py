@@ -195,8 +195,10 @@ BYTES_PER_PARAMETER = 6 * FLOAT32
 # Bytes of activations per unit counted by activation_units, per sample and float: autograd keeps
 # about one value per layer output for the backward pass, which frees them as it goes. Measured
 # peak memory of a step (ring8, --batch-size 200000: 1.0 GB with js, 1.25 GB with a gradient
-# penalty; conv on digits, 8192: 1.0 GB) is 0.55–0.8 of this estimate (tests/test_hostile.py).
-ACTIVATION_COPIES = 1.5
+# penalty; conv on digits, 8192: 1.0 GB) was 0.55–0.8 of this estimate at 1.5 copies; with the 3×128
+# GAN defaults, ring8's wasserstein step at --batch-size 60000 adds 0.76–0.82 GB over one at 1000,
+# against 0.82 GB estimated at 1.5 (tests/test_hostile.py), too close for a bound, so 2.
+ACTIVATION_COPIES = 2.0
 
 
 def _chw(event_shape) -> tuple[int, int, int] | None:
