@@ -112,10 +112,12 @@ def test_conditional_generator_uses_its_labels_and_draws_them_by_frequency():
             families.draw(nets, 5, 0, label=bad)
 
 
-@pytest.mark.parametrize("model, divergence, squares", [("gaussian", "jeffrey", True), ("gaussian", "wasserstein", False),
+@pytest.mark.parametrize("model, divergence, squares", [("gaussian", "jeffrey", True), ("gaussian", "kl", True),
+                                                       ("gaussian", "neyman", False), ("gaussian", "wasserstein", False),
                                                        ("mlp", "jeffrey", False)])
 def test_only_a_density_models_log_ratio_critic_reads_the_squares(files, model, divergence, squares):
-    """The gaussian family's critic extrapolates quadratically beyond the data; a Wasserstein critic keeps its slope."""
+    """The gaussian family's logistic critic (the `ratio` loss of kl and jeffrey) extrapolates quadratically
+    beyond the data; a minimax critic (neyman) and a Wasserstein critic (bounded slope) do not."""
     ds = data.load(files["unlabelled"])
     cfg = config.resolve(Config(data=files["unlabelled"], model=model, divergence=divergence, **FAST), ds)
     nets = families.networks(cfg, ds.spec, ds.train, None, recipes.build(cfg, ds.train), 0)

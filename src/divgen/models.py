@@ -313,7 +313,7 @@ class MLPCritic(nn.Module):
     `squares`: the net also reads the square of each standardized input, (h, h ⊙ h). A ReLU net of h
     extrapolates linearly beyond the data, so its log-ratio falls off too slowly where a Gaussian's tail
     lies beyond them; a net of (h, h²) extrapolates quadratically, as log-ratios between Gaussian-tailed
-    densities do (jeffrey's adversarial fit of mog1d: worst excess over 5 seeds from 0.028 to 0.012,
+    densities do (jeffrey's adversarial fit of mog1d: worst excess of 3 seeds from 0.028 to 0.016,
     benchmarks/exact_vs_adversarial.py). Not with `lipschitz`: h² has no bounded slope.
     """
 
