@@ -14,6 +14,7 @@ table 3). For each divergence D:
     python benchmarks/exact_vs_adversarial.py --divergences kl,js --seeds 5 --jobs 2
     python benchmarks/exact_vs_adversarial.py --quick     # seconds: checks that it runs
     python benchmarks/exact_vs_adversarial.py --tails --divergences jeffrey,pearson   # where the width is decided
+    python benchmarks/exact_vs_adversarial.py --rows-within --divergences jeffrey     # without the rows beyond it
 """
 
 from __future__ import annotations
@@ -77,6 +78,33 @@ def print_table(rows: list[dict], data: str, seeds: int, recipe: dict) -> None:
           "starts ended in different basins.")
 
 
+def filled_range(p, n: int, grid=None) -> tuple[float, float]:
+    """P's 1/4n and 1 − 1/4n quantiles, on `grid` (default: ±12 sd of P by quadrature): the range that n
+    points drawn from P fill; half a point lies beyond it, in expectation."""
+    import numpy as np
+
+    if grid is None:
+        m, s = float(p.mean[0]), float(p.variance[0] ** 0.5)
+        grid = np.linspace(m - 12 * s, m + 12 * s, 240_001)
+    density = p.log_prob(torch.from_numpy(grid)[:, None].float()).double().exp().numpy()
+    cdf = np.cumsum(density) * (grid[1] - grid[0])
+    return float(grid[np.searchsorted(cdf, 1 / (4 * n))]), float(grid[np.searchsorted(cdf, 1 - 1 / (4 * n))])
+
+
+def rows_within(data: str, seed: int, n: int, lo: float, hi: float, root: str) -> tuple[str, list[float]]:
+    """A .npy file of the rows (training and held-out) that `seed` draws of `data`, less those outside
+    [lo, hi]; and the values left out."""
+    import numpy as np
+
+    ds = datasets.load(data, n=n, seed=seed)
+    x = torch.cat([ds.train, ds.holdout]).numpy()
+    keep = (x[:, 0] >= lo) & (x[:, 0] <= hi)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path = Path(root) / f"{data}-seed{seed}-within.npy"
+    np.save(path, x[keep])
+    return str(path), sorted(float(v) for v in x[~keep, 0])
+
+
 def tails(p, name: str, mu: float, sigma: float, n: int, stretch: float = 1.6) -> None:
     """Where the data decide a Gaussian fit's width, and what a change no sample of n shows does to it.
 
@@ -93,10 +121,8 @@ def tails(p, name: str, mu: float, sigma: float, n: int, stretch: float = 1.6) -
     f = divergences.get(name).f
     grid = np.linspace(mu - 12 * sigma, mu + 12 * sigma, 240_001)
     dx = grid[1] - grid[0]
-    x = torch.from_numpy(grid)[:, None]
-    log_p = p.log_prob(x.float()).double().numpy()
-    cdf = np.cumsum(np.exp(log_p)) * dx
-    lo, hi = grid[np.searchsorted(cdf, 1 / (4 * n))], grid[np.searchsorted(cdf, 1 - 1 / (4 * n))]
+    log_p = p.log_prob(torch.from_numpy(grid)[:, None].float()).double().numpy()
+    lo, hi = filled_range(p, n, grid)
     inside = (grid >= lo) & (grid <= hi)
 
     def integrand(lp, m, s):
@@ -140,6 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--table-from", metavar="JSON", help="print the table of an earlier --json file and exit")
     ap.add_argument("--quick", action="store_true", help="kl only, one seed, 30 steps: checks that the script runs")
+    ap.add_argument("--rows-within", action="store_true",
+                    help="train each seed on its rows within P's 1/4n and 1 − 1/4n quantiles only (a .npy file, whose "
+                         "own fifth is held out): what the few rows beyond them do to each fit")
     ap.add_argument("--tails", action="store_true",
                     help="train nothing: for each divergence, where the data decide the exact minimizer's width, "
                          "and the minimizer of the data with tails too thin to show in --n-data points changed")
@@ -181,7 +210,13 @@ def main(argv=None) -> int:
             tails(p, name, f_star.mean[0], f_star.std[0], args.n_data)
         return 0
     root = args.out or tempfile.mkdtemp(prefix="divgen-exact-vs-adv-")
-    jobs = [(args.data, name, seed, root, overrides) for name in names for seed in range(args.seeds)]
+    sources = {seed: args.data for seed in range(args.seeds)}
+    if args.rows_within:
+        lo, hi = filled_range(p, args.n_data)
+        for seed in sources:
+            sources[seed], left_out = rows_within(args.data, seed, args.n_data, lo, hi, root)
+            print(f"seed {seed}: rows beyond [{lo:+.2f}, {hi:+.2f}] left out: {[round(v, 2) for v in left_out]}")
+    jobs = [(sources[seed], name, seed, root, overrides) for name in names for seed in range(args.seeds)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(adversarial, jobs))
 
