@@ -166,6 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--table-from", metavar="JSON", help="print the table of an earlier --json file and exit")
     ap.add_argument("--quick", action="store_true", help="kl only, one seed, 30 steps: checks that the script runs")
+    ap.add_argument("--stretch", type=float, default=1.6,
+                    help="with --tails: how many times wider P′'s tails are than P's beyond that range (below 1: "
+                         "thinner; default: 1.6)")
     ap.add_argument("--rows-within", action="store_true",
                     help="train each seed on its rows within P's 1/4n and 1 − 1/4n quantiles only (a .npy file, whose "
                          "own fifth is held out): what the few rows beyond them do to each fit")
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
     if args.tails:
         for name in names:
             f_star, _ = exact[name]
-            tails(p, name, f_star.mean[0], f_star.std[0], args.n_data)
+            tails(p, name, f_star.mean[0], f_star.std[0], args.n_data, args.stretch)
         return 0
     root = args.out or tempfile.mkdtemp(prefix="divgen-exact-vs-adv-")
     sources = {seed: args.data for seed in range(args.seeds)}
