@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from divgen import data
+from divgen import data, data_files
 from divgen.errors import InputError
 
 TOY_DIMS = {"mog1d": 1, "mog2d": 2, "ring8": 2, "ring8-pacgan": 2, "grid25": 2, "swissroll": 2, "moons": 2}
@@ -64,21 +64,21 @@ def test_digits():
 def test_npy_2d(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 3))
     np.save(tmp_path / "x.npy", x)
-    arr, labels = data.read_array(tmp_path / "x.npy")
+    arr, labels = data_files.read_array(tmp_path / "x.npy")
     assert arr.dtype == np.float32 and labels is None
     np.testing.assert_allclose(arr, x.astype(np.float32))
 
 
 def test_npy_1d_becomes_column(tmp_path):
     np.save(tmp_path / "x.npy", np.arange(10.0))
-    arr, _ = data.read_array(tmp_path / "x.npy")
+    arr, _ = data_files.read_array(tmp_path / "x.npy")
     assert arr.shape == (10, 1)
     np.testing.assert_array_equal(arr[:, 0], np.arange(10.0))
 
 
 def test_npy_integer_array_is_accepted(tmp_path):
     np.save(tmp_path / "x.npy", np.arange(12).reshape(6, 2))
-    arr, _ = data.read_array(tmp_path / "x.npy")
+    arr, _ = data_files.read_array(tmp_path / "x.npy")
     assert arr.dtype == np.float32 and arr.shape == (6, 2)
 
 
@@ -86,7 +86,7 @@ def test_npz_with_x_and_labels(tmp_path):
     x = np.random.default_rng(0).normal(size=(20, 5))
     y = np.arange(20) % 3
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    arr, labels = data.read_array(tmp_path / "d.npz")
+    arr, labels = data_files.read_array(tmp_path / "d.npz")
     assert arr.shape == (20, 5)
     np.testing.assert_array_equal(labels, y)
     ds = data.load(str(tmp_path / "d.npz"), seed=0, holdout=0.25)
@@ -99,7 +99,7 @@ def test_npz_with_x_and_labels(tmp_path):
 
 def test_npz_single_array_any_key(tmp_path):
     np.savez(tmp_path / "d.npz", samples=np.arange(8.0).reshape(4, 2))
-    arr, labels = data.read_array(tmp_path / "d.npz")
+    arr, labels = data_files.read_array(tmp_path / "d.npz")
     assert arr.shape == (4, 2) and labels is None
 
 
@@ -108,13 +108,13 @@ def test_csv_with_and_without_header(tmp_path):
     (tmp_path / "n.csv").write_text("1,2,3\n4,5,6\n7,8.5,-9e-1\n")
     want = np.array([[1, 2, 3], [4, 5, 6], [7, 8.5, -0.9]], dtype=np.float32)
     for name in ("h.csv", "n.csv"):
-        arr, _ = data.read_array(tmp_path / name)
+        arr, _ = data_files.read_array(tmp_path / name)
         np.testing.assert_array_equal(arr, want)
 
 
 def test_csv_single_column(tmp_path):
     (tmp_path / "c.csv").write_text("x\n1\n2\n3\n")
-    arr, _ = data.read_array(tmp_path / "c.csv")
+    arr, _ = data_files.read_array(tmp_path / "c.csv")
     assert arr.shape == (3, 1)
 
 
@@ -192,7 +192,7 @@ def test_bad_files_are_rejected_with_one_line(tmp_path, case):
 def test_directory_named_like_a_data_file(tmp_path):
     (tmp_path / "x.npy").mkdir()
     with pytest.raises(InputError, match="is a directory"):
-        data.read_array(tmp_path / "x.npy")
+        data_files.read_array(tmp_path / "x.npy")
 
 
 # -------------------------------------------------------------- images, labels ---
@@ -203,7 +203,7 @@ def test_image_npz_keeps_its_shape_and_scales_uint8(tmp_path, shape, event, dtyp
     x = rng.integers(0, 256, size=shape).astype(dtype)
     y = np.arange(shape[0]) % 3
     np.savez(tmp_path / "img.npz", x=x, y=y)
-    flat, labels, got = data.read_file(tmp_path / "img.npz")
+    flat, labels, got = data_files.read_file(tmp_path / "img.npz")
     assert got == event and flat.shape == (shape[0], int(np.prod(event)))
     expected = x.reshape(shape[0], -1).astype(np.float32) / (255 if dtype == "uint8" else 1)
     np.testing.assert_allclose(flat, expected, rtol=1e-6)
@@ -222,13 +222,13 @@ def test_image_npz_keeps_its_shape_and_scales_uint8(tmp_path, shape, event, dtyp
 def test_bad_labels_are_refused_with_one_line(tmp_path, labels, words):
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((4, 8, 8)), y=labels)
     with pytest.raises(InputError, match=words) as info:
-        data.read_file(tmp_path / "d.npz")
+        data_files.read_file(tmp_path / "d.npz")
     assert "\n" not in str(info.value)
 
 
 def test_integral_float_labels_are_accepted(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.arange(8.0).reshape(4, 2), y=np.array([0.0, 1.0, 2.0, 1.0]))
-    _, y, _ = data.read_file(tmp_path / "d.npz")
+    _, y, _ = data_files.read_file(tmp_path / "d.npz")
     assert y.dtype == np.int64 and y.tolist() == [0, 1, 2, 1]
 
 

@@ -74,7 +74,7 @@ def test_idx_directory_prefers_the_uncompressed_copy(tmp_path):
 
 def test_idx_images_file_finds_its_labels_beside_it(tmp_path):
     a = write_idx(tmp_path, gz=True, test=False, n_train=20)
-    x, y, shape = data.read_file(tmp_path / "train-images-idx3-ubyte.gz")
+    x, y, shape = data_files.read_file(tmp_path / "train-images-idx3-ubyte.gz")
     np.testing.assert_array_equal(x, flat(a["train-images-idx3-ubyte"]).numpy())
     assert y.tolist() == (np.arange(20) % 3).tolist() and shape == (5, 6)
     ds = data.load(str(tmp_path / "train-images-idx3-ubyte.gz"), holdout=0.25)  # one file: a random split
@@ -94,14 +94,14 @@ def test_emnist_images_are_turned_upright(tmp_path):
 
 def test_idx_fingerprint_covers_every_file_read(tmp_path):
     a = write_idx(tmp_path / "raw")
-    before = data.fingerprint(str(tmp_path / "raw"))
+    before = data_files.fingerprint(str(tmp_path / "raw"))
     (tmp_path / "raw" / "notes.txt").write_text("not read, not hashed")
-    assert data.fingerprint(str(tmp_path / "raw")) == before
+    assert data_files.fingerprint(str(tmp_path / "raw")) == before
     labels = a["t10k-labels-idx1-ubyte"].copy()
     labels[0] = 2
     (tmp_path / "raw" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     with pytest.raises(InputError, match="has changed since the run was trained"):
-        data.fingerprint(str(tmp_path / "raw"), before)
+        data_files.fingerprint(str(tmp_path / "raw"), before)
 
 
 def _truncate(path, keep):
@@ -191,7 +191,7 @@ def test_labelled_image_folder_sorted_class_names_are_labels(tmp_path):
     for (cls, name), v in grey.items():
         save_png(tmp_path / "pics" / cls / name, np.full((5, 7), v, np.uint8))
     (tmp_path / "pics" / "cat" / "notes.txt").write_text("ignored")
-    x, y, shape = data.read_file(tmp_path / "pics")
+    x, y, shape = data_files.read_file(tmp_path / "pics")
     assert shape == (5, 7) and x.shape == (4, 35)
     # ant < cat < dog: labels 0, 1, 2; files in sorted order within each class
     assert y.tolist() == [0, 1, 1, 2]
@@ -202,7 +202,7 @@ def test_rgb_image_folder_is_channels_first(tmp_path):
     pixels = RNG.integers(0, 256, (3, 6, 8, 3), dtype=np.uint8)  # (N, H, W, RGB)
     for i, p in enumerate(pixels):
         save_png(tmp_path / "u" / f"{i}.png", p)
-    x, y, shape = data.read_file(tmp_path / "u")
+    x, y, shape = data_files.read_file(tmp_path / "u")
     assert y is None and shape == (3, 6, 8)
     np.testing.assert_allclose(x, pixels.transpose(0, 3, 1, 2).reshape(3, -1) / 255, rtol=1e-6)
 
@@ -210,7 +210,7 @@ def test_rgb_image_folder_is_channels_first(tmp_path):
 def test_jpeg_images_are_read(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.jpg", quality=95)
-    x, _, shape = data.read_file(tmp_path)
+    x, _, shape = data_files.read_file(tmp_path)
     assert shape == (3, 8, 8)
     np.testing.assert_allclose(x.mean(axis=1), np.array([0, 60, 120]) / 255, atol=3 / 255)
 
@@ -220,7 +220,7 @@ def test_a_constant_alpha_channel_is_dropped_and_a_varying_one_refused(tmp_path)
     rgba[..., 3] = 255
     for i, p in enumerate(rgba):
         save_png(tmp_path / "opaque" / f"{i}.png", p)
-    x, _, shape = data.read_file(tmp_path / "opaque")
+    x, _, shape = data_files.read_file(tmp_path / "opaque")
     assert shape == (3, 6, 6)
     np.testing.assert_allclose(x, rgba[..., :3].transpose(0, 3, 1, 2).reshape(3, -1) / 255, rtol=1e-6)
     rgba[1, 0, 0, 3] = 0
@@ -256,7 +256,7 @@ def test_bad_image_folders_are_refused_naming_the_file(tmp_path, layout, words):
 def test_channels_last_arrays_are_transposed(tmp_path, c, event):
     a = RNG.random((5, 6, 7, c)).astype(np.float32)
     np.save(tmp_path / "x.npy", a)
-    x, _, shape = data.read_file(tmp_path / "x.npy")
+    x, _, shape = data_files.read_file(tmp_path / "x.npy")
     assert shape == event
     np.testing.assert_array_equal(x, a.transpose(0, 3, 1, 2).reshape(5, -1))
 
@@ -265,7 +265,7 @@ def test_channels_last_rgba_array(tmp_path):
     a = RNG.random((5, 6, 6, 4)).astype(np.float32)
     a[..., 3] = 1.0
     np.save(tmp_path / "x.npy", a)
-    x, _, shape = data.read_file(tmp_path / "x.npy")
+    x, _, shape = data_files.read_file(tmp_path / "x.npy")
     assert shape == (3, 6, 6)
     np.testing.assert_array_equal(x, a[..., :3].transpose(0, 3, 1, 2).reshape(5, -1))
     a[0, 0, 0, 3] = 0.5
@@ -281,13 +281,13 @@ def test_channels_last_rgba_array(tmp_path):
 ])
 def test_csv_as_spreadsheets_write_it(tmp_path, raw):
     (tmp_path / "s.csv").write_bytes(raw)
-    x, _ = data.read_array(tmp_path / "s.csv")
+    x, _ = data_files.read_array(tmp_path / "s.csv")
     np.testing.assert_array_equal(x, [[1.5, 2], [3, 4.5], [5, 6]])
 
 
 def test_csv_pandas_index_over_numbered_columns(tmp_path, capsys):
     (tmp_path / "p.csv").write_text(",0,1\n0,1.5,2\n1,3,4\n")  # pd.DataFrame(array).to_csv()
-    x, _ = data.read_array(tmp_path / "p.csv")
+    x, _ = data_files.read_array(tmp_path / "p.csv")
     np.testing.assert_array_equal(x, [[1.5, 2], [3, 4]])
     assert "row index" in capsys.readouterr().err
 
@@ -388,7 +388,7 @@ def test_evaluate_holds_out_the_same_test_rows(divgen, tmp_path):
                     "--batch-size", 16, "--n-samples", 20, "--no-figures", "--out", tmp_path / "run", "--json")
     assert result.code == 0, result.err
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["data"] == str(tmp_path / "raw") and cfg["data_sha256"] == data.fingerprint(str(tmp_path / "raw"))
+    assert cfg["data"] == str(tmp_path / "raw") and cfg["data_sha256"] == data_files.fingerprint(str(tmp_path / "raw"))
     held = data.load(cfg["data"], n=cfg["n_data"], seed=cfg["seed"], holdout=cfg["holdout"]).holdout
     assert len(held) == 30
     labels = np.zeros(30, np.uint8)
@@ -406,5 +406,5 @@ def test_kaggle_idx_names_with_a_dot(tmp_path):
         path.rename(path.with_name(name.replace("s-idx", "s.idx")))
     ds = data.load(str(tmp_path / "raw"))
     torch.testing.assert_close(ds.holdout, flat(a["t10k-images-idx3-ubyte"]))
-    _, y, _ = data.read_file(tmp_path / "raw" / "train-images.idx3-ubyte")
+    _, y, _ = data_files.read_file(tmp_path / "raw" / "train-images.idx3-ubyte")
     assert y.tolist() == [0, 1, 2] * 4

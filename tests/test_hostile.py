@@ -27,7 +27,7 @@ import torch
 
 from conftest import TINY, assert_clean_failure, metrics_without_timing, snapshot
 import divgen
-from divgen import catalog, cli, config, data, demo, estimators, families, jsonout, limits, recipes, runs, train, two_sample
+from divgen import catalog, cli, config, data, data_files, demo, estimators, families, jsonout, limits, recipes, runs, train, two_sample
 from divgen.config import Config
 from divgen.results import load_run
 
@@ -373,11 +373,11 @@ def test_a_damaged_checkpoint_warning_is_whole_words(divgen, trained_run, tmp_pa
 def test_csv_comment_lines_and_line_numbers(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("# exported by hand\nx,y\n\n1,2\n# a note\n3,4\n5,6\n")
-    x, _ = data.read_array(path)
+    x, _ = data_files.read_array(path)
     np.testing.assert_array_equal(x, [[1, 2], [3, 4], [5, 6]])
     path.write_text("# exported by hand\nx,y\n1,2\n\n# a note\n3,four\n")
     with pytest.raises(data.InputError, match="line 6: non-numeric value 'four'"):
-        data.read_array(path)
+        data_files.read_array(path)
 
 
 def test_huge_values_are_refused_without_a_warning(tmp_path):
@@ -385,7 +385,7 @@ def test_huge_values_are_refused_without_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a leaked RuntimeWarning fails here
         with pytest.raises(data.InputError, match="too large for float32"):
-            data.read_array(tmp_path / "big.npy")
+            data_files.read_array(tmp_path / "big.npy")
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
@@ -462,14 +462,14 @@ def test_pandas_index_column_is_dropped_with_a_warning(divgen, tmp_path):
     x = np.random.default_rng(0).normal(size=(200, 2))
     text = ",a,b\n" + "".join(f"{i},{p:.6f},{q:.6f}\n" for i, (p, q) in enumerate(x))  # DataFrame.to_csv()
     (tmp_path / "p.csv").write_text(text)
-    got, _ = data.read_array(tmp_path / "p.csv")
+    got, _ = data_files.read_array(tmp_path / "p.csv")
     np.testing.assert_allclose(got, x, atol=1e-6)
     (tmp_path / "u.csv").write_text(text.replace(",a,b", "Unnamed: 0,a,b", 1))  # read_csv().to_csv(index=False)
-    assert data.read_array(tmp_path / "u.csv")[0].shape == (200, 2)
+    assert data_files.read_array(tmp_path / "u.csv")[0].shape == (200, 2)
     run = _run(divgen, tmp_path / "run", data=str(tmp_path / "p.csv"))
     assert np.load(run / "samples.npy").shape[1] == 2
     (tmp_path / "named.csv").write_text(text.replace(",a,b", "i,a,b", 1))  # a named first column is data
-    assert data.read_array(tmp_path / "named.csv")[0].shape == (200, 3)
+    assert data_files.read_array(tmp_path / "named.csv")[0].shape == (200, 3)
 
 
 def _strict_loads(text: str):
@@ -603,7 +603,7 @@ def test_sample_formats_hold_the_same_numbers_streamed(divgen, trained_run, tmp_
     got = {".npy": lambda: np.load(out), ".npz": lambda: np.load(out)["x"],
            ".csv": lambda: np.loadtxt(out, delimiter=",", dtype=np.float32)}[ext]()
     np.testing.assert_array_equal(got, expected)
-    assert data.read_array(out)[0].shape == (20_000, 2)  # divgen reads its own output back
+    assert data_files.read_array(out)[0].shape == (20_000, 2)  # divgen reads its own output back
 
 
 def test_an_interrupted_sample_leaves_the_old_file_and_no_partial_one(divgen, trained_run, tmp_path, monkeypatch):

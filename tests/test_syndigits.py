@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import train_tiny
-from divgen import data, files, syndigits
+from divgen import data, data_files, files, syndigits
 from divgen.syndigits import FONTS, Factors
 
 DEJAVU_SANS = next(i for i, (file, _) in enumerate(FONTS) if file == "DejaVuSans.ttf")
@@ -190,7 +190,7 @@ def test_data_load_gives_28_by_28_images_in_10_classes_with_the_test_split_held_
     assert ds.train.shape == (80, 784) and ds.holdout.shape == (30, 784) and ds.train.dtype == torch.float32
     torch.testing.assert_close(ds.holdout, torch.from_numpy(split.x_test).reshape(30, -1).float() / 255)
     torch.testing.assert_close(ds.train_labels, torch.from_numpy(split.y_train))
-    assert data.fingerprint("syndigits") == ""  # built in: no file to check
+    assert data_files.fingerprint("syndigits") == ""  # built in: no file to check
 
 
 def test_train_runs_on_syndigits(cache, monkeypatch, divgen, tmp_path):

@@ -122,11 +122,11 @@ def cmd_sample(args) -> int:
 def cmd_encode(args) -> int:
     import numpy as np
 
-    from divgen import data, files, results, sample_files
+    from divgen import data_files, files, results, sample_files
 
     out = sample_files.check_output(args.output, args.overwrite, formats=(".npy",), reads=args.data)
     trained = results.load_run(Path(args.run))
-    x, y, shape = data.read_file(args.data)
+    x, y, shape = data_files.read_file(args.data)
     codes = results.encode(trained, x, y, shape)
     files.atomic_write(out, lambda fh: np.save(fh, codes.numpy()))
     _emit(args, {"output": str(out), "n": codes.shape[0], "dim": codes.shape[1]},
@@ -164,7 +164,7 @@ def cmd_compare(args) -> int:
 
 # ---------------------------------------------------- test, estimate, evaluate ---
 def _read_pair(args):
-    from divgen.data import read_array
+    from divgen.data_files import read_array
 
     (a, _), (b, _) = read_array(args.a), read_array(args.b)
     return a, b

@@ -353,7 +353,7 @@ def recorded(cfg: Config) -> dict:
 def check_recorded(recorded: dict | None, now: dict, where: str) -> None:
     """InputError if a run's config.json (`now`, as a dict) says other than the config its checkpoint
     recorded when it was written, in any setting but the RESUMABLE ones and the data file's path: the
-    file's digest is compared with the data instead (data.fingerprint), so data moved to a new place may
+    file's digest is compared with the data instead (data_files.fingerprint), so data moved to a new place may
     be pointed at; a digest edited away is caught here. None: nothing recorded."""
     if recorded is None:
         return

@@ -16,7 +16,6 @@ import torch
 from torch.distributions import Distribution
 
 from divgen import data_files, limits
-from divgen.data_files import fingerprint, read_array, read_file  # noqa: F401 (public here too: data.read_file)
 from divgen.densities import CurveMixture, gaussian_mixture
 from divgen.errors import InputError
 

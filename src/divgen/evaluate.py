@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from divgen import data as datasets
-from divgen import catalog, estimators, families, files, jsonout, limits, metrics, recipes, results, sample_metrics
+from divgen import catalog, data_files, estimators, families, files, jsonout, limits, metrics, recipes, results, sample_metrics
 from divgen.densities import exact_divergence, gaussian
 from divgen.errors import InputError
 from divgen.progress import Progress, announce
@@ -49,7 +49,7 @@ def evaluate_run(run, seed: int = 0, n_modes_samples: int = 2500, quiet: bool = 
     files.require_target(run / "eval.json", "evaluate")  # where the report goes: checked before its work
     cfg, nets = trained.config, trained.nets
     ds = datasets.load(cfg.data, n=cfg.n_data, seed=cfg.seed, holdout=cfg.holdout)
-    datasets.fingerprint(cfg.data, cfg.data_sha256)  # the held-out rows are those of the file the run split
+    data_files.fingerprint(cfg.data, cfg.data_sha256)  # the held-out rows are those of the file the run split
     real = ds.holdout
     if len(real) < MIN_SAMPLES:
         raise InputError(f"run {str(run)!r} kept {len(real)} held-out samples; at least {MIN_SAMPLES} are needed "

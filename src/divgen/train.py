@@ -23,7 +23,7 @@ from torch import nn
 
 from divgen import config as configs
 from divgen import data as datasets
-from divgen import families, files, limits, logs, parallel, recipes, runs
+from divgen import data_files, families, files, limits, logs, parallel, recipes, runs
 from divgen.config import Config
 from divgen.data import Batch
 from divgen.errors import InputError, Interrupted, TrainingDiverged, warn
@@ -298,7 +298,7 @@ def _train(cfg: Config, ds: datasets.Dataset, out: Path, world: parallel.World, 
     if (cfg.batch_size // world.size) % cfg.pack:  # each process packs its own share of the batch
         raise InputError(f"--pack {cfg.pack}: must divide each of the {world.size} processes' batch of "
                          f"{cfg.batch_size // world.size} (--batch-size {cfg.batch_size})")
-    cfg = replace(cfg, data_sha256=datasets.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
+    cfg = replace(cfg, data_sha256=data_files.fingerprint(cfg.data, cfg.data_sha256))  # refuses a changed file
     recipe = recipes.build(cfg, ds.train)
     count, k = families.network_count(cfg, recipe), families.label_count(cfg, ds.spec)
     limits.require(limits.training_memory(cfg, ds.spec.event_shape, len(ds.train) + len(ds.holdout), count, k),
