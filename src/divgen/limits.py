@@ -222,9 +222,9 @@ def network_sizes(cfg, event_shape, networks: int = 2, n_classes: int = 0) -> di
     chw = _chw(event_shape)
     if chw is None:
         d = math.prod(event_shape)
-        if cfg.model == "gaussian":  # N(μ, LLᵀ): μ, L and L's diagonal; one MLP critic
+        if cfg.model == "gaussian":  # N(μ, LLᵀ): μ, L and L's diagonal; one MLP critic, of x and x² at most
             return {f"data dimension {d} (a {d} × {d} scale matrix)": d * d + 2 * d,
-                    f"--width {w} --depth {depth}": others * ((depth - 1) * (w * w + w) + d * w + 2 * w + 1)}
+                    f"--width {w} --depth {depth}": others * ((depth - 1) * (w * w + w) + 2 * d * w + 2 * w + 1)}
         return {
             f"--noise-dim {z}": z * w + w + others * (w * z + z),  # the generator's input, an encoder's output
             f"--width {w} --depth {depth}": networks * (depth - 1) * (w * w + w),  # hidden layers
