@@ -17,6 +17,7 @@ against 2,000 fresh data points.
     python benchmarks/speedrun.py --quick     # one seed, 60 steps: checks that the script runs
     python benchmarks/speedrun.py --data mix10.npy --variant '{"penalty_every": 4}'   # a setting beside the defaults
     python benchmarks/speedrun.py --cli [--rounds 3]   # `divgen train --data D` as a user runs it, and `divgen demo`
+    python benchmarks/speedrun.py --data digits --seeds 5 --jobs 2 --threads 1   # the conv GAN on digits only
 
 --cli times the commands themselves (start-up, samples and figures included),
 the 4be76ef defaults given as flags, alternating, 2 threads (OMP_NUM_THREADS=2),
@@ -24,6 +25,14 @@ on an idle machine: the median over rounds.
 
 ring6 and mix10 are the held-out mixtures of benchmarks/modes.py (--heldout):
 the defaults were not tuned on them.
+
+digits is the convolutional GAN on scikit-learn's 8×8 digits (`divgen train
+--data digits --model conv`), beside the conv defaults of 4be76ef (R1 at weight
+8, which image runs then took; everything else as now). Each checkpoint draws as
+many samples as the held-out split and is checked in the feature space of
+benchmarks/digits.py (its classifier_row): Fréchet distance ≤ 1.5× the real
+train-vs-test distance, with every class covered. The end of each run reports
+the distance's ratio, the classes and the data-copying Z.
 """
 
 from __future__ import annotations
@@ -39,13 +48,15 @@ from pathlib import Path
 
 import torch
 
+import digits as digit_bench
 import modes as mode_bench
-from divgen import data, families, results, sample_metrics, two_sample
+from divgen import data, families, metrics, results, sample_metrics, two_sample
 from divgen.config import Config
 from divgen.tables import environment, markdown
 from divgen.train import train
 
-DATA = ("ring8-pacgan", "grid25", "ring6.npy", "mix10.npy")
+DATA = ("ring8-pacgan", "grid25", "ring6.npy", "mix10.npy", "digits")
+THRESHOLD_FD = 1.5  # digits: Fréchet distance ≤ 1.5× the real train-vs-test distance
 THRESHOLD_HQ = {"ring8-pacgan": 98.0}  # high quality, %, the others 95
 THRESHOLD_HQ_OTHERS = 95.0
 THRESHOLD_RKL = 0.02
@@ -53,6 +64,15 @@ CONFIGS = {
     "every default": {},
     "4be76ef defaults": dict(width=256, depth=3, steps=10_000, lr_generator=5e-4, lr_critic=5e-4, ema=0.999,
                              critic_penalty="r1", penalty_every=1, lr_schedule="constant"),
+}
+
+
+# the conv GAN on images at 4be76ef: R1 at weight 8 (its image penalty weight), otherwise today's conv defaults
+DIGITS_CONFIGS = {
+    "every default": {},
+    "4be76ef defaults": dict(steps=4000, critic_steps=1, batch_size=64, lr_generator=2e-4, lr_critic=2e-4, width=128,
+                             depth=2, noise_dim=32, ema=0.999, critic_penalty="r1", penalty_weight=8.0,
+                             penalty_every=1, lr_schedule="constant"),
 }
 
 
@@ -72,18 +92,17 @@ def one(job) -> dict:
     if done.exists():  # measured by an earlier call with the same --out
         return json.loads(done.read_text())
     torch.set_num_threads(threads)
+    if name == "digits":
+        out = one_digits(label, seed, run, check, steps, configs)
+        done.write_text(json.dumps(out))
+        return out
     target, modes, sd, weights, fresh = reference(name, Path(root), seed)
     flags = dict(configs[label], **({"steps": steps} if steps else {}))
     t0 = time.perf_counter()
     result = train(Config(data=target, seed=seed, checkpoint_every=check, keep_checkpoints=10_000, **flags), run,
                    overwrite=True, quiet=True)
     seconds = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "steps_per_s" in r]
-    clock, at, last = {}, 0.0, 0  # loop seconds at each logged step
-    for r in rows:
-        at += (r["step"] - last) / r["steps_per_s"]
-        clock[r["step"]], last = at, r["step"]
+    clock = _loop_clock(run)
     hq_needed = THRESHOLD_HQ.get(name, THRESHOLD_HQ_OTHERS)
     reached, trace = None, []
     for ckpt in sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:])):
@@ -102,9 +121,50 @@ def one(job) -> dict:
     p = two_sample.two_sample_test(samples[:2000], fresh[:2000], seed=seed).p_value
     out = {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
            "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "spread": m.spread, "coverage": cover, "p": p,
-           "seconds": seconds, "loop_seconds": at, "steps": result.config.steps, "reached": reached, "trace": trace}
+           "seconds": seconds, "loop_seconds": max(clock.values()), "steps": result.config.steps, "reached": reached,
+           "trace": trace}
     done.write_text(json.dumps(out))
     return out
+
+
+def _loop_clock(run: Path) -> dict:
+    """Loop seconds at each logged step of a run (metrics.jsonl): the seconds to a checkpoint."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    clock, at, last = {}, 0.0, 0
+    for r in (r for r in rows if "steps_per_s" in r):
+        at += (r["step"] - last) / r["steps_per_s"]
+        clock[r["step"]], last = at, r["step"]
+    return clock
+
+
+def one_digits(label: str, seed: int, run: Path, check: int, steps, configs) -> dict:
+    """The conv GAN on digits: the Fréchet distance of every checkpoint's samples, as benchmarks/digits.py scores a row."""
+    ds = data.load("digits")
+    trained = metrics.classifier(ds)
+    take = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))[: len(ds.holdout)]
+    baseline = metrics.frechet_distance(metrics.features(trained.model, ds.train[take]),
+                                        metrics.features(trained.model, ds.holdout))
+    flags = dict(configs[label], **({"steps": steps} if steps else {}))
+    t0 = time.perf_counter()
+    result = train(Config(data="digits", model="conv", seed=seed, checkpoint_every=check, keep_checkpoints=10_000,
+                          figures=False, **flags), run, overwrite=True, quiet=True)
+    seconds = time.perf_counter() - t0
+    clock = _loop_clock(run)
+    reached, trace = None, []
+    for ckpt in sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:])):
+        step = int(ckpt.stem[5:])
+        if step == 0:
+            continue
+        nets = result.nets if step == result.config.steps else results.load_run(run, ckpt).nets
+        row = digit_bench.classifier_row(trained, ds, families.draw(nets, len(ds.holdout), seed + 11 + step),
+                                         baseline)
+        trace.append((step, round(row["fd_ratio"], 2)))
+        if reached is None and row["fd_ratio"] <= THRESHOLD_FD and row["covered"] == ds.n_classes:
+            reached = {"step": step, "seconds": clock.get(step)}
+    row = digit_bench.classifier_row(trained, ds, families.draw(result.nets, len(ds.holdout), seed + 11), baseline)
+    return {"label": label, "data": "digits", "seed": seed, "fd_ratio": row["fd_ratio"], "covered": row["covered"],
+            "n_classes": ds.n_classes, "copy_z": row["copy_z"], "seconds": seconds, "loop_seconds": max(clock.values()),
+            "steps": result.config.steps, "reached": reached, "trace": trace}
 
 
 def _flags(config: dict) -> list[str]:
@@ -171,16 +231,18 @@ def main(argv=None) -> int:
     if args.cli:
         return cli(1 if args.quick else args.rounds, args.quick)
     steps, check = (60, 30) if args.quick else (None, args.check)
-    configs = dict(CONFIGS)
+    configs, digit_configs = dict(CONFIGS), dict(DIGITS_CONFIGS)
     seeds = {"every default": 1 if args.quick else args.seeds,
              "4be76ef defaults": 1 if args.quick else args.baseline_seeds}
     if args.variant:
         label = "defaults but " + json.dumps(args.variant, sort_keys=True)
-        configs[label], seeds[label] = args.variant, seeds["every default"]
+        configs[label] = digit_configs[label] = args.variant
+        seeds[label] = seeds["every default"]
     names = args.data.split(",") if args.data else DATA
     root = args.out or tempfile.mkdtemp(prefix="divgen-speedrun-")
     Path(root).mkdir(parents=True, exist_ok=True)
-    jobs = [(label, name, seed, root, args.threads, check, steps, configs) for name in names for label in configs
+    of = {name: digit_configs if name == "digits" else configs for name in names}
+    jobs = [(label, name, seed, root, args.threads, check, steps, of[name]) for name in names for label in of[name]
             for seed in range(seeds[label])]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(one, jobs))
@@ -190,13 +252,10 @@ def main(argv=None) -> int:
           "seeds; 'first met' counts the seeds that met the threshold and the mean loop seconds and steps "
           "until they did\n")
     table = []
-    for name in names:
+    for name in (n for n in names if n != "digits"):
         base = [r for r in done if r["data"] == name and r["label"] == "4be76ef defaults"]
         for label in configs:
             mine = [r for r in done if r["data"] == name and r["label"] == label]
-            hit = [r["reached"] for r in mine if r["reached"]]
-            first = (f"{len(hit)}/{len(mine)}: {statistics.mean(h['seconds'] for h in hit):.0f} s, "
-                     f"{statistics.mean(h['step'] for h in hit):.0f} steps" if hit else f"0/{len(mine)}")
             ratio = statistics.mean(r["seconds"] for r in mine) / statistics.mean(r["seconds"] for r in base)
             worst = min(mine, key=lambda r: r["hq"])
             table.append([f"{name} ({mine[0]['n_modes']} modes)", label, _pm([r["modes"] for r in mine], 1),
@@ -204,10 +263,34 @@ def main(argv=None) -> int:
                           _pm([r["rkl"] for r in mine], 3), _pm([r["spread"] for r in mine], 2),
                           _pm([r["coverage"] for r in mine], 2),
                           f"{sum(r['p'] > 0.05 for r in mine)}/{len(mine)}",
-                          _pm([r["seconds"] for r in mine], 0), f"{ratio:.2f}", first])
-    print(markdown(["data", "configuration", "modes", "high quality, %", "reverse KL", "spread", "coverage",
-                    "p > 0.05", "run seconds", "× 4be76ef", "first met"], table))
+                          _pm([r["seconds"] for r in mine], 0), f"{ratio:.2f}", _first_met(mine)])
+    if table:
+        print(markdown(["data", "configuration", "modes", "high quality, %", "reverse KL", "spread", "coverage",
+                        "p > 0.05", "run seconds", "× 4be76ef", "first met"], table))
+    if "digits" in names:
+        print(f"\ndigits, the conv GAN: Fréchet distance in the classifier's feature space as a multiple of the real "
+              f"train-vs-test distance (threshold ≤ {THRESHOLD_FD:g}× with every class covered)\n")
+        print(markdown(["configuration", "× real", "classes", "copying Z", "run seconds", "× 4be76ef", "first met"],
+                       digits_table([r for r in done if r["data"] == "digits"], digit_configs)))
     return 0
+
+
+def _first_met(mine: list[dict]) -> str:
+    hit = [r["reached"] for r in mine if r["reached"]]
+    return (f"{len(hit)}/{len(mine)}: {statistics.mean(h['seconds'] for h in hit):.0f} s, "
+            f"{statistics.mean(h['step'] for h in hit):.0f} steps" if hit else f"0/{len(mine)}")
+
+
+def digits_table(done: list[dict], configs) -> list[list[str]]:
+    base = [r for r in done if r["label"] == "4be76ef defaults"]
+    table = []
+    for label in configs:
+        mine = [r for r in done if r["label"] == label]
+        ratio = statistics.mean(r["seconds"] for r in mine) / statistics.mean(r["seconds"] for r in base)
+        table.append([label, _pm([r["fd_ratio"] for r in mine], 2) + f" (worst {max(r['fd_ratio'] for r in mine):.2f})",
+                      _pm([r["covered"] for r in mine], 1), _pm([r["copy_z"] for r in mine], 1),
+                      _pm([r["seconds"] for r in mine], 0), f"{ratio:.2f}", _first_met(mine)])
+    return table
 
 
 if __name__ == "__main__":
