@@ -247,7 +247,8 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(one, jobs))
 
-    print(environment().replace("1 threads", f"{args.threads} threads"))
+    torch.set_num_threads(args.threads)  # what each run had: the environment line reads it from this process
+    print(environment())
     print(f"{args.jobs} run(s) at a time; a check every {check} steps on 2,500 fresh samples; mean ± sd over "
           "seeds; 'first met' counts the seeds that met the threshold and the mean loop seconds and steps "
           "until they did\n")
