@@ -94,18 +94,11 @@ def one(job) -> dict:
         return out
     target, modes, sd, weights, fresh = reference(name, Path(root), seed)
     flags = dict(configs[label], **({"steps": steps} if steps else {}))
-    t0 = time.perf_counter()
-    result = train(Config(data=target, seed=seed, checkpoint_every=check, keep_checkpoints=10_000, **flags), run,
-                   overwrite=True, quiet=True)
-    seconds = time.perf_counter() - t0
-    clock = _loop_clock(run)
+    result, seconds, clock, checkpoints = _trained(
+        Config(data=target, seed=seed, checkpoint_every=check, keep_checkpoints=10_000, **flags), run)
     hq_needed = THRESHOLD_HQ.get(name, THRESHOLD_HQ_OTHERS)
     reached, trace = None, []
-    for ckpt in sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:])):
-        step = int(ckpt.stem[5:])
-        if step == 0:
-            continue
-        nets = result.nets if step == result.config.steps else results.load_run(run, ckpt).nets
+    for step, nets in checkpoints:
         m = sample_metrics.mode_stats(families.draw(nets, 2500, seed + 1_000_003 + step), modes, sd, weights)
         trace.append((step, round(100 * m.high_quality, 2)))
         if reached is None and m.modes_captured == m.n_modes and 100 * m.high_quality >= hq_needed \
@@ -121,6 +114,22 @@ def one(job) -> dict:
            "trace": trace}
     done.write_text(json.dumps(out))
     return out
+
+
+def _trained(cfg: Config, run: Path):
+    """Train cfg into run: (result, wall seconds, loop seconds at each logged step, the (step, networks) of
+    every checkpoint after step 0, oldest first, loaded as they are iterated)."""
+    t0 = time.perf_counter()
+    result = train(cfg, run, overwrite=True, quiet=True)
+    seconds = time.perf_counter() - t0
+
+    def checkpoints():
+        for ckpt in sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:])):
+            step = int(ckpt.stem[5:])
+            if step:
+                yield step, result.nets if step == result.config.steps else results.load_run(run, ckpt).nets
+
+    return result, seconds, _loop_clock(run), checkpoints()
 
 
 def _loop_clock(run: Path) -> dict:
@@ -141,17 +150,11 @@ def one_digits(label: str, seed: int, run: Path, check: int, steps, configs, dra
     baseline = metrics.frechet_distance(metrics.features(trained.model, ds.train[take]),
                                         metrics.features(trained.model, ds.holdout))
     flags = dict(configs[label], **({"steps": steps} if steps else {}))
-    t0 = time.perf_counter()
-    result = train(Config(data="digits", model="conv", seed=seed, checkpoint_every=check, keep_checkpoints=10_000,
-                          figures=False, **flags), run, overwrite=True, quiet=True)
-    seconds = time.perf_counter() - t0
-    clock = _loop_clock(run)
+    result, seconds, clock, checkpoints = _trained(
+        Config(data="digits", model="conv", seed=seed, checkpoint_every=check, keep_checkpoints=10_000,
+               figures=False, **flags), run)
     reached, trace = None, []
-    for ckpt in sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:])):
-        step = int(ckpt.stem[5:])
-        if step == 0:
-            continue
-        nets = result.nets if step == result.config.steps else results.load_run(run, ckpt).nets
+    for step, nets in checkpoints:
         row = digit_bench.classifier_row(trained, ds, families.draw(nets, len(ds.holdout), seed + 11 + step),
                                          baseline)
         trace.append((step, round(row["fd_ratio"], 2)))
