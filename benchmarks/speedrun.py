@@ -252,8 +252,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)  # what each run had: the environment line reads it from this process
     print(environment())
-    print(f"{args.jobs} run(s) at a time; a check every {check} steps on 2,500 fresh samples; mean ± sd over "
-          "seeds; 'first met' counts the seeds that met the threshold and the mean loop seconds and steps "
+    print(f"{args.jobs} run(s) at a time; a check every {check} steps (toy data: on 2,500 fresh samples); mean ± sd "
+          "over seeds; 'first met' counts the seeds that met the threshold and the mean loop seconds and steps "
           "until they did\n")
     table = []
     for name in (n for n in names if n != "digits"):
