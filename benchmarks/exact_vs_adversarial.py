@@ -86,9 +86,7 @@ def per_seed(rows: list[dict], p, data: str, n: int) -> None:
     follows the sample's extremes."""
     import numpy as np
 
-    m, s = float(p.mean[0]), float(p.variance[0] ** 0.5)
-    grid = np.linspace(m - 12 * s, m + 12 * s, 240_001)
-    cdf = np.cumsum(p.log_prob(torch.from_numpy(grid)[:, None].float()).double().exp().numpy()) * (grid[1] - grid[0])
+    grid, cdf = grid_cdf(p)
     table = []
     for r in rows:
         for seed, (mu, sigma, excess) in enumerate(zip(r["mu_adv"], r["sigma_adv"], r["excess"])):
@@ -105,16 +103,23 @@ def per_seed(rows: list[dict], p, data: str, n: int) -> None:
                     "σ adversarial", "excess"], table, "lrlrrrrr"))
 
 
-def filled_range(p, n: int, grid=None) -> tuple[float, float]:
-    """P's 1/4n and 1 − 1/4n quantiles, on `grid` (default: ±12 sd of P by quadrature): the range that n
-    points drawn from P fill; half a point lies beyond it, in expectation."""
+def grid_cdf(p, grid=None):
+    """(grid, P's CDF on it) by cumulative quadrature of the density; the grid defaults to ±12 sd of P."""
     import numpy as np
 
     if grid is None:
         m, s = float(p.mean[0]), float(p.variance[0] ** 0.5)
         grid = np.linspace(m - 12 * s, m + 12 * s, 240_001)
     density = p.log_prob(torch.from_numpy(grid)[:, None].float()).double().exp().numpy()
-    cdf = np.cumsum(density) * (grid[1] - grid[0])
+    return grid, np.cumsum(density) * (grid[1] - grid[0])
+
+
+def filled_range(p, n: int, grid=None) -> tuple[float, float]:
+    """P's 1/4n and 1 − 1/4n quantiles, on `grid` (default: ±12 sd of P, grid_cdf): the range that n
+    points drawn from P fill; half a point lies beyond it, in expectation."""
+    import numpy as np
+
+    grid, cdf = grid_cdf(p, grid)
     return float(grid[np.searchsorted(cdf, 1 / (4 * n))]), float(grid[np.searchsorted(cdf, 1 - 1 / (4 * n))])
 
 
