@@ -15,7 +15,8 @@ table 3). For each divergence D:
     python benchmarks/exact_vs_adversarial.py            # mog1d, 3 seeds, prints a markdown table
     python benchmarks/exact_vs_adversarial.py --divergences kl,js --seeds 5 --jobs 2
     python benchmarks/exact_vs_adversarial.py --quick     # seconds: checks that it runs
-    python benchmarks/exact_vs_adversarial.py --tails --divergences jeffrey,pearson   # where the width is decided
+    python benchmarks/exact_vs_adversarial.py --tails --divergences jeffrey,pearson   # where the width is decided, and
+                                                                                      # what no fit from n points can promise
     python benchmarks/exact_vs_adversarial.py --rows-within --divergences jeffrey     # without the rows beyond it
 """
 
@@ -145,7 +146,11 @@ def tails(p, name: str, mu: float, sigma: float, n: int, stretch: float = 1.6) -
     half of an f-divergence's integral, ∫q·f(p/q), by central differences on a grid. (2) P′: P with its log-
     density beyond those quantiles decaying `stretch`² times slower (a Gaussian tail `stretch` times wider),
     renormalized. Its total variation from P, times n, bounds how many of n points tell them apart; its exact
-    minimizer's excess under P is what fitting either from the same points costs.
+    minimizer's excess under P is what fitting either from the same points costs. (3) Le Cam's two-point
+    bound: δ, the least over Gaussians Q of the larger of Q's excesses under P and under P′. With chance
+    (1 − TV)^n a coupling draws the same n points from both; then a fit returns the same Q for both, and that Q
+    misses any target below δ on one of them. So for every way of fitting from n points, the chance of missing
+    such a target on P plus the chance on P′ is at least (1 − TV)^n.
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -182,10 +187,22 @@ def tails(p, name: str, mu: float, sigma: float, n: int, stretch: float = 1.6) -
     fit2 = minimize(lambda t: value(log_p2, t[0], np.exp(t[1])), [mu, np.log(sigma)], method="Nelder-Mead",
                     options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 4000})
     m2, s2 = fit2.x[0], float(np.exp(fit2.x[1]))
-    d_star = value(log_p, mu, sigma)
+    d_star, d2_star = value(log_p, mu, sigma), fit2.fun
     print(f"  P′, tails beyond that range {stretch:g}× wider: TV(P, P′) = {tv:.1e}, so {n:,} points drawn from P "
           f"and from P′ differ in {n * tv:.2f} points in expectation (a coupling); {name}'s minimizer for P′ is "
           f"N({m2:+.3f}, {s2:.3f}²), whose excess under P is {value(log_p, m2, s2) - d_star:+.4f}")
+
+    def worse(t):  # the larger of a Gaussian's two excesses, under P and under P′
+        m, s = t[0], np.exp(t[1])
+        return max(value(log_p, m, s) - d_star, value(log_p2, m, s) - d2_star)
+
+    both = minimize(worse, [(mu + m2) / 2, np.log(np.sqrt(sigma * s2))], method="Nelder-Mead",
+                    options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 4000})
+    same = (1 - tv) ** n
+    print(f"  every Gaussian is at least {both.fun:.4f} above the minimum under P or under P′ (the best compromise: "
+          f"N({both.x[0]:+.3f}, {np.exp(both.x[1]):.3f}²)); the maximal coupling draws the same {n:,} points from "
+          f"both with chance (1 − TV)^n = {same:.2f}. So any fit from {n:,} points misses every target below "
+          f"{both.fun:.4f} on P or on P′ with chances that add up to at least {same:.2f} (Le Cam's two-point bound)")
 
 
 def main(argv=None) -> int:
