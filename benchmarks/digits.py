@@ -87,6 +87,7 @@ LEVELS = 17  # digits' grey levels 0..16
 GANS = {"GAN (conv, js)": "conv", "conditional GAN": "cgan", "BiGAN": "bigan", "adversarial autoencoder (js)": "aae"}
 VAES = {"VAE": "vae", "CVAE": "cvae"}
 PEER = "textbook MLP VAE (400 ReLU, 20-D)"
+DRAWS = 10  # the Fréchet distances are means over this many draws of samples (and of real training rows)
 BASELINES = "baselines"  # --models: the GaussianMixture and the exact KDE
 MODELS = (*GANS.values(), *VAES.values(), BASELINES)
 
@@ -127,15 +128,33 @@ class Clock:
         return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu}
 
 
+def real_baseline(trained, ds, seed: int, draws: int = 1) -> float:
+    """The Fréchet distance of as many real training rows as there are held-out rows against the held-out rows,
+    averaged over `draws` random subsets of the training rows (the first is the subset of earlier versions)."""
+    f_test = metrics.features(trained.model, ds.holdout)
+    fds = []
+    for i in range(draws):
+        take = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed + 7919 * i))
+        fds.append(metrics.frechet_distance(metrics.features(trained.model, ds.train[take[: len(ds.holdout)]]), f_test))
+    return float(np.mean(fds))
+
+
 def classifier_row(trained, ds, samples: torch.Tensor, baseline: float, nets=None, seed: int = 0) -> dict:
-    """The sample columns of one row; `nets`, a conditional model's networks, adds its per-class columns."""
+    """The sample columns of one row; `nets`, a conditional model's networks, adds its per-class columns.
+
+    `samples` may hold several draws of as many rows as the held-out split: the Fréchet distance is then the
+    mean over the draws (for one network, one draw of 359 moved the ratio to the real baseline by an sd of about
+    0.3; docs/modes.md), every other column is of the first draw."""
     model = trained.model
-    f_test, f_fake = metrics.features(model, ds.holdout), metrics.features(model, samples)
+    n = len(ds.holdout)
+    f_test, f_all = metrics.features(model, ds.holdout), metrics.features(model, samples)
+    fds = [metrics.frechet_distance(f_all[i : i + n], f_test) for i in range(0, len(samples) - n + 1, n)]
+    samples, f_fake = samples[:n], f_all[:n]
     cover = metrics.class_coverage(metrics.predictions(model, samples), ds.train_labels, ds.n_classes)
     pr = sample_metrics.prdc(f_test, f_fake, max_samples=None)
     per_class = None if nets is None else metrics.conditional_metrics(model, ds, nets, seed)
-    fd = metrics.frechet_distance(f_fake, f_test)
-    row = {"fd": fd, "fd_ratio": fd / baseline, "covered": cover.covered, "kl": cover.kl,
+    fd = float(np.mean(fds))
+    row = {"fd": fd, "fd_ratio": fd / baseline, "fd_draws": len(fds), "covered": cover.covered, "kl": cover.kl,
            "precision": pr.precision, "recall": pr.recall,
            "copy_z": sample_metrics.data_copying(ds.train, ds.holdout, samples).z,
            "cond": None, "intra_fd": None, "intra_fd_ratio": None, "intra_counts": None}
@@ -147,7 +166,7 @@ def classifier_row(trained, ds, samples: torch.Tensor, baseline: float, nets=Non
 
 
 def gan_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, results: dict, extra: dict,
-             models=MODELS) -> None:
+             models=MODELS, draws: int = 1) -> None:
     for label, model in GANS.items():
         if model not in models:
             continue
@@ -155,7 +174,7 @@ def gan_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: 
         cfg = Config(data="digits", model=model, seed=seed, figures=False, **({"steps": steps} if steps else {}))
         result = train(cfg, root / model, quiet=True)
         cost = clock.seconds()
-        samples = families.draw(result.nets, len(ds.holdout), seed + 11)
+        samples = families.draw(result.nets, draws * len(ds.holdout), seed + 11)
         results[label] = {**classifier_row(trained, ds, samples, baseline, result.nets, seed + 100), **cost}
         if "encoder" in result.nets:
             extra[label] = encoder_probe(ds, trained, result, seed)
@@ -183,7 +202,7 @@ def encoder_probe(ds, trained, result, seed: int) -> dict:
 
 
 def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, k: int, results: dict,
-             peers: dict, models=MODELS) -> None:
+             peers: dict, models=MODELS, draws: int = 1) -> None:
     """VAE and CVAE, twice each: with every default on the pixels (a Bernoulli decoder, whose
     samples are its means) for the classifier's columns, and with a Gaussian decoder on the
     dequantized pixels for the IWAE bound in bits per pixel; then the textbook VAE beside the default VAE."""
@@ -201,7 +220,7 @@ def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: 
         gaussian = train(cfg, root / f"{model}-gaussian", quiet=True)
         cost = clock.seconds()
         bounds = metrics.held_out_likelihood(ds, gaussian.nets, k=k, seed=seed)  # as `divgen evaluate`
-        samples = families.draw(default.nets, len(ds.holdout), seed + 11)
+        samples = families.draw(default.nets, draws * len(ds.holdout), seed + 11)
         results[label] = {**classifier_row(trained, ds, samples, baseline, default.nets, seed + 100),
                           "bpd": bounds.marginal.iwae_bits_per_dim,
                           "bpd_given_y": bounds.conditional.iwae_bits_per_dim if bounds.conditional else None,
@@ -211,7 +230,7 @@ def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: 
             peers[f"{label} (divgen defaults)"] = {"bernoulli_bpd": bernoulli.iwae_bits_per_dim,
                                                    "fd": results[label]["fd"],
                                                    **{f"train_{key}": v for key, v in default_cost.items()}}
-            peer_row(ds, trained, baseline, default.config, seed, k, results, peers)
+            peer_row(ds, trained, baseline, default.config, seed, k, results, peers, draws)
 
 
 # ---------------------------------------------------------------- the peer ---
@@ -266,7 +285,8 @@ def fit_textbook_vae(x: torch.Tensor, epochs: int, seed: int, batch: int = 128) 
     return vae.eval()
 
 
-def peer_row(ds, trained, baseline: float, vae_config, seed: int, k: int, results: dict, peers: dict) -> None:
+def peer_row(ds, trained, baseline: float, vae_config, seed: int, k: int, results: dict, peers: dict,
+             draws: int = 1) -> None:
     """The textbook VAE, trained for as many epochs as divgen's default VAE (its steps × batch / rows)."""
     epochs = max(1, round(vae_config.steps * vae_config.batch_size / len(ds.train)))
     clock = Clock()
@@ -274,13 +294,13 @@ def peer_row(ds, trained, baseline: float, vae_config, seed: int, k: int, result
     cost = clock.seconds()
     nets = {"encoder": vae, "generator": vae}
     bernoulli = metrics.held_out_likelihood(ds, nets, k=k, seed=seed).marginal
-    row = classifier_row(trained, ds, vae.sample(len(ds.holdout), seed + 11), baseline)
+    row = classifier_row(trained, ds, vae.sample(draws * len(ds.holdout), seed + 11), baseline)
     results[PEER] = {**row, "bpd": None, "bpd_given_y": None, **cost}
     peers[f"{PEER}, {epochs} epochs"] = {"bernoulli_bpd": bernoulli.iwae_bits_per_dim, "fd": row["fd"],
                                          **{f"train_{key}": v for key, v in cost.items()}}
 
 
-def density_rows(ds, trained, baseline: float, seed: int, results: dict, quick: bool) -> None:
+def density_rows(ds, trained, baseline: float, seed: int, results: dict, quick: bool, draws: int = 1) -> None:
     from sklearn.mixture import GaussianMixture
 
     x = metrics.dequantized(ds.train, LEVELS, seed).double().numpy()
@@ -295,7 +315,7 @@ def density_rows(ds, trained, baseline: float, seed: int, results: dict, quick: 
     best = max(mixtures, key=lambda m: m.fit(fit).score_samples(val).mean()).fit(x)  # chosen, then fit on every row
     cost = clock.seconds()
     log_px = float(best.score_samples(test).mean())
-    samples = to_pixels(torch.as_tensor(best.sample(n)[0], dtype=torch.float32))
+    samples = to_pixels(torch.as_tensor(best.sample(draws * n)[0], dtype=torch.float32))
     results["GaussianMixture"] = {**classifier_row(trained, ds, samples, baseline),
                                   "bpd": metrics.bits_per_dim(log_px, d, LEVELS), "bpd_given_y": None,
                                   "choice": f"{best.n_components} components", **cost}
@@ -304,7 +324,7 @@ def density_rows(ds, trained, baseline: float, seed: int, results: dict, quick: 
     h = metrics.kde_bandwidth(x, (0.05, 0.1) if quick else np.geomspace(0.03, 0.3, 25), seed=seed)
     cost = clock.seconds()  # the KDE's centres are every training row
     log_px = float(metrics.kde_log_density(test, x, h).mean())
-    samples = to_pixels(torch.as_tensor(metrics.kde_sample(x, h, n, seed), dtype=torch.float32))
+    samples = to_pixels(torch.as_tensor(metrics.kde_sample(x, h, draws * n, seed), dtype=torch.float32))
     results["exact Gaussian KDE"] = {**classifier_row(trained, ds, samples, baseline),
                                      "bpd": metrics.bits_per_dim(log_px, d, LEVELS), "bpd_given_y": None,
                                      "choice": f"bandwidth {h:.3g}", **cost}
@@ -361,7 +381,8 @@ def report(runs: list[dict]) -> str:
     counts = next((r["intra_counts"] for r in first["rows"].values() if r.get("intra_counts")), None)
     head = (f"digits: {first['n_train']} training, {first['n_holdout']} held-out images; classifier held-out accuracy "
             f"{100 * first['classifier_accuracy']:.1f}%; Fréchet distance real train vs real test: "
-            f"{cell([r['baseline'] for r in runs], '.2f', +1)}")
+            f"{cell([r['baseline'] for r in runs], '.2f', +1)}; every Fréchet distance is a mean over "
+            f"{first.get('draws', 1)} draws")
     if counts:
         head += f"; intra-class counts (held-out rows per class, as many samples and training rows): {counts}"
     parts = [head, table([r["rows"] for r in runs], SAMPLE_COLUMNS),
@@ -386,17 +407,16 @@ def one_run(args) -> dict:
     torch.manual_seed(args.seed)
     ds = data.load("digits")
     trained = metrics.classifier(ds)
-    f_test = metrics.features(trained.model, ds.holdout)
-    take = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(args.seed))[: len(ds.holdout)]
-    baseline = metrics.frechet_distance(metrics.features(trained.model, ds.train[take]), f_test)
+    draws = 2 if args.quick else args.draws
+    baseline = real_baseline(trained, ds, args.seed, draws)
     root = Path(args.out or tempfile.mkdtemp(prefix="divgen-digits-"))
     root.mkdir(parents=True, exist_ok=True)
     results, encoders, peers = {}, {}, {}
-    gan_rows(ds, trained, baseline, root, steps, args.seed, results, encoders, args.models)
-    vae_rows(ds, trained, baseline, root, steps, args.seed, k, results, peers, args.models)
+    gan_rows(ds, trained, baseline, root, steps, args.seed, results, encoders, args.models, draws)
+    vae_rows(ds, trained, baseline, root, steps, args.seed, k, results, peers, args.models, draws)
     if BASELINES in args.models:
-        density_rows(ds, trained, baseline, args.seed, results, args.quick)
-    return {"seed": args.seed, "threads": torch.get_num_threads(), "environment": environment(), "k": k,
+        density_rows(ds, trained, baseline, args.seed, results, args.quick, draws)
+    return {"seed": args.seed, "draws": draws, "threads": torch.get_num_threads(), "environment": environment(), "k": k,
             "n_train": len(ds.train), "n_holdout": len(ds.holdout), "classifier_accuracy": trained.test_accuracy,
             "baseline": baseline, "rows": results, "peers": peers, "encoders": encoders}
 
@@ -409,7 +429,8 @@ def grid(args) -> list[dict]:
             for threads in args.threads:
                 out = Path(tmp) / f"seed{seed}-threads{threads}.json"
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--seed", str(seed), "--threads", str(threads),
-                       "--json", str(out), "--models", *args.models, *(["--quick"] if args.quick else []),
+                       "--json", str(out), "--models", *args.models, "--draws", str(args.draws),
+                       *(["--quick"] if args.quick else []),
                        *(["--out", str(Path(args.out) / f"seed{seed}-threads{threads}")] if args.out else [])]
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
                 print(f"seed {seed}, {threads} thread(s) ...", file=sys.stderr, flush=True)
@@ -428,6 +449,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                     help="the rows to run (default: all); vae brings the textbook VAE beside it")
+    ap.add_argument("--draws", type=int, default=DRAWS,
+                    help=f"draws of as many samples (and training rows) as held-out rows that the Fréchet distances "
+                         f"and the real baseline average (default {DRAWS}; 1: the single draw of earlier versions)")
     ap.add_argument("--quick", action="store_true", help="20 steps per model: checks that the script runs")
     ap.add_argument("--json", type=Path, help="also write the numbers of the run(s) to this file")
     ap.add_argument("--figure", type=Path, help="with --runs: draw the sample grids of those runs to this PNG, and stop")

@@ -147,9 +147,7 @@ def one_digits(label: str, seed: int, run: Path, check: int, steps, configs, dra
     """The conv GAN on digits: the Fréchet distance of every checkpoint's samples, as benchmarks/digits.py scores a row."""
     ds = data.load("digits")
     trained = metrics.classifier(ds)
-    take = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))[: len(ds.holdout)]
-    baseline = metrics.frechet_distance(metrics.features(trained.model, ds.train[take]),
-                                        metrics.features(trained.model, ds.holdout))
+    baseline = digit_bench.real_baseline(trained, ds, seed)
     flags = dict(configs[label], **({"steps": steps} if steps else {}))
     result, seconds, clock, checkpoints = _trained(
         Config(data="digits", model="conv", seed=seed, checkpoint_every=check, keep_checkpoints=10_000,
