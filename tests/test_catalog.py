@@ -34,7 +34,7 @@ def test_every_family_row_names_what_exists(name):
     assert row.own_loss is None or row.own_loss in catalog.OWN_LOSSES
     assert row.compares is not None or row.own_loss is not None, "a family must train by something"
     assert row.encoder in (None, "deterministic", "gaussian")
-    assert set(row.defaults) | set(row.image_defaults) <= {f.name for f in fields(config.Config)}
+    assert set(row.defaults) | set(row.image_defaults) | set(row.small_image_defaults) <= {f.name for f in fields(config.Config)}
     # a latent term compares codes with the prior: it needs an encoder, and a decoder to draw samples from the prior
     if row.compares in ("latent", "pairs"):
         assert row.encoder == "deterministic"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from divgen import catalog, config, data, train
@@ -61,6 +62,29 @@ def test_r1_weighs_more_on_images_and_an_explicit_weight_wins():
         assert config.resolve(Config(data=ds.name, model=family, penalty_weight=0.3), ds).penalty_weight == 0.3
         assert config.resolve(Config(data=ds.name, model=family, critic_penalty="gp"), ds).penalty_weight == 10.0
     assert catalog.IMAGE_PENALTY_WEIGHTS["r1"] > catalog.PENALTY_WEIGHTS["r1"]
+
+
+def test_small_images_take_the_small_image_learning_rates_and_28x28_does_not(tmp_path):
+    """conv and cgan train 8×8 digits at 1.6e-3 and 28×28 images at 2e-4 (catalog.GAN_ON_SMALL_IMAGES); BiGAN keeps
+    2e-4 on both; 16×16 is the largest small image; a learning rate the user sets wins on either."""
+    digits = data.load("digits", seed=0)
+    files = {}
+    for side in (16, 17, 28):
+        files[side] = tmp_path / f"x{side}.npz"
+        np.savez(files[side], x=np.random.default_rng(0).random((40, side, side), dtype=np.float32),
+                 y=np.arange(40) % 2)
+    big = data.load(str(files[28]), seed=0)
+    for family, small_lr in (("conv", 1.6e-3), ("cgan", 1.6e-3), ("bigan", 2e-4)):
+        cfg = config.resolve(Config(data=digits.name, model=family), digits)
+        assert (cfg.lr_generator, cfg.lr_critic) == (small_lr, small_lr), family
+        cfg = config.resolve(Config(data=big.name, model=family), big)
+        assert (cfg.lr_generator, cfg.lr_critic) == (2e-4, 2e-4), family
+        assert config.resolve(Config(data=digits.name, model=family, lr_critic=3e-4), digits).lr_critic == 3e-4
+    for side, expected in ((16, 1.6e-3), (17, 2e-4)):
+        ds = data.load(str(files[side]), seed=0)
+        assert config.resolve(Config(data=ds.name, model="conv"), ds).lr_generator == expected, side
+    assert "1.6e-3" not in config.default_text("lr_generator")  # written as Python prints it
+    assert "0.0016 for conv on images up to 16×16" in config.default_text("lr_generator")
 
 
 def test_auto_generator_loss_is_minimax_or_ratio_for_density_models_only():

@@ -115,6 +115,7 @@ class Family:
     help: str
     defaults: dict = field(default_factory=dict)  # Config fields this family sets differently from GLOBAL
     image_defaults: dict = field(default_factory=dict)  # and on image data, where it differs again
+    small_image_defaults: dict = field(default_factory=dict)  # and again on small images (SMALL_IMAGE_PIXELS)
     compares: str | None = "data"  # a key of COMPARES, or None: the family's own loss alone trains it
     own_loss: str | None = None  # a key of OWN_LOSSES
     encoder: str | None = None  # "deterministic" (E(x)) or "gaussian" (q(z | x)); None: no encoder
@@ -160,16 +161,22 @@ GLOBAL = dict(divergence="js", steps=3000, critic_steps=1, batch_size=256, lr_ge
 # but lost a mode of weight 0.005 on some seeds.
 GAN = dict(divergence="js", steps=15_000, critic_steps=1, batch_size=256, lr_generator=1e-3, lr_critic=1e-3,
            width=128, depth=3, critic_penalty="r1", lr_schedule="linear", ema=0.0)
-# A GAN on images: conv nets, smaller batches, a larger latent. Learning rates of 1.6e-3 rather than the 2e-4 of
-# DCGAN's recipe: with R1 and a moving average of the generator the larger steps are stable. On digits the conv GAN's
-# Fréchet distance (a mean over 10 draws) went from 1.84 ± 0.38× the real baseline (worst seed 2.31) to 1.09 ±
-# 0.21× (worst 1.28) on seeds 0–4, every class kept, no copying; 1e-3: 1.17 ± 0.29× (worst 1.50); on seeds 0–1,
-# 4e-4: 1.71×, 8e-4: 1.44×, 3.2e-3: 1.34× and 1.76× (benchmarks/speedrun.py --data digits --variant; docs/modes.md).
-# The conditional GAN's intra-class distance went from 1.5 ± 0.2× the real figure (worst 1.8×) to 1.2 ± 0.1×
-# (worst 1.4×), its conditional accuracy from 96.9% (worst 95.5%) to 98.8% (worst 98.6%) (benchmarks/digits.py
-# --models cgan, seeds 0–2, one thread; docs/images.md)
-GAN_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000, width=128, depth=2, lr_generator=1.6e-3,
-                     lr_critic=1.6e-3, lr_schedule="constant", ema=0.999)
+# a GAN on images: conv nets, smaller batches, a larger latent
+GAN_ON_IMAGES = dict(batch_size=64, noise_dim=32, steps=4000, width=128, depth=2, lr_generator=2e-4, lr_critic=2e-4,
+                     lr_schedule="constant", ema=0.999)
+# Images of at most this many pixels per channel take a family's small_image_defaults. Measured at the two ends
+# only: 8×8 (digits) and 28×28 (syndigits); 16×16 is where the line was drawn, not a measured edge.
+SMALL_IMAGE_PIXELS = 16 * 16
+# On small images, learning rates of 1.6e-3 rather than DCGAN's 2e-4: with R1 and a moving average of the generator
+# the larger steps are stable there. On digits the conv GAN's Fréchet distance (a mean over 10 draws) went from 1.84
+# ± 0.38× the real baseline (worst seed 2.31) to 1.09 ± 0.21× (worst 1.28) on seeds 0–4, every class kept, no
+# copying; 1e-3: 1.17 ± 0.29× (worst 1.50); on seeds 0–1, 4e-4: 1.71×, 8e-4: 1.44×, 3.2e-3: 1.34× and 1.76×
+# (benchmarks/speedrun.py --data digits --variant; docs/modes.md). The conditional GAN's intra-class distance went
+# from 1.5 ± 0.2× the real figure (worst 1.8×) to 1.2 ± 0.1× (worst 1.4×), its conditional accuracy from 96.9%
+# (worst 95.5%) to 98.8% (worst 98.6%) (benchmarks/digits.py --models cgan, seeds 0–2, one thread). On 28×28
+# syndigits the conv GAN collapsed to one class at 1.6e-3 (seed 0: 1,317× the real baseline, against 35.9× at
+# 2e-4; benchmarks/images28.py --models conv; docs/images.md).
+GAN_ON_SMALL_IMAGES = dict(lr_generator=1.6e-3, lr_critic=1.6e-3)
 # Adam's own β1 = 0.9 rather than the adversarial 0.5: test IWAE on dequantized digits 2.726 against
 # 2.753 bits/pixel, better on each of 3 seeds at the same cost (benchmarks/digits.py's procedure)
 VAE = dict(divergence="kl", steps=4000, batch_size=128, lr_generator=1e-3, noise_dim=16, adam_beta1=0.9)
@@ -180,7 +187,8 @@ VAE_ON_IMAGES = dict(noise_dim=32, steps=3000)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mlp", "an MLP generator x = G(z), z ~ N(0, I)", GAN),
-    Family("conv", "a convolutional generator and critic, for images", dict(GAN, **GAN_ON_IMAGES), images_only=True),
+    Family("conv", "a convolutional generator and critic, for images", dict(GAN, **GAN_ON_IMAGES), images_only=True,
+           small_image_defaults=GAN_ON_SMALL_IMAGES),
     # A few critic steps per generator step keep the critic near its optimum, so that the minimax gradient
     # is the divergence's; a generator learning rate of 2e-3 moves the mean ~2 data units in ~1000 steps.
     # 5e-3 fitted pearson faster from a random start, but left the demo's 2-D reverse-kl fit between the
@@ -193,18 +201,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            dict(divergence="js", steps=3000, critic_steps=5, batch_size=512, lr_generator=2e-3, lr_critic=1e-3,
                 width=64, depth=2, lr_schedule="constant"), parametric=True),
     Family("cgan", "a conditional GAN: labels into the generator and the critic (projection for images)",
-           GAN, GAN_ON_IMAGES, compares="labelled", conditional=True),
+           GAN, GAN_ON_IMAGES, compares="labelled", conditional=True, small_image_defaults=GAN_ON_SMALL_IMAGES),
     # On images: a spectrally normalized critic keeps the game stable (digits: Fréchet distance 7.7, 14.5 and 5.4× the
     # real baseline on seeds 0–2 without it, 2.1, 1.8 and 1.2× with it), no penalty on the (x, z) pairs, and the cycle
     # loss with a 16-D code keeps the codes informative: on digits (seeds 0–2 × 1 and 2 threads) a linear probe of
     # the codes reads the digit 93.7% of the time (worst 92.2%) and reconstructions keep their class 93.6% (worst
     # 92.2%), against 81.1% and 62.9% with no cycle and an 8-D code; on syndigits (seed 0) the digit probe went
     # from 0.58 to 0.99
-    # (benchmarks/digits.py --models bigan; benchmarks/images28.py --models bigan; docs/images.md). Those runs were
-    # at learning rates 2e-4, which it keeps: without R1 the larger steps of the other image GANs were not measured.
+    # (benchmarks/digits.py --models bigan; benchmarks/images28.py --models bigan; docs/images.md). It keeps the
+    # learning rates of 2e-4 on small images too: its critic has no R1, and the larger steps were not measured.
     Family("bigan", "BiGAN: a generator and an encoder E; the critic tells (x, E(x)) from (G(z), z)",
-           GAN, dict(GAN_ON_IMAGES, noise_dim=16, critic_penalty="none", spectral_norm=True, cycle_weight=0.002,
-                     lr_generator=2e-4, lr_critic=2e-4),
+           GAN, dict(GAN_ON_IMAGES, noise_dim=16, critic_penalty="none", spectral_norm=True, cycle_weight=0.002),
            compares="pairs", own_loss="cycle", encoder="deterministic"),
     Family("vae", "a variational autoencoder trained on the ELBO (approximate maximum likelihood: kl)", VAE,
            VAE_ON_IMAGES, compares=None, own_loss="elbo", encoder="gaussian", decoder=True, divergences=("kl",)),

@@ -8,6 +8,7 @@ Config that is saved as config.json; `--help` shows each family's value.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -168,21 +169,34 @@ def _typed_value(f, value, where: str):
     return float(value) if kind is float and value is not None else value
 
 
-def family_default(name: str, family: str, image: bool = False):
-    """The value a field takes for `family` (on image data if `image`) when the user does not set it."""
+def family_default(name: str, family: str, image: bool = False, small: bool = False):
+    """The value a field takes for `family` (on image data if `image`, images of at most
+    catalog.SMALL_IMAGE_PIXELS pixels per channel if also `small`) when the user does not set it."""
     f = {x.name: x for x in fields(Config)}[name]
     if f.default is not None:
         return f.default
     row = catalog.FAMILIES[family]
     value = row.defaults.get(name, catalog.GLOBAL[name])
-    return row.image_defaults.get(name, value) if image else value
+    if image:
+        value = row.image_defaults.get(name, value)
+        if small:
+            value = row.small_image_defaults.get(name, value)
+    return value
+
+
+def small_images(spec) -> bool:
+    """Whether data of this data.Spec are images small enough for the families' small_image_defaults."""
+    return bool(spec.image) and math.prod(spec.event_shape[-2:]) <= catalog.SMALL_IMAGE_PIXELS
 
 
 def default_text(name: str) -> str:
     """The default of a field for --help: one value, or the families that differ from the most common one."""
+    side = math.isqrt(catalog.SMALL_IMAGE_PIXELS)
     values = {fam: family_default(name, fam) for fam in catalog.FAMILIES}
     values |= {f"{fam} on images": family_default(name, fam, image=True)
                for fam, row in catalog.FAMILIES.items() if name in row.image_defaults}
+    values |= {f"{fam} on images up to {side}×{side}": family_default(name, fam, image=True, small=True)
+               for fam, row in catalog.FAMILIES.items() if name in row.small_image_defaults}
     texts = [repr(v) if isinstance(v, str) else str(v) for v in values.values()]
     common = max(set(texts), key=texts.count)
     others = [f"{t} for {fam}" for fam, t in zip(values, texts) if t != common]
@@ -204,15 +218,17 @@ def resolve(cfg: Config, data=None) -> Config:
     family = catalog.FAMILIES[model]
     out = replace(cfg, model=model)
     image = data is not None and data.spec.image
+    small = data is not None and small_images(data.spec)
     if out.divergence is None:
-        out = replace(out, divergence=family_default("divergence", model, image))
+        out = replace(out, divergence=family_default("divergence", model, image, small))
     # wasserstein's Lipschitz method decides the penalty and the normalization it leaves unset
     if catalog.divergence_kind(out.divergence) == "wasserstein":
         if out.critic_penalty is None:  # the Lipschitz method, not the family, decides the penalty
             out = replace(out, critic_penalty="gp" if out.lipschitz == "gp" else "none")
         if out.spectral_norm is None and out.lipschitz == "sn":
             out = replace(out, spectral_norm=True)
-    filled = {f.name: family_default(f.name, model, image) for f in fields(Config) if getattr(out, f.name) is None}
+    filled = {f.name: family_default(f.name, model, image, small) for f in fields(Config)
+              if getattr(out, f.name) is None}
     out = replace(out, **filled)
     if out.penalty_weight is None:
         weights = catalog.IMAGE_PENALTY_WEIGHTS if image else catalog.PENALTY_WEIGHTS
@@ -232,7 +248,7 @@ def resolve(cfg: Config, data=None) -> Config:
         raise InputError(f"objective {out.objective!r} is not what --model {model} with --divergence {out.divergence} "
                          f"trains by ({objective!r}); was config.json edited?")
     out = replace(out, objective=objective)
-    _check_flags(cfg, out, family, image)
+    _check_flags(cfg, out, family, image, small)
     if not _has_critic(objective):  # what a critic would use is recorded as off, not as a default never used
         out = replace(out, critic_penalty="none", penalty_weight=0.0, spectral_norm=False)
     if out.critic_penalty == "none":  # nothing to take lazily
@@ -261,7 +277,7 @@ def _has_critic(objective: str) -> bool:
     return any(term in ("f-gan", "wasserstein") for term in objective.split(" + "))
 
 
-def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool) -> None:
+def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool, small: bool) -> None:
     """InputError naming a flag that does nothing, or cannot work, with the resolved family and objective.
 
     `given` is the config before resolve (None: not set); a value equal to the one resolve
@@ -280,7 +296,7 @@ def _check_flags(given: Config, out: Config, family: catalog.Family, image: bool
         for name in ("critic_penalty", "penalty_weight", "penalty_every", "spectral_norm", "pack", "critic_steps",
                      "lr_critic"):
             default = {"critic_penalty": "none", "penalty_weight": 0.0, "penalty_every": 1, "spectral_norm": False,
-                       "pack": 1}.get(name, family_default(name, family.name, image))
+                       "pack": 1}.get(name, family_default(name, family.name, image, small))
             if set_to(name, default):
                 why = (f"{flag_name(name)}: --model {family.name} with --divergence {out.divergence} trains "
                        f"by {out.objective}, which has no critic")
