@@ -315,7 +315,8 @@ def density_rows(ds, trained, baseline: float, seed: int, results: dict, quick: 
     best = max(mixtures, key=lambda m: m.fit(fit).score_samples(val).mean()).fit(x)  # chosen, then fit on every row
     cost = clock.seconds()
     log_px = float(best.score_samples(test).mean())
-    samples = to_pixels(torch.as_tensor(best.sample(draws * n)[0], dtype=torch.float32))
+    drawn = best.sample(draws * n)[0]  # ordered by component: shuffled so that every draw mixes them
+    samples = to_pixels(torch.as_tensor(drawn[np.random.default_rng(seed).permutation(len(drawn))], dtype=torch.float32))
     results["GaussianMixture"] = {**classifier_row(trained, ds, samples, baseline),
                                   "bpd": metrics.bits_per_dim(log_px, d, LEVELS), "bpd_given_y": None,
                                   "choice": f"{best.n_components} components", **cost}
