@@ -243,7 +243,8 @@ def mixture_row(ds, trained, baseline: float, sizes: Sizes, seed: int, rows: dic
     cost = clock.seconds()
     scored = likelihood_split(ds, sizes.likelihood_rows).holdout  # the rows the VAEs' bits are of, the same noise
     test = metrics.dequantized(scored, LEVELS, metrics.HOLDOUT_NOISE_SEED).double().numpy()
-    samples = to_pixels(torch.as_tensor(best.sample(len(ds.holdout))[0], dtype=torch.float32))
+    drawn = best.sample(len(ds.holdout))[0]  # ordered by component: shuffled, since some columns take the first rows
+    samples = to_pixels(torch.as_tensor(drawn[np.random.default_rng(seed).permutation(len(drawn))], dtype=torch.float32))
     components = f"{best.n_components} component" + ("s" if best.n_components > 1 else "")
     rows[f"{GMM} ({components}, {sizes.gmm_rows:,} rows)"] = {
         **sample_row(trained, ds, samples, baseline, sizes, seed=seed + 100),
