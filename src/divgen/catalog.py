@@ -173,7 +173,8 @@ SMALL_IMAGE_PIXELS = 16 * 16
 # copying; 1e-3: 1.17 ± 0.29× (worst 1.50); on seeds 0–1, 4e-4: 1.71×, 8e-4: 1.44×, 3.2e-3: 1.34× and 1.76×
 # (benchmarks/speedrun.py --data digits --variant; docs/modes.md). The conditional GAN's intra-class distance went
 # from 1.5 ± 0.2× the real figure (worst 1.8×) to 1.2 ± 0.1× (worst 1.4×), its conditional accuracy from 96.9%
-# (worst 95.5%) to 98.8% (worst 98.6%) (benchmarks/digits.py --models cgan, seeds 0–2, one thread). On 28×28
+# (worst 95.5%) to 98.8% (worst 98.6%); over seeds 0–2 × 1 and 2 threads, scored over 10 draws, the conv GAN is at
+# 1.2 ± 0.1× (worst 1.3×) and the cGAN at 1.3 ± 0.1× (worst 1.4×) (benchmarks/digits.py --models conv cgan). On 28×28
 # syndigits the conv GAN collapsed to one class at 1.6e-3 (seed 0: 1,317× the real baseline, against 35.9× at
 # 2e-4; benchmarks/images28.py --models conv; docs/images.md).
 GAN_ON_SMALL_IMAGES = dict(lr_generator=1.6e-3, lr_critic=1.6e-3)
