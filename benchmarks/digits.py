@@ -12,7 +12,8 @@ rows are always carved from the training split, never from the test rows.
 Columns, all on the held-out split (359 images) and as many samples:
 - Fréchet distance in the feature space of a classifier trained on the
   training split (metrics.classifier), beside the real-train vs real-test
-  distance in the same space;
+  distance in the same space; both are means over --draws draws (default 10)
+  of 359 samples and of 359 training rows, the other columns of the first draw;
 - for conditional models, the intra-class Fréchet distance (metrics.conditional_metrics):
   per class k, samples of class k against the held-out rows of class k (about 36
   each, strongly biased at that count), averaged over classes, beside the same
