@@ -155,7 +155,7 @@ def classifier_row(trained, ds, samples: torch.Tensor, baseline: float, nets=Non
     pr = sample_metrics.prdc(f_test, f_fake, max_samples=None)
     per_class = None if nets is None else metrics.conditional_metrics(model, ds, nets, seed)
     fd = float(np.mean(fds))
-    row = {"fd": fd, "fd_ratio": fd / baseline, "fd_draws": len(fds), "covered": cover.covered, "kl": cover.kl,
+    row = {"fd": fd, "fd_ratio": fd / baseline, "covered": cover.covered, "kl": cover.kl,
            "precision": pr.precision, "recall": pr.recall,
            "copy_z": sample_metrics.data_copying(ds.train, ds.holdout, samples).z,
            "cond": None, "intra_fd": None, "intra_fd_ratio": None, "intra_counts": None}
