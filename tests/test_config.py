@@ -65,8 +65,8 @@ def test_r1_weighs_more_on_images_and_an_explicit_weight_wins():
 
 
 def test_small_images_take_the_small_image_learning_rates_and_28x28_does_not(tmp_path):
-    """conv and cgan train 8×8 digits at 1.6e-3 and 28×28 images at 2e-4 (catalog.GAN_ON_SMALL_IMAGES); BiGAN keeps
-    2e-4 on both; 16×16 is the largest small image; a learning rate the user sets wins on either."""
+    """conv, cgan and bigan train 8×8 digits at 1.6e-3 and 28×28 images at 2e-4 (catalog.GAN_ON_SMALL_IMAGES); 16×16
+    is the largest small image; a learning rate the user sets wins on either."""
     digits = data.load("digits", seed=0)
     files = {}
     for side in (16, 17, 28):
@@ -74,7 +74,7 @@ def test_small_images_take_the_small_image_learning_rates_and_28x28_does_not(tmp
         np.savez(files[side], x=np.random.default_rng(0).random((40, side, side), dtype=np.float32),
                  y=np.arange(40) % 2)
     big = data.load(str(files[28]), seed=0)
-    for family, small_lr in (("conv", 1.6e-3), ("cgan", 1.6e-3), ("bigan", 2e-4)):
+    for family, small_lr in (("conv", 1.6e-3), ("cgan", 1.6e-3), ("bigan", 1.6e-3)):
         cfg = config.resolve(Config(data=digits.name, model=family), digits)
         assert (cfg.lr_generator, cfg.lr_critic) == (small_lr, small_lr), family
         cfg = config.resolve(Config(data=big.name, model=family), big)
