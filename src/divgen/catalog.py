@@ -210,8 +210,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # 92.2%), against 81.1% and 62.9% with no cycle and an 8-D code; on syndigits (seed 0) the digit probe went
     # from 0.58 to 0.99
     # (benchmarks/digits.py --models bigan; benchmarks/images28.py --models bigan; docs/images.md). On small images it
-    # takes the conv GAN's 1.6e-3: on digits (seeds 0–2, one thread, 10 draws) 1.26, 1.25 and 1.19× the real Fréchet
-    # distance against 1.70, 1.69 and 1.85× at 2e-4, probe 93.9% (worst 92.2%), reconstructions 95.4% (worst 95.0%).
+    # takes the conv GAN's 1.6e-3: on digits (seeds 0–2 × 1 and 2 threads, 10 draws) 1.2 ± 0.1× the real Fréchet
+    # distance (worst 1.3×) against 1.7 ± 0.1× (worst 1.8×, one thread) at 2e-4, probe 93.7% (worst 92.2%),
+    # reconstructions 95.4% (worst 94.7%).
     Family("bigan", "BiGAN: a generator and an encoder E; the critic tells (x, E(x)) from (G(z), z)",
            GAN, dict(GAN_ON_IMAGES, noise_dim=16, critic_penalty="none", spectral_norm=True, cycle_weight=0.002),
            compares="pairs", own_loss="cycle", encoder="deterministic", small_image_defaults=GAN_ON_SMALL_IMAGES),
