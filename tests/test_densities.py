@@ -341,3 +341,26 @@ def test_quadrature_of_a_heavy_tailed_density(name):
     truth = sum(integrate.quad(lambda x: f(log_p(x), log_q(x)), lo, hi, limit=500)[0] for lo, hi in zip(cuts, cuts[1:]))
     got = exact_divergence(p, g1(0.0, 1.0), name, "quadrature")
     assert got.value == pytest.approx(truth, rel=1e-7)
+
+
+def test_normal_components_are_the_constructors_distribution():
+    """densities.normal_components skips MultivariateNormal's shape broadcast (which imports sympy), and
+    must give the same distribution: the same draws from the same seed, densities, moments and entropy."""
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(5, 3, generator=g)
+    scale = torch.tril(torch.randn(5, 3, 3, generator=g)) + 3 * torch.eye(3)  # positive diagonal: a Cholesky factor
+    ours, theirs = densities.normal_components(loc, scale), torch.distributions.MultivariateNormal(loc, scale_tril=scale)
+    assert ours.batch_shape == theirs.batch_shape == (5,) and ours.event_shape == theirs.event_shape == (3,)
+    draws = []
+    for dist in (ours, theirs):
+        torch.manual_seed(7)
+        draws.append(dist.sample((4,)))
+    assert torch.equal(draws[0], draws[1])
+    x = torch.randn(11, 1, 3, generator=g)
+    assert torch.equal(ours.log_prob(x), theirs.log_prob(x))
+    for name in ("mean", "covariance_matrix", "precision_matrix", "variance", "entropy"):
+        value = getattr(ours, name)
+        assert torch.equal(value() if callable(value) else value, getattr(theirs, name)() if callable(value)
+                           else getattr(theirs, name)), name
+    with pytest.raises(ValueError, match="disagree"):
+        densities.normal_components(loc, scale[:4])

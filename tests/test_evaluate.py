@@ -137,7 +137,9 @@ def test_cli_estimate_prints_strict_json_with_the_bound(files, capsys):
     assert main(["estimate", files["a"], files["b"], "--divergence", "js", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["lower_bound"] <= out["estimate"] and out["method"] == "critic"
-    assert main(["estimate", files["a"], files["b"], "--divergence", "wasserstein"]) == 0
+    assert main(["estimate", files["a"], files["b"], "--divergence", "wasserstein"]) == 0  # 2-D: the transport potential
+    assert "(certified lower bound)" in capsys.readouterr().out
+    assert main(["estimate", files["a"], files["b"], "--divergence", "kl", "--method", "knn"]) == 0
     assert "no certified lower bound" in capsys.readouterr().out
 
 

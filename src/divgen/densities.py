@@ -42,7 +42,21 @@ def gaussian_mixture(means, stds, weights=None) -> MixtureSameFamily:
     k, d = means.shape
     weights = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     scale = stds[:, None, None] * torch.eye(d)
-    return MixtureSameFamily(Categorical(probs=weights), MultivariateNormal(means, scale_tril=scale))
+    return MixtureSameFamily(Categorical(probs=weights), normal_components(means, scale))
+
+
+def normal_components(loc: torch.Tensor, scale_tril: torch.Tensor) -> MultivariateNormal:
+    """MultivariateNormal(loc, scale_tril=scale_tril) for loc (K, d) and scale_tril (K, d, d), built without its
+    constructor's torch.broadcast_shapes, whose first call imports torch's symbolic shapes and sympy (0.9 s
+    of every toy data set's first draw, in `divgen train` and `divgen evaluate` alike). The shapes already
+    agree, so there is nothing to broadcast; the object is the one the constructor builds, with the same
+    samples and densities bit for bit."""
+    if loc.shape[:-1] != scale_tril.shape[:-2] or loc.shape[-1:] != scale_tril.shape[-1:]:
+        raise ValueError(f"normal_components: loc {tuple(loc.shape)} and scale_tril {tuple(scale_tril.shape)} disagree")
+    new = MultivariateNormal.__new__(MultivariateNormal)
+    new.loc, new.scale_tril, new._unbroadcasted_scale_tril = loc, scale_tril, scale_tril
+    Distribution.__init__(new, loc.shape[:-1], loc.shape[-1:])
+    return new
 
 
 class CurveMixture(Distribution):

@@ -93,11 +93,14 @@ def _critics_and_tests(real, fake, names, seed: int, quiet: bool) -> tuple[list[
     limits.require(limits.mmd_test_memory(len(real), len(fake), EVALUATE_PERMUTATIONS, KERNEL_BLOCK), limits.memory_available())
     steps = Progress(0, "evaluate: critics", quiet, unit="Adam steps")  # a job's fit can take a while on big data
     fits, finish = estimators.cross_fit_jobs(real, fake, names, seed, progress=steps)
-    jobs = fits + [("mmd-agg and energy tests", lambda: kernel_tests(real, fake, EVALUATE_PERMUTATIONS, seed)),
-                   ("prdc", lambda: asdict(sample_metrics.prdc(real, fake, k=5, seed=seed))
-                    if min(len(real), len(fake)) > 5 else None)]
+    # the longest jobs first, so that no core is left with one at the end: the first kind of critic's two
+    # folds (the classifier, whose MLP takes the most steps), then the kernel tests, then the rest
+    jobs = [*fits[:2], ("mmd-agg and energy tests", lambda: kernel_tests(real, fake, EVALUATE_PERMUTATIONS, seed)),
+            *fits[2:], ("prdc", lambda: asdict(sample_metrics.prdc(real, fake, k=5, seed=seed))
+                        if min(len(real), len(fake)) > 5 else None)]
     progress = Progress(len(jobs), "evaluate", quiet, unit="jobs")
-    *fitted, kernel, prdc = concurrently(jobs, progress)
+    *done, prdc = concurrently(jobs, progress)
+    kernel, fitted = done[2], done[:2] + done[3:]
     progress.close()
     steps.close()
     cross = finish(fitted)
