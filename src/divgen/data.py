@@ -9,15 +9,51 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from divgen import data_files, limits
-from divgen.densities import CurveMixture, gaussian_mixture
+from divgen.densities import gaussian_mixture
 from divgen.errors import InputError
+
+
+class CurveMixture(Distribution):
+    """x = c_k(s) + σ ε, with curve k chosen uniformly, s ~ U[0, 1], ε ~ N(0, I₂).
+
+    p(x) = (1/K) Σ_k ∫₀¹ N(x; c_k(s), σ²I) ds, evaluated by the midpoint rule on
+    `n_grid` points per curve; the grid spacing along the curve is far below
+    σ, so the rule's error is negligible next to sampling error.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+
+    def __init__(self, curves: Sequence[Callable[[torch.Tensor], torch.Tensor]], sigma: float, n_grid: int = 4000):
+        self.curves = list(curves)
+        self.sigma = sigma
+        s = (torch.arange(n_grid, dtype=torch.float32) + 0.5) / n_grid
+        self.grid = torch.cat([c(s) for c in self.curves])  # (K·n_grid, 2)
+        super().__init__(event_shape=torch.Size([2]), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        n = int(torch.Size(sample_shape).numel())
+        k = torch.randint(len(self.curves), (n,))
+        s = torch.rand(n)
+        points = torch.empty(n, 2)
+        for i, c in enumerate(self.curves):
+            points[k == i] = c(s[k == i])
+        x = points + self.sigma * torch.randn(n, 2)
+        return x.reshape(*torch.Size(sample_shape), 2)
+
+    def log_prob(self, x):
+        flat = x.reshape(-1, 2).to(self.grid.dtype)
+        sq = torch.cdist(flat, self.grid).pow(2)  # (N, K·n_grid)
+        log_kernel = -sq / (2 * self.sigma**2) - math.log(2 * math.pi * self.sigma**2)
+        out = torch.logsumexp(log_kernel, dim=1) - math.log(self.grid.shape[0])
+        return out.reshape(x.shape[:-1])
 
 
 class Batch(NamedTuple):
