@@ -47,9 +47,9 @@ def gaussian_mixture(means, stds, weights=None) -> MixtureSameFamily:
 def normal_components(loc: torch.Tensor, scale_tril: torch.Tensor) -> MultivariateNormal:
     """MultivariateNormal(loc, scale_tril=scale_tril) for loc (K, d) and scale_tril (K, d, d), built without its
     constructor's torch.broadcast_shapes, whose first call imports torch's symbolic shapes and sympy (0.9 s
-    of every toy data set's first draw, in `divgen train` and `divgen evaluate` alike). The shapes already
-    agree, so there is nothing to broadcast; the object is the one the constructor builds, with the same
-    samples and densities bit for bit."""
+    of `divgen evaluate` on a toy set; `divgen train` imports them anyway, with torch._dynamo). The shapes
+    already agree, so there is nothing to broadcast; the object is the one the constructor builds, with the
+    same samples and densities bit for bit."""
     if loc.shape[:-1] != scale_tril.shape[:-2] or loc.shape[-1:] != scale_tril.shape[-1:]:
         raise ValueError(f"normal_components: loc {tuple(loc.shape)} and scale_tril {tuple(scale_tril.shape)} disagree")
     new = MultivariateNormal.__new__(MultivariateNormal)
