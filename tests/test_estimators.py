@@ -198,6 +198,11 @@ def test_the_transport_potential_is_1_lipschitz_and_optimal_on_its_samples():
     slope = (v(x) - v(y)).abs() / (x - y).double().norm(dim=1)
     assert float(slope.max()) <= 1 + 1e-9 and float(slope.max()) > 0.9  # steep somewhere, never steeper than 1
     assert float(v(a).mean() - v(b).mean()) == pytest.approx(wasserstein_empirical(a, b, 1), rel=1e-7)
+    # far from the origin, between points 1e-6 apart (distances taken as x'x + y'y - 2x'y gave slopes of 43)
+    far = transport_potential(a.double() + 1e4, b.double() + 1e4, g)
+    x = x.double() + 1e4
+    y = x + 1e-6 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    assert float(((far(x) - far(y)).abs() / (x - y).norm(dim=1)).max()) <= 1 + 1e-6
 
 
 def test_wasserstein_of_a_translation_is_its_length_with_a_bound_below_it():

@@ -275,8 +275,15 @@ class TransportPotential(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(len(x), -1).double()
-        return torch.cat([(torch.cdist(rows, self.support) - self.offsets).min(1).values
+        return torch.cat([(_distances(rows, self.support) - self.offsets).min(1).values
                           for rows in x.split(self.block)]) if len(x) else x.new_zeros(0)
+
+
+def _distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖x_i − y_j‖ from the differences themselves. cdist's faster form, √(‖x‖² + ‖y‖² − 2xᵀy), loses the
+    digits of close points far from the origin, and with them the slope bound: on data centred at 10⁴, V
+    changed 43 times faster than x between points 10⁻⁶ apart."""
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def transport_potential(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator,
@@ -295,7 +302,7 @@ def transport_potential(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator,
 
     a, b = (x if len(x) <= max_rows else x[torch.randperm(len(x), generator=rng)[:max_rows]] for x in (a, b))
     a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
-    cost = torch.cdist(a, b).numpy()
+    cost = _distances(a, b).numpy()
     _, log = ot.emd(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10_000_000, log=True)
     return TransportPotential(b, torch.from_numpy(np.asarray(log["v"], dtype=np.float64)))
 
