@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from divgen import __version__, catalog, config, jsonout, limits
+from divgen import __version__, catalog, config, jsonout, limits, offload
 from divgen.errors import InputError, Interrupted, TrainingDiverged, one_line, os_error_text
 from divgen.limits import AT_LEAST_1, PROBABILITY, SEED, number
 from divgen.progress import announce
@@ -293,8 +293,9 @@ def _estimate_args(p):
     p.add_argument("b", help="samples B, playing Q (the model)")
     p.add_argument("--divergence", required=True, help="any f-divergence name (see `divgen divergences`) or wasserstein")
     p.add_argument("--method", default="critic", choices=catalog.ESTIMATION_METHODS,
-                   help="critic: cross-fitted classifier plug-in with a certified lower bound (wasserstein: a "
-                        "gradient-penalty critic, an estimate only); knn: k-nearest neighbours, kl and "
+                   help="critic: cross-fitted classifier plug-in with a certified lower bound (wasserstein: in 1-D and "
+                        "2-D the optimal transport's potential, also with one; above, a gradient-penalty critic, "
+                        "an estimate only); knn: k-nearest neighbours, kl and "
                         "reverse-kl of continuous data (default: critic)")
     p.add_argument("--confidence", type=number(float, "--confidence", PROBABILITY), default=0.95,
                    help="confidence level of the interval, in (0, 1) (default: 0.95)")
@@ -364,12 +365,20 @@ def _interrupts_held():
         raise KeyboardInterrupt
 
 
+def _offloads(args) -> bool:
+    """Whether the command calls offload's jobs, which a helper process then loads while torch loads
+    here: prdc and the transport potential (evaluate), the transport potential (estimate of wasserstein)."""
+    return args.command == "evaluate" or (args.command == "estimate" and args.divergence == "wasserstein")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         command = next((a for a in argv if not a.startswith("-")), "")
         with _interrupts_held():
             args = build_parser(only=command).parse_args(argv)  # --help and usage errors end here, light
+            if _offloads(args) and "torch" not in sys.modules:  # only then do the helper's imports overlap
+                offload.start()
             for module in COMMANDS[args.command][3]:
                 importlib.import_module(module)
         return args.func(args)
@@ -394,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"divgen: error: {one_line(os_error_text(e), 2000)}", file=sys.stderr)
         return 2
+    finally:
+        offload.stop()
 
 
 def run() -> None:

@@ -15,12 +15,11 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from divgen import divergences, objectives, recipes
+from divgen import divergences, objectives, offload, recipes
 from divgen.models import MLPCritic, Standardize, critic_pair
 from divgen.threads import one_thread
 
@@ -298,13 +297,9 @@ def transport_potential(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator,
     that W1 on the samples themselves: the optimal critic of W1 there, extended to every x
     with slope at most 1. No step size, no stopping rule, no penalty weight.
     """
-    import ot
-
     a, b = (x if len(x) <= max_rows else x[torch.randperm(len(x), generator=rng)[:max_rows]] for x in (a, b))
     a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
-    cost = _distances(a, b).numpy()
-    _, log = ot.emd(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10_000_000, log=True)
-    return TransportPotential(b, torch.from_numpy(np.asarray(log["v"], dtype=np.float64)))
+    return TransportPotential(b, torch.from_numpy(offload.run("transport_duals", _distances(a, b).numpy())))
 
 
 # ---------------------------------------------------------- the classifier ---

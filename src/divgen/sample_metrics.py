@@ -6,14 +6,13 @@ metrics.py applies the same PRDC in the feature space of a data set's classifier
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from divgen import offload
 from divgen.errors import InputError
 from divgen.samples import as_samples
 
@@ -34,13 +33,11 @@ class PRDC:
 
 def prdc(real, fake, k: int = 5, max_samples: int | None = 5000, seed: int = 0) -> PRDC:
     """Precision, recall, density and coverage with k nearest neighbours, by the authors' `prdc` package
-    (its progress print silenced), of real (N, d) and fake (M, d) samples or features.
+    (offload.prdc), of real (N, d) and fake (M, d) samples or features.
 
     At most `max_samples` rows of each (a random subset drawn with `seed`) are
     used: the package forms the full distance matrices. None: every row, in order.
     """
-    from prdc import compute_prdc
-
     real, fake = as_samples(real, fake)
     if k >= min(len(real), len(fake)):
         raise InputError(f"prdc with k = {k} needs more than {k} samples on each side")
@@ -48,8 +45,7 @@ def prdc(real, fake, k: int = 5, max_samples: int | None = 5000, seed: int = 0) 
         rng = torch.Generator().manual_seed(seed)
         real = real[torch.randperm(len(real), generator=rng)[:max_samples]]
         fake = fake[torch.randperm(len(fake), generator=rng)[:max_samples]]
-    with contextlib.redirect_stdout(io.StringIO()):
-        out = compute_prdc(real.numpy(), fake.numpy(), nearest_k=k)
+    out = offload.run("prdc", real.numpy(), fake.numpy(), k)
     return PRDC(float(out["precision"]), float(out["recall"]), float(out["density"]), float(out["coverage"]),
                 k, len(real), len(fake))
 
