@@ -264,9 +264,13 @@ class TransportPotential(nn.Module):
     samples E_A[V] − E_B[V] is at most W1(A, B) in expectation (Kantorovich–Rubinstein), and a
     held-out mean of it is a lower bound with nothing soft in it. transport_potential sets
     the support b_j and the offsets v_j from an optimal transport between two samples.
+
+    x is taken `block` rows at a time: a block's distances to 2,000 support points are 4 MB at 256 rows.
+    At 4,096 rows (65 MB, fresh pages from the system for every block) 100,000 1-D points took 4.0 s on one
+    thread against 1.2 s, with the same values.
     """
 
-    def __init__(self, support: torch.Tensor, offsets: torch.Tensor, block: int = 4096):
+    def __init__(self, support: torch.Tensor, offsets: torch.Tensor, block: int = 256):
         super().__init__()
         self.register_buffer("support", support.double())
         self.register_buffer("offsets", offsets.double())
