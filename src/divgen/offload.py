@@ -11,7 +11,7 @@ calls the same function here. The numbers are the same either way: the same
 function of the same arrays.
 
 This module imports only the standard library (the jobs import their own), so
-that the helper stays light and `divgen --help` fast: `python -m divgen.offload`
+that the helper stays light and `divgen --help` fast; run as a script, it
 serves requests on its stdin and stdout.
 """
 
@@ -62,15 +62,14 @@ JOBS = {"prdc": prdc, "transport_duals": transport_duals, "loaded_modules": load
 
 # ------------------------------------------------------------- the helper ---
 class _Helper:
-    """A `python -m divgen.offload` process and the lock that keeps one request at a time on its pipes."""
+    """A `python -P offload.py` process and the lock that keeps one request at a time on its pipes."""
 
     def __init__(self):
-        env = {**os.environ, **POT_WITHOUT_TORCH,
-               # the divgen that this process runs, wherever it was imported from
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                           os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "divgen.offload"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        # this very file as a script, which needs nothing of divgen; -P: its folder is not put on the path,
+        # where divgen's modules would shadow top-level ones of the same name
+        self.process = subprocess.Popen([sys.executable, "-P", str(Path(__file__).resolve())], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, **POT_WITHOUT_TORCH})
         self.lock = threading.Lock()
 
     def call(self, name: str, args: tuple):
