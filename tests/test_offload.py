@@ -60,3 +60,24 @@ def test_estimate_of_wasserstein_in_a_fresh_process_with_its_helper_agrees_with_
     assert proc.returncode == 0, proc.stderr
     here = estimators.estimate(real, fake, "wasserstein").to_dict()
     assert json.loads(proc.stdout) == here
+
+
+def test_a_message_carries_arrays_and_numbers_exactly_and_no_objects():
+    import io
+    import math
+
+    value = ["job", [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros((0, 2)), np.array(7, dtype=np.int64), 3,
+                     {"a": 0.1 + 0.2, "b": math.inf, "c": math.nan}, None, "ünïcode"]]
+    stream = io.BytesIO()
+    offload._send(stream, value)
+    stream.seek(0)
+    got = offload._receive(stream)
+    assert got[0] == "job" and got[1][3] == 3 and got[1][5] is None and got[1][6] == "ünïcode"
+    for sent, came in zip(value[1][:3], got[1][:3]):
+        assert came.dtype == sent.dtype and came.shape == sent.shape and np.array_equal(came, sent)
+    d = got[1][4]
+    assert d["a"] == 0.1 + 0.2 and d["b"] == math.inf and math.isnan(d["c"])
+    with pytest.raises(EOFError):  # a message cut short
+        offload._receive(io.BytesIO(stream.getvalue()[:-8]))
+    with pytest.raises(TypeError):
+        offload._send(io.BytesIO(), [np.array([object()])])

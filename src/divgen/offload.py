@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
+import math
 import os
-import pickle
 import subprocess
 import sys
 import threading
@@ -74,9 +75,8 @@ class _Helper:
 
     def call(self, name: str, args: tuple):
         with self.lock:
-            pickle.dump((name, args), self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.process.stdin.flush()
-            ok, result = pickle.load(self.process.stdout)
+            _send(self.process.stdin, [name, list(args)])
+            ok, result = _receive(self.process.stdout)
         if not ok:
             raise RuntimeError(result)
         return result
@@ -119,8 +119,8 @@ def run(name: str, *args):
             return helper.call(name, args)
         except BaseException as e:  # an interrupt too: its answer would be the next request's
             stop()
-            # ValueError: a pipe that another thread's stop closed meanwhile
-            if not isinstance(e, (OSError, ValueError, EOFError, pickle.PickleError, RuntimeError)):
+            # ValueError: a pipe that another thread's stop closed meanwhile, or a message that is not one
+            if not isinstance(e, (OSError, ValueError, TypeError, EOFError, RuntimeError)):
                 raise
     return JOBS[name](*args)
 
@@ -134,15 +134,66 @@ def _serve() -> None:
 
     while True:
         try:
-            name, args = pickle.load(channel_in)
+            name, args = _receive(channel_in)
         except EOFError:
             return
         try:
-            answer = (True, JOBS[name](*args))
+            answer = [True, JOBS[name](*args)]
         except Exception as e:  # told to the caller, which runs the job itself and raises it there
-            answer = (False, f"{type(e).__name__}: {e}")
-        pickle.dump(answer, channel_out, protocol=pickle.HIGHEST_PROTOCOL)
-        channel_out.flush()
+            answer = [False, f"{type(e).__name__}: {e}"]
+        _send(channel_out, answer)
+
+
+# ----------------------------------------------------------- the messages ---
+def _send(stream, value) -> None:
+    """A message: `value` (lists, tuples and str-keyed dicts of JSON's scalars and NumPy arrays of numbers)
+    as one line of JSON in which each array is its dtype and shape, then the arrays' bytes in that order.
+    Neither side unpickles anything."""
+    import numpy as np
+
+    arrays = []
+
+    def encode(x):
+        if isinstance(x, np.ndarray):
+            if x.dtype.hasobject:
+                raise TypeError("offload sends arrays of numbers only")
+            arrays.append(np.ascontiguousarray(x))
+            return {"array": [x.dtype.str, list(x.shape)]}
+        if isinstance(x, (list, tuple)):
+            return [encode(v) for v in x]
+        if isinstance(x, dict):
+            return {"dict": [[str(k), encode(v)] for k, v in x.items()]}
+        return x
+
+    stream.write(json.dumps(encode(value)).encode() + b"\n")
+    for a in arrays:
+        stream.write(a.tobytes())
+    stream.flush()
+
+
+def _receive(stream):
+    """The value of the next message on `stream` (_send); EOFError at its end or in a message cut short."""
+    import numpy as np
+
+    line = stream.readline()
+    if not line.endswith(b"\n"):
+        raise EOFError("the other process closed the channel")
+
+    def decode(x):
+        if isinstance(x, list):
+            return [decode(v) for v in x]
+        if isinstance(x, dict) and "array" in x:
+            dtype, shape = np.dtype(x["array"][0]), tuple(x["array"][1])
+            size = dtype.itemsize * math.prod(shape)
+            data = stream.read(size)
+            if len(data) != size:
+                raise EOFError("the other process closed the channel")
+            return np.frombuffer(data, dtype).reshape(shape).copy()
+        if isinstance(x, dict):
+            return {k: decode(v) for k, v in x["dict"]}
+        return x
+
+    return decode(json.loads(line))
 
 
 if __name__ == "__main__":
