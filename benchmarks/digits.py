@@ -166,13 +166,13 @@ def classifier_row(trained, ds, samples: torch.Tensor, baseline: float, nets=Non
     return row
 
 
-def gan_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, results: dict, extra: dict,
+def gan_rows(ds, trained, baseline: float, root: Path, quick: dict, seed: int, results: dict, extra: dict,
              models=MODELS, draws: int = 1) -> None:
     for label, model in GANS.items():
         if model not in models:
             continue
         clock = Clock()
-        cfg = Config(data="digits", model=model, seed=seed, figures=False, **({"steps": steps} if steps else {}))
+        cfg = Config(data="digits", model=model, seed=seed, figures=False, **quick)
         result = train(cfg, root / model, quiet=True)
         cost = clock.seconds()
         samples = families.draw(result.nets, draws * len(ds.holdout), seed + 11)
@@ -202,7 +202,7 @@ def encoder_probe(ds, trained, result, seed: int) -> dict:
             "pixels": probe(ds.train.numpy(), ds.holdout.numpy()), "reconstruction": agree}
 
 
-def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: int, k: int, results: dict,
+def vae_rows(ds, trained, baseline: float, root: Path, quick: dict, seed: int, k: int, results: dict,
              peers: dict, models=MODELS, draws: int = 1) -> None:
     """VAE and CVAE, twice each: with every default on the pixels (a Bernoulli decoder, whose
     samples are its means) for the classifier's columns, and with a Gaussian decoder on the
@@ -210,14 +210,13 @@ def vae_rows(ds, trained, baseline: float, root: Path, steps: int | None, seed: 
     path = root / "digits-dequantized.npz"
     # every row is training data: the held-out split is scored by held_out_likelihood, with its own noise
     np.savez(path, x=metrics.dequantized(ds.train, LEVELS, seed).reshape(-1, 8, 8).numpy(), y=ds.train_labels.numpy())
-    extra = {"steps": steps} if steps else {}
     for label, model in VAES.items():
         if model not in models:
             continue
         clock = Clock()
-        default = train(Config(data="digits", model=model, seed=seed, figures=False, **extra), root / model, quiet=True)
+        default = train(Config(data="digits", model=model, seed=seed, figures=False, **quick), root / model, quiet=True)
         default_cost = clock.seconds()
-        cfg = Config(data=str(path), model=model, seed=seed, likelihood="gaussian", holdout=0.0, figures=False, **extra)
+        cfg = Config(data=str(path), model=model, seed=seed, likelihood="gaussian", holdout=0.0, figures=False, **quick)
         gaussian = train(cfg, root / f"{model}-gaussian", quiet=True)
         cost = clock.seconds()
         bounds = metrics.held_out_likelihood(ds, gaussian.nets, k=k, seed=seed)  # as `divgen evaluate`
@@ -404,8 +403,8 @@ def report(runs: list[dict]) -> str:
 # -------------------------------------------------------------------- runs ---
 def one_run(args) -> dict:
     """Every row for one seed, on this process's threads."""
-    steps = 20 if args.quick else None
-    k = 100 if args.quick else 1000
+    quick = {"steps": 3, "n_samples": 200} if args.quick else {}  # Config overrides of every row's training
+    k = 10 if args.quick else 1000
     torch.manual_seed(args.seed)
     ds = data.load("digits")
     trained = metrics.classifier(ds)
@@ -414,8 +413,8 @@ def one_run(args) -> dict:
     root = Path(args.out or tempfile.mkdtemp(prefix="divgen-digits-"))
     root.mkdir(parents=True, exist_ok=True)
     results, encoders, peers = {}, {}, {}
-    gan_rows(ds, trained, baseline, root, steps, args.seed, results, encoders, args.models, draws)
-    vae_rows(ds, trained, baseline, root, steps, args.seed, k, results, peers, args.models, draws)
+    gan_rows(ds, trained, baseline, root, quick, args.seed, results, encoders, args.models, draws)
+    vae_rows(ds, trained, baseline, root, quick, args.seed, k, results, peers, args.models, draws)
     if BASELINES in args.models:
         density_rows(ds, trained, baseline, args.seed, results, args.quick, draws)
     return {"seed": args.seed, "draws": draws, "threads": torch.get_num_threads(), "environment": environment(), "k": k,
@@ -454,7 +453,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=DRAWS,
                     help=f"draws of as many samples (and training rows) as held-out rows that the Fréchet distances "
                          f"and the real baseline average (default {DRAWS}; 1: the single draw of earlier versions)")
-    ap.add_argument("--quick", action="store_true", help="20 steps per model: checks that the script runs")
+    ap.add_argument("--quick", action="store_true", help="3 steps per model: checks that the script runs")
     ap.add_argument("--json", type=Path, help="also write the numbers of the run(s) to this file")
     ap.add_argument("--figure", type=Path, help="with --runs: draw the sample grids of those runs to this PNG, and stop")
     ap.add_argument("--runs", type=Path, help="a directory an earlier --out wrote")

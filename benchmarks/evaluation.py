@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from divgen import catalog, densities, estimators, two_sample
+from divgen import catalog, critics, densities, estimators, two_sample
 from divgen.tables import environment, markdown
+
+FIT = critics.CriticFit()  # how the estimates' critics are trained; --quick: a few steps
 
 ALPHA = 0.05
 
@@ -130,7 +132,7 @@ def estimation_table(reps: int, n: int, dims: tuple[int, ...]) -> str:
             for i in range(reps):
                 a, b = p.sample((n,)).float(), q.sample((n,)).float()
                 t0 = time.perf_counter()
-                row = {e.divergence: e for e in estimators.critic_estimates(a, b, ["kl", "js"], seed=i)}
+                row = {e.divergence: e for e in estimators.critic_estimates(a, b, ["kl", "js"], seed=i, fit=FIT)}
                 seconds.append(time.perf_counter() - t0)
                 row["knn"] = estimators.knn_estimate(a, b, "kl")
                 found.append(row)
@@ -186,7 +188,7 @@ def structured_table(reps: int, n: int) -> str:
                 torch.manual_seed(5000 + i)
                 a, b = p.sample((n,)), q.sample((n,))
             t0 = time.perf_counter()
-            e = estimators.critic_estimates(a, b, ["js"], seed=i)[0]
+            e = estimators.critic_estimates(a, b, ["js"], seed=i, fit=FIT)[0]
             seconds.append(time.perf_counter() - t0)
             estimates.append(e.estimate)
             lower += e.lower_bound <= truth
@@ -257,13 +259,13 @@ def wasserstein_table(reps: int, n: int) -> str:
             transport = a.shape[1] <= estimators.TRANSPORT_MAX_DIM
             exact_w.append(densities.wasserstein_empirical(a[:2000], b[:2000], 1))
             t0 = time.perf_counter()
-            e = estimators.critic_estimate(a, b, "wasserstein", seed=r)
+            e = estimators.critic_estimate(a, b, "wasserstein", seed=r, fit=FIT)
             seconds.append(time.perf_counter() - t0)
             found.append(e.estimate)
             bounds.append(e.lower_bound)
             saved, estimators.TRANSPORT_MAX_DIM = estimators.TRANSPORT_MAX_DIM, 0 if transport else a.shape[1]
             try:
-                other.append(estimators.critic_estimate(a, b, "wasserstein", seed=r).estimate)
+                other.append(estimators.critic_estimate(a, b, "wasserstein", seed=r, fit=FIT).estimate)
             finally:
                 estimators.TRANSPORT_MAX_DIM = saved
         spread = lambda xs: f"{np.mean(xs):.4f} ± {np.std(xs):.4f} ({min(xs):.4f} – {max(xs):.4f})"  # noqa: E731
@@ -278,14 +280,14 @@ def wasserstein_table(reps: int, n: int) -> str:
 
 
 # ------------------------------------------------------------------- speed ---
-def speed_table(n: int, d: int) -> str:
+def speed_table(n: int, d: int, methods=tuple(catalog.TEST_METHODS)) -> str:
     rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         a, b = Path(tmp) / "a.npy", Path(tmp) / "b.npy"
         np.save(a, rng.normal(size=(n, d)).astype(np.float32))
         np.save(b, rng.normal(size=(n, d)).astype(np.float32))
-        for method in catalog.TEST_METHODS:
+        for method in methods:
             cmd = [sys.executable, "-m", "divgen", "test", str(a), str(b), "--method", method]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
@@ -299,7 +301,7 @@ SECTIONS = ("exact", "tests", "estimation", "structured", "wasserstein", "speed"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few repetitions of small samples (the tables keep their shape)")
+    parser.add_argument("--quick", action="store_true", help="a few repetitions of small samples, critics of 100 steps, two tests timed: checks that it runs")
     parser.add_argument("--section", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
     parser.add_argument("--method", choices=tuple(catalog.TEST_METHODS), action="append",
                         help="--section tests: only these tests (repeatable; default: all)")
@@ -309,8 +311,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     sections = args.section or SECTIONS
+    global FIT
     if args.quick:
         null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = 1, 1, 1, 100, 400, (1,), 200
+        FIT = critics.CriticFit(steps=100)
     else:
         null_reps, power_reps, est_reps, n_test, n_est, dims, n_speed = (args.null_reps, args.power_reps, args.estimate_reps,
                                                                          500, 5000, (1, 5, 20), 5000)
@@ -330,7 +334,7 @@ def main() -> None:
                        "repetitions", lambda: structured_table(est_reps, n_structured)),
         "wasserstein": ("Wasserstein: translated pairs, where W1 = ‖δ‖; divgen's critic beside the other one",
                         lambda: wasserstein_table(max(1, est_reps // 2), 2000 if not args.quick else 200)),
-        "speed": ("Speed of `divgen test`", lambda: speed_table(n_speed, 10)),
+        "speed": ("Speed of `divgen test`", lambda: speed_table(n_speed, 10, methods[:2] if args.quick else methods)),
     }
     for section in SECTIONS:
         if section not in sections:

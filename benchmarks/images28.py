@@ -38,7 +38,7 @@ and a random CVAE encoder's even more, can carry the digit without having learne
 
     python benchmarks/images28.py                       # every model, seed 0: the VAE alone trains ~20 min on 1 thread (two runs)
     python benchmarks/images28.py --models vae --seeds 0 1 2 --out R --json R/vae.json
-    python benchmarks/images28.py --quick               # 2,000 + 500 images, 20 steps each: checks that it runs
+    python benchmarks/images28.py --quick               # 1,000 + 200 images, 3 steps each: checks that it runs
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class Sizes:
     """How much of the split each measurement uses: the full run, or --quick's small split and few steps."""
 
     steps: int | None  # None: the family's default
+    batch_size: int | None  # None: the family's default
     n_samples: int | None  # samples.npy of each run; None: the default (10,000)
     n_train: int  # syndigits.N_TRAIN for the run (the held-out split: n_test)
     n_test: int
@@ -88,8 +89,8 @@ class Sizes:
     classifier_steps: int | None  # None: as `divgen evaluate` trains it
 
 
-FULL = Sizes(None, None, 60_000, 10_000, 1_000, 2_000, 100, 2_000, (1, 2, 5), 5_000, 2_000, None)
-QUICK = Sizes(20, 500, 2_000, 500, 200, 200, 10, 500, (1, 2), 300, 200, 20)
+FULL = Sizes(None, None, None, 60_000, 10_000, 1_000, 2_000, 100, 2_000, (1, 2, 5), 5_000, 2_000, None)
+QUICK = Sizes(3, 16, 200, 1_000, 200, 100, 50, 4, 300, (1, 2), 200, 100, 5)
 
 SAMPLE_COLUMNS = [
     ("fd", "Fréchet distance", ".2f", +1), ("fd_ratio", "× real", ".1f", +1),
@@ -197,7 +198,7 @@ def model_rows(ds, trained, baseline: float, root: Path, sizes: Sizes, seed: int
     for model in models:
         label = MODELS[model]
         clock = Clock()
-        quick = {name: getattr(sizes, name) for name in ("steps", "n_samples") if getattr(sizes, name)}
+        quick = {name: getattr(sizes, name) for name in ("steps", "batch_size", "n_samples") if getattr(sizes, name)}
         cfg = Config(data="syndigits", model=model, seed=seed, figures=False, **quick)
         result = train(cfg, root / model, quiet=True)
         cost = clock.seconds()
@@ -310,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="keep the run directories here, one folder per seed (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="also write the numbers of the run(s) to this file")
     ap.add_argument("--quick", action="store_true",
-                    help="2,000 + 500 images, 20 steps per model, small probes: checks that the script runs")
+                    help="1,000 + 200 images, 3 steps of 16 per model, small probes: checks that the script runs")
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.quick:

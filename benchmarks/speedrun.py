@@ -14,7 +14,7 @@ data points, and the default two-sample test's p-value on 2,000 samples
 against 2,000 fresh data points.
 
     python benchmarks/speedrun.py [--seeds 5] [--baseline-seeds 2] [--threads 2] [--jobs 1] [--out DIR]
-    python benchmarks/speedrun.py --quick     # one seed, 60 steps: checks that the script runs
+    python benchmarks/speedrun.py --quick     # one seed, 20 steps: checks that the script runs
     python benchmarks/speedrun.py --data mix10.npy --variant '{"penalty_every": 4}'   # a setting beside the defaults
     python benchmarks/speedrun.py --cli [--rounds 3]   # `divgen train --data D` as a user runs it, and `divgen demo`
     python benchmarks/speedrun.py --data digits --seeds 5 --jobs 2 --threads 1   # the conv GAN on digits only
@@ -83,18 +83,18 @@ def reference(name: str, root: Path, seed: int):
 
 
 def one(job) -> dict:
-    label, name, seed, root, threads, check, steps, configs, draws = job
+    label, name, seed, root, threads, check, overrides, configs, draws, test_rows = job
     run = Path(root) / f"{Path(name).stem}-{zlib.crc32(label.encode())}-{seed}"
     done = run.with_suffix(".json")
     if done.exists():  # measured by an earlier call with the same --out
         return json.loads(done.read_text())
     torch.set_num_threads(threads)
     if name == "digits":
-        out = one_digits(label, seed, run, check, steps, configs, draws)
+        out = one_digits(label, seed, run, check, overrides, configs, draws)
         done.write_text(json.dumps(out))
         return out
     target, modes, sd, weights, fresh = reference(name, Path(root), seed)
-    flags = dict(configs[label], **({"steps": steps} if steps else {}))
+    flags = dict(configs[label], **overrides)
     result, seconds, clock, checkpoints = _trained(
         Config(data=target, seed=seed, checkpoint_every=check, keep_checkpoints=10_000, **flags), run)
     hq_needed = THRESHOLD_HQ.get(name, THRESHOLD_HQ_OTHERS)
@@ -108,7 +108,7 @@ def one(job) -> dict:
     samples = families.draw(result.nets, 2500, seed + 1_000_003)
     m = sample_metrics.mode_stats(samples, modes, sd, weights)
     cover = sample_metrics.prdc(fresh, samples, max_samples=None).coverage
-    p = two_sample.two_sample_test(samples[:2000], fresh[:2000], seed=seed).p_value
+    p = two_sample.two_sample_test(samples[:test_rows], fresh[:test_rows], seed=seed).p_value
     out = {"label": label, "data": name, "seed": seed, "modes": m.modes_captured, "n_modes": m.n_modes,
            "hq": 100 * m.high_quality, "rkl": m.reverse_kl, "spread": m.spread, "coverage": cover, "p": p,
            "seconds": seconds, "loop_seconds": max(clock.values()), "steps": result.config.steps, "reached": reached,
@@ -143,15 +143,15 @@ def _loop_clock(run: Path) -> dict:
     return clock
 
 
-def one_digits(label: str, seed: int, run: Path, check: int, steps, configs, draws: int) -> dict:
+def one_digits(label: str, seed: int, run: Path, check: int, overrides: dict, configs, draws: int) -> dict:
     """The conv GAN on digits: the Fréchet distance of every checkpoint's samples, as benchmarks/digits.py scores a row."""
     ds = data.load("digits")
     trained = metrics.classifier(ds)
     baseline = digit_bench.real_baseline(trained, ds, seed)
-    flags = dict(configs[label], **({"steps": steps} if steps else {}))
+    flags = dict(configs[label], **overrides)
     result, seconds, clock, checkpoints = _trained(
         Config(data="digits", model="conv", seed=seed, checkpoint_every=check, keep_checkpoints=10_000,
-               figures=False, **flags), run)
+               **dict(flags, figures=False)), run)
     reached, trace = None, []
     for step, nets in checkpoints:
         row = digit_bench.classifier_row(trained, ds, families.draw(nets, len(ds.holdout), seed + 11 + step),
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
                                                        "but these, with --seeds seeds")
     ap.add_argument("--data", help="comma-separated data sets (default: all of " + ", ".join(DATA) + ")")
     ap.add_argument("--draws", type=int, default=10, help="digits: sample draws scored at the end of a run (default: 10)")
-    ap.add_argument("--quick", action="store_true", help="one seed, 60 steps: checks that the script runs")
+    ap.add_argument("--quick", action="store_true", help="one seed, 20 steps: checks that the script runs")
     ap.add_argument("--cli", action="store_true", help="instead: time the commands a user runs (see above)")
     ap.add_argument("--rounds", type=int, default=3, help="--cli: rounds of every command (default: 3)")
     ap.add_argument("--out", help="keep the runs and each run's result here; a second call with the same --out "
@@ -232,7 +232,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cli:
         return cli(1 if args.quick else args.rounds, args.quick)
-    steps, check = (60, 30) if args.quick else (None, args.check)
+    # --quick: Config overrides of every run (a few steps, few samples, no figures)
+    overrides, check = (dict(steps=20, n_samples=500, figures=False), 10) if args.quick else ({}, args.check)
     configs, digit_configs = dict(CONFIGS), dict(DIGITS_CONFIGS)
     seeds = {"every default": 1 if args.quick else args.seeds,
              "4be76ef defaults": 1 if args.quick else args.baseline_seeds}
@@ -244,7 +245,8 @@ def main(argv=None) -> int:
     root = args.out or tempfile.mkdtemp(prefix="divgen-speedrun-")
     Path(root).mkdir(parents=True, exist_ok=True)
     of = {name: digit_configs if name == "digits" else configs for name in names}
-    jobs = [(label, name, seed, root, args.threads, check, steps, of[name], 2 if args.quick else args.draws)
+    jobs = [(label, name, seed, root, args.threads, check, overrides, of[name], 2 if args.quick else args.draws,
+             300 if args.quick else 2000)
             for name in names for label in of[name] for seed in range(seeds[label])]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(one, jobs))

@@ -84,6 +84,7 @@ def test_identical_samples_give_a_divergence_near_zero():
     assert e.lower_bound <= 0.0  # the certified bound does not claim a difference
 
 
+@pytest.mark.slow
 def test_the_classifier_estimate_sees_a_ring_of_narrow_modes_widen():
     """JS between rings of 8 modes with sd 0.05 and 0.08. The MLP classifier spends its first few hundred
     steps at or below chance on held-out points before it improves for thousands; early stopping on that
@@ -106,6 +107,7 @@ def test_estimates_and_intervals_are_ordered():
         assert abs(e.estimate - exact_divergence(p, q, e.divergence).value) < 0.15
 
 
+@pytest.mark.slow
 def test_paired_difference_prefers_the_closer_sample():
     g = torch.Generator().manual_seed(7)
     real, far, near = torch.randn(600, 2, generator=g), torch.randn(600, 2, generator=g) + 1.0, torch.randn(600, 2, generator=g)
@@ -181,6 +183,7 @@ def test_the_wasserstein_estimate_is_in_the_datas_units(d):
         assert estimators.critic_estimate(a * s, b * s, "wasserstein", fit=fit).estimate / s == pytest.approx(base, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_wasserstein_above_two_dimensions_is_an_estimate_without_a_bound():
     a, b, _, _ = gaussian_pair(1500, d=3, shift=1.0, var_b=1.0, seed=6)
     e = estimators.critic_estimate(a, b, "wasserstein", seed=0)

@@ -110,6 +110,7 @@ def mog2d_fits():
     return ds, fit.fit_mle(ds.train), fit.fit_exact(ds.density, "reverse-kl", ds.train, steps=600)
 
 
+@pytest.mark.slow
 def test_claim1_mle_mean_is_mixture_mean_and_reverse_kl_seeks_a_mode(mog2d_fits):
     ds, mle, exact = mog2d_fits
     assert np.linalg.norm(np.array(mle.mean) - ds.density.mean.numpy()) < 0.06
@@ -156,6 +157,7 @@ def test_trained_discriminator_approaches_p_over_p_plus_q():
 
 
 # ----------------------------------------------------------------- compare ---
+@pytest.mark.slow
 def test_compare_writes_figure_and_table(tmp_path):
     out = tmp_path / "cmp"
     result = fit.compare("mog1d", "mle,exact:kl,adversarial:js", out, steps=30)
@@ -218,6 +220,7 @@ def test_cli_compare_json(tmp_path, capsys):
     assert (tmp_path / "o" / "compare.png").is_file()
 
 
+@pytest.mark.slow
 def test_adversarial_starts_are_chosen_by_a_paired_difference(tmp_path):
     """Two starts; the kept one is the one the paired comparison finds closer, and the comparison
     (difference and its 95% interval) is recorded. It scores every data row, training and held out."""

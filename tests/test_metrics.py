@@ -247,6 +247,7 @@ def test_held_out_likelihood_of_a_conditional_model_names_both_bounds():
     assert out["marginal"]["iwae"] == pytest.approx(float(log_px.mean()), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_cvae_on_dequantized_pixels_with_per_class_and_copying_checks(tmp_path, monkeypatch):
     from divgen import evaluate, train
     from divgen.config import Config

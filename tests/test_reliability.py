@@ -450,6 +450,7 @@ DDP_FLAGS = ["--data", "mog2d", "--width", "16", "--n-data", "500", "--batch-siz
              "--n-samples", "1000", "--checkpoint-every", "10", "--lr-schedule", "constant"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(divgen, tmp_path):
     """`torchrun --nproc_per_node=2 -m divgen train` on gloo/CPU equals one process with the same global batch."""
     _torchrun("-m", "divgen", "train", *DDP_FLAGS, "--steps", 30, "--out", tmp_path / "two", cwd=tmp_path)
@@ -498,6 +499,7 @@ os._exit(max(codes))  # as divgen.cli.run ends a torchrun worker: the interprete
 '''
 
 
+@pytest.mark.slow
 def test_two_processes_ranks_agree_resume_and_gradient_penalty(tmp_path):
     spy = tmp_path / "rank_spy.py"
     spy.write_text("import json\n" + RANK_SPY)

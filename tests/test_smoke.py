@@ -35,6 +35,7 @@ def test_every_benchmark_has_a_quick_mode_and_a_page_that_quotes_it():
         assert f"benchmarks/{script}" in pages, f"no page quotes benchmarks/{script}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", BENCHMARKS)
 def test_benchmark_quick(script, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -23,7 +23,9 @@ def test_unknown_test_method_is_rejected():
 
 
 # ------------------------------------------------ calibration and power ---
-@pytest.mark.parametrize("method", tuple(catalog.TEST_METHODS))
+# the classifier tests train a classifier per pair and per permutation-free split: the slow tier
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m.startswith("c2st") else m
+                                    for m in catalog.TEST_METHODS])
 def test_p_values_under_the_null_are_not_small(method):
     """20 pairs from one distribution: few rejections, p-values spread over (0, 1]."""
     p_values = []
@@ -47,6 +49,7 @@ def test_a_large_shift_is_detected(method):
         assert result.statistic > 0.6  # held-out accuracy
 
 
+@pytest.mark.slow
 def test_unequal_sample_sizes_keep_c2st_calibrated():
     """A classifier that learns only the class sizes must not beat ½ on the balanced test set."""
     rejections = 0
