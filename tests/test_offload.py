@@ -81,3 +81,14 @@ def test_a_message_carries_arrays_and_numbers_exactly_and_no_objects():
         offload._receive(io.BytesIO(stream.getvalue()[:-8]))
     with pytest.raises(TypeError):
         offload._send(io.BytesIO(), [np.array([object()])])
+
+
+def test_a_helper_that_never_gets_ready_is_stopped_and_this_process_runs_the_job(monkeypatch):
+    """A helper stuck before its first message (an import that hangs): the first request waits READY_SECONDS,
+    kills it and runs the job here."""
+    monkeypatch.setattr(offload, "READY_SECONDS", 0.5)
+    stuck = offload._Helper([sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(offload, "_helper", stuck)
+    real, fake = _pair(3)
+    assert offload.run("prdc", real, fake, 3) == offload.prdc(real, fake, 3)
+    assert offload._helper is None and stuck.process.poll() is not None  # killed

@@ -29,6 +29,10 @@ import threading
 from pathlib import Path
 
 POT_WITHOUT_TORCH = {"POT_BACKEND_DISABLE_PYTORCH": "1"}  # POT imports torch as a backend unless told not to
+# Seconds the first request waits for the helper to say that its imports are done (about 2 s on an idle core);
+# a helper that takes longer is stopped, and the jobs run in this process
+READY_SECONDS = 60.0
+READY = "ready"
 
 
 # ------------------------------------------------------------------ jobs ---
@@ -65,16 +69,30 @@ JOBS = {"prdc": prdc, "transport_duals": transport_duals, "loaded_modules": load
 class _Helper:
     """A `python -P offload.py` process and the lock that keeps one request at a time on its pipes."""
 
-    def __init__(self):
+    def __init__(self, argv: list[str] | None = None):
         # this very file as a script, which needs nothing of divgen; -P: its folder is not put on the path,
         # where divgen's modules would shadow top-level ones of the same name
-        self.process = subprocess.Popen([sys.executable, "-P", str(Path(__file__).resolve())], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        argv = argv or [sys.executable, "-P", str(Path(__file__).resolve())]
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         env={**os.environ, **POT_WITHOUT_TORCH})
         self.lock = threading.Lock()
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """The helper's first message, READY once its imports are done; TimeoutError after READY_SECONDS (a
+        helper stuck in an import would otherwise hold the command forever)."""
+        import select
+
+        if not select.select([self.process.stdout], [], [], READY_SECONDS)[0]:
+            raise TimeoutError(f"the helper process did not start in {READY_SECONDS:g} s")
+        if _receive(self.process.stdout) != [True, READY]:
+            raise RuntimeError("the helper process did not start")
+        self.ready = True
 
     def call(self, name: str, args: tuple):
         with self.lock:
+            if not self.ready:
+                self.wait_ready()
             _send(self.process.stdin, [name, list(args)])
             ok, result = _receive(self.process.stdout)
         if not ok:
@@ -131,6 +149,7 @@ def _serve() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the channel
     importlib.import_module("ot")  # the point of the helper: these imports overlap the caller's
     importlib.import_module("prdc")
+    _send(channel_out, [True, READY])
 
     while True:
         try:

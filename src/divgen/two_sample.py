@@ -247,7 +247,8 @@ def _agg_kernels(bandwidths: int, with_energy: bool):
         dist = dist[dist > 0]
         if len(dist) == 0:
             dist = torch.ones(1, dtype=torch.float64)
-        lo, hi = float(torch.quantile(dist, 0.05)) / 2, float(torch.quantile(dist, 0.95)) * 2
+        q05, q95 = torch.quantile(dist, torch.tensor([0.05, 0.95], dtype=dist.dtype)).tolist()  # one sort
+        lo, hi = q05 / 2, q95 * 2
         return [_gaussian(float(h)) for h in np.geomspace(lo, hi, bandwidths)] + ([_energy] if with_energy else [])
 
     return kernels_of
