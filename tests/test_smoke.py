@@ -38,7 +38,8 @@ def test_every_benchmark_has_a_quick_mode_and_a_page_that_quotes_it():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", BENCHMARKS)
 def test_benchmark_quick(script, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: the scripts' temporary run folders (tempfile.mkdtemp, kept for the user to look at) go with tmp_path
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     extra = ["--out", str(tmp_path / "figure.png")] if script == "point_mass.py" else []
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *extra], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
